@@ -1,0 +1,1 @@
+"""Analysis of the approximations against float: errors, costs, plots, tables."""

@@ -1,0 +1,60 @@
+"""Division by powers of two and by integers, with exact semantics for negatives.
+
+All functions take int64 tensors and return int64 tensors.
+
+* ``floor_shift(x, k)  = floor(x / 2^k)``: an arithmetic right shift (torch's ``>>`` on
+  signed integers is arithmetic, so negative values round toward -inf, not toward 0).
+* ``round_shift(x, k)  = floor(x / 2^k + 1/2)``: round half up (toward +inf), computed as
+  ``(x + 2^(k-1)) >> k``; ``k = 0`` is the identity.
+* ``floor_div(x, d)    = floor(x / d)`` for integer ``d > 0``.
+* ``round_div(x, d)    = floor(x / d + 1/2)`` for integer ``d > 0``, computed as
+  ``floor((x + floor(d/2)) / d)``. For even ``d`` this is round half up; for odd ``d``
+  no tie exists, and ``x = d*k + r`` rounds up exactly when ``r >= (d+1)/2``.
+
+Shift amounts are limited to ``0 <= k <= 62`` so that ``2^k`` is an int64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_SHIFT = 62
+
+
+def _check_shift(k: int | torch.Tensor) -> None:
+    if isinstance(k, torch.Tensor):
+        if k.numel() and (int(k.min()) < 0 or int(k.max()) > MAX_SHIFT):
+            raise ValueError(f"shift amounts must lie in [0, {MAX_SHIFT}]")
+    elif not 0 <= k <= MAX_SHIFT:
+        raise ValueError(f"shift amount must lie in [0, {MAX_SHIFT}], got {k}")
+
+
+def _check_divisor(d: int | torch.Tensor) -> None:
+    positive = bool((d > 0).all()) if isinstance(d, torch.Tensor) else d > 0
+    if not positive:
+        raise ValueError("divisors must be positive integers")
+
+
+def floor_shift(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """``floor(x / 2^k)``."""
+    _check_shift(k)
+    return x >> k
+
+
+def round_shift(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """``floor(x / 2^k + 1/2)`` (round half up)."""
+    _check_shift(k)
+    one = torch.ones_like(x) if isinstance(k, torch.Tensor) else 1
+    return (x + ((one << k) >> 1)) >> k
+
+
+def floor_div(x: torch.Tensor, d: int | torch.Tensor) -> torch.Tensor:
+    """``floor(x / d)`` for ``d > 0``."""
+    _check_divisor(d)
+    return torch.div(x, d, rounding_mode="floor")
+
+
+def round_div(x: torch.Tensor, d: int | torch.Tensor) -> torch.Tensor:
+    """``floor(x / d + 1/2)`` for ``d > 0`` (round half up)."""
+    _check_divisor(d)
+    return torch.div(x + d // 2, d, rounding_mode="floor")
