@@ -31,7 +31,7 @@ row sum stays below ``C * 2^15`` and the product within 34 bits.
     out = requantize(q * (L + floor(1 / (a s_e^2 2^n))))     scale s a s_e^2 2^n / 2
 
 I-BERT fixes ``n = 14`` for its 32-bit GELU inputs; at 8-bit input scales that shift
-discards the erf term entirely (measured in docs/approximations.md). The default
+flattens the erf term (tests/test_error_bounds.py measures it). The default
 ``n = auto`` picks the smallest shift that keeps ``q * (L + one)`` within 32 bits for the
 given input bits and scale; ``ibert_n_14`` reproduces I-BERT's constant.
 
