@@ -3,6 +3,7 @@ range, clear errors for bad inputs, and no intermediate wider than declared over
 whole documented input domain."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -85,21 +86,23 @@ def test_bad_bit_widths_are_rejected(bits):
 
 
 @pytest.mark.parametrize("op,family", INTEGER_VARIANTS)
-@settings(max_examples=25, deadline=None)
+@pytest.mark.parametrize("bits", [8, 16])
+@settings(max_examples=15, deadline=None)
 @given(log2_scale=st.floats(-7.0, 1.0), seed=st.integers(0, 2**16))
-def test_declared_widths_hold_on_the_whole_8bit_domain(op, family, log2_scale, seed):
+def test_declared_widths_hold_on_the_whole_domain(op, family, bits, log2_scale, seed):
     """Within overflow_checks, a value outside its declared width raises; so this run
     proves every intermediate fits for every input of the domain (elementwise ops are
     swept exhaustively, row ops on random rows plus the two extreme rows)."""
-    scale = 2.0 ** log2_scale
+    scale = 2.0 ** (log2_scale - (bits - 8))
     try:
-        kernel = prepare(op, family, scale=scale)
+        kernel = prepare(op, family, scale=scale, bits=bits, out_bits=bits)
+        q = domain_rows(op, bits, seed=seed)
+        kernel(q[:1])
     except ValueError as err:  # a constant that cannot fit: must say what to change
         assert "use n <=" in str(err)
         return
-    q = domain_rows(op, 8, seed=seed)
     if q.dim() == 2:
-        lo, hi = qrange(8)
+        lo, hi = qrange(bits)
         q = torch.cat([q, torch.full((1, 16), lo), torch.full((1, 16), hi),
                        torch.tensor([[lo, hi] * 8])])
     with overflow_checks() as log:
@@ -141,3 +144,26 @@ def test_overflow_outside_the_domain_is_caught():
     with pytest.raises(IntegerOverflowError):
         with overflow_checks():
             kernel.compute(torch.arange(-128, 128))
+
+
+def _run_checked(op, name, scale, bits):
+    kernel = prepare(op, name, scale=scale, bits=bits, out_bits=bits)
+    q = domain_rows(op, bits, rows=4)
+    with overflow_checks():
+        out = kernel(q)
+    lo, hi = kernel.out_range
+    assert int(out.min()) >= lo and int(out.max()) <= hi
+
+
+@pytest.mark.parametrize("op,family", INTEGER_VARIANTS)
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("scale", [2.0 ** -20, 2.0 ** -12, 2.0 ** 10])
+def test_extreme_scales_run_or_name_a_parameter_that_does(op, family, bits, scale):
+    """At the smallest and largest scales a kernel either runs with every declared
+    width respected, or refuses with a message naming a variant that then runs."""
+    try:
+        _run_checked(op, family, scale, bits)
+    except ValueError as err:
+        match = re.search(r"'((?:ivit|ibert|ppoly)_[\w-]+)'", str(err))
+        assert match, f"no suggested variant in: {err}"
+        _run_checked(op, match.group(1), scale, bits)
