@@ -5,6 +5,7 @@ See docs/arithmetic.md for the math of each; every function's docstring states i
 
 from .dyadic import MANTISSA_BITS, dyadic, dyadic_value, mantissa_bits_for, requantize
 from .isqrt import bit_length, isqrt
+from .matmul import accumulator_bits, int_matmul
 from .poly import horner, horner_bits
 from .rounding import floor_div, floor_shift, round_div, round_shift
 from .saturate import qrange, saturate
@@ -12,7 +13,7 @@ from .width import (IntegerOverflowError, WidthLog, declare, overflow_checks,
                     record_widths, signed_bits)
 
 __all__ = [
-    "MANTISSA_BITS", "dyadic", "mantissa_bits_for", "dyadic_value", "requantize", "bit_length", "isqrt",
+    "MANTISSA_BITS", "dyadic", "mantissa_bits_for", "dyadic_value", "requantize", "bit_length", "isqrt", "accumulator_bits", "int_matmul",
     "horner", "horner_bits", "floor_div", "floor_shift", "round_div", "round_shift",
     "qrange", "saturate", "IntegerOverflowError", "WidthLog", "declare",
     "overflow_checks", "record_widths", "signed_bits",

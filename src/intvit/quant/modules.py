@@ -1,0 +1,276 @@
+"""Quantized building blocks. Each maps ``QT -> QT`` in the four modes of
+:class:`~.qtensor.Mode`; the INT path calls only integer kernels from
+:mod:`intvit.arith` and :mod:`intvit.approx`, the FAKE path computes the same integer
+kernels for its forward values wherever they are elementwise or row-wise, and takes its
+gradients from the float function (straight-through).
+
+Scales are per tensor for activations and per output channel for weights (symmetric,
+zero point 0). Biases are int32 at scale ``s_in * s_w``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..approx import build
+from ..arith import dyadic, int_matmul, qrange, requantize
+from ..arith.width import declare
+from .observer import RangeObserver
+from .qtensor import QT, Mode, round_half_up, ste, to_integers
+
+ACC_BITS = 32
+
+
+class QuantModule(nn.Module):
+    """Base: a ``mode`` attribute that :func:`set_mode` sets on a whole model."""
+
+    mode: Mode = Mode.FLOAT
+
+
+def set_mode(model: nn.Module, mode: Mode) -> None:
+    for module in model.modules():
+        if isinstance(module, QuantModule):
+            module.mode = mode
+
+
+def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric quantization: integers (float dtype) and scales."""
+    top = qrange(bits)[1]
+    scale = (w.detach().abs().flatten(1).amax(dim=1) / top).clamp_min(1e-12)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    q = round_half_up(w / scale.view(shape)).clamp(-top, top)
+    return q, scale
+
+
+def quantize_tensor(x: torch.Tensor, scale: torch.Tensor, bits: int, mode: Mode
+                    ) -> torch.Tensor:
+    """A parameter quantized at ``scale`` to signed ``bits``: int64 integers in INT mode,
+    fake-quantized with a straight-through gradient in FAKE mode."""
+    q = round_half_up(x / scale).clamp(*qrange(bits))
+    return q.to(torch.int64) if mode is Mode.INT else ste(q * scale, x)
+
+
+def quantize_bias(b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """int32 bias at the accumulator scale; a bias that cannot fit is an error."""
+    q = round_half_up(b.detach() / scale)
+    lo, hi = qrange(ACC_BITS)
+    if q.numel() and (float(q.min()) < lo or float(q.max()) > hi):
+        raise OverflowError("a bias does not fit int32 at its accumulator scale; the input "
+                            "scale is too small for this layer's weights")
+    return q
+
+
+class QuantAct(QuantModule):
+    """Requantize to ``bits`` at a calibrated scale, optionally adding a residual.
+
+    INT: ``q = sat(requantize(q_in, s_in/s) + requantize(q_res, s_res/s))``.
+    FAKE: ``sat(round(x / s)) * s`` with an identity straight-through gradient."""
+
+    def __init__(self, bits: int, signed: bool = True, observer: str = "minmax",
+                 momentum: float = 0.9, percentile: float = 99.99) -> None:
+        super().__init__()
+        self.bits, self.signed = bits, signed
+        self.observer = RangeObserver(observer, momentum, percentile)
+
+    def scale(self) -> torch.Tensor:
+        return self.observer.scale(self.bits, self.signed)
+
+    def forward(self, a: QT, residual: QT | None = None) -> QT:
+        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
+            x = a.value if residual is None else a.value + residual.value
+            if self.mode is Mode.CALIBRATE:
+                self.observer.observe(x)
+            return QT(x)
+        s = self.scale()
+        lo, hi = qrange(self.bits, self.signed)
+        if self.mode is Mode.FAKE:
+            x = a.value if residual is None else a.value + residual.value
+            return QT(ste(round_half_up(x / s).clamp(lo, hi) * s, x), s)
+        if a.scale is None:  # the model input: the one float-to-integer step
+            return QT(round_half_up(a.value / s).clamp(lo, hi).to(torch.int64), s)
+        q = self._requantize(a, s)
+        if residual is not None:
+            q = q + self._requantize(residual, s)
+        return QT(q.clamp(lo, hi), s)
+
+    @staticmethod
+    def _requantize(a: QT, s: torch.Tensor) -> torch.Tensor:
+        m, e = dyadic((a.scale / s).double())
+        return requantize(a.value, m, e, ACC_BITS, "act")
+
+
+def quant_linear(mode: Mode, a: QT, weight: torch.Tensor, bias: torch.Tensor | None,
+                 weight_bits: int, in_bits: int) -> QT:
+    """``x W^T + b`` in any mode; ``weight`` is 2-D (out, in)."""
+    if mode in (Mode.FLOAT, Mode.CALIBRATE):
+        return QT(F.linear(a.value, weight, bias))
+    w_q, w_s = quantize_weight(weight, weight_bits)
+    scale = a.scale * w_s
+    b_q = quantize_bias(bias, scale) if bias is not None else None
+    if mode is Mode.FAKE:
+        fq_bias = ste(b_q * scale, bias) if b_q is not None else None
+        return QT(F.linear(a.value, ste(w_q * w_s[:, None], weight), fq_bias), scale)
+    x = a.value.reshape(-1, a.value.shape[-1])
+    acc = int_matmul(x, w_q.to(torch.int64).T, in_bits, weight_bits, "linear")
+    if b_q is not None:
+        acc = acc + b_q.to(torch.int64)
+    acc = declare(acc, ACC_BITS, "linear.out")
+    return QT(acc.reshape(*a.value.shape[:-1], -1), scale)
+
+
+class QuantLinear(QuantModule):
+    """``y = x W^T + b`` with int8 per-channel weights and an int32 accumulator.
+    Names match ``nn.Linear`` so timm weights load unchanged."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 weight_bits: int = 8, in_bits: int = 8) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_bits, self.in_bits = weight_bits, in_bits
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, a: QT) -> QT:
+        return quant_linear(self.mode, a, self.weight, self.bias, self.weight_bits,
+                            self.in_bits)
+
+
+class QuantMatMul(QuantModule):
+    """``a @ b`` of two per-tensor quantized activations (attention)."""
+
+    def __init__(self, a_bits: int = 8, b_bits: int = 8, unsigned_a: bool = False) -> None:
+        super().__init__()
+        self.a_bits = a_bits + (1 if unsigned_a else 0)
+        self.b_bits = b_bits
+
+    def forward(self, a: QT, b: QT, extra_scale: float = 1.0) -> QT:
+        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
+            return QT((a.value @ b.value) * extra_scale)
+        scale = a.scale * b.scale * extra_scale
+        if self.mode is Mode.FAKE:
+            return QT((a.value @ b.value) * extra_scale, scale)
+        acc = int_matmul(a.value, b.value, self.a_bits, self.b_bits, "attention")
+        return QT(declare(acc, ACC_BITS, "attention.out"), scale)
+
+
+class _KernelModule(QuantModule):
+    """Shared by the non-linear wrappers: a kernel prepared once per input scale."""
+
+    op: str
+
+    def __init__(self, approx: str, in_bits: int, out_bits: int) -> None:
+        super().__init__()
+        self.approx = build(self.op, approx)
+        self.in_bits, self.out_bits = in_bits, out_bits
+        self._kernels: dict = {}
+
+    def kernel(self, in_scale: torch.Tensor):
+        key = float(in_scale)
+        if key not in self._kernels:
+            self._kernels = {key: self.approx.prepare(key, self.in_bits, self.out_bits)}
+        return self._kernels[key]
+
+    def integer(self, a: QT) -> QT:
+        kernel = self.kernel(a.scale)
+        q = a.value if self.mode is Mode.INT else to_integers(a)
+        out = kernel(q)
+        scale = torch.tensor(kernel.out_scale)
+        return QT(out, scale) if self.mode is Mode.INT else QT(out.to(a.value.dtype) * scale, scale)
+
+
+class QuantGELU(_KernelModule):
+    op = "gelu"
+
+    def forward(self, a: QT) -> QT:
+        exact = F.gelu(a.value) if self.mode is not Mode.INT else None
+        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
+            return QT(exact)
+        out = self.integer(a)
+        return out if self.mode is Mode.INT else QT(ste(out.value, exact), out.scale)
+
+
+class QuantSoftmax(_KernelModule):
+    """Softmax over the last dimension; the output is unsigned ``out_bits``."""
+
+    op = "softmax"
+
+    def forward(self, a: QT) -> QT:
+        exact = a.value.softmax(dim=-1) if self.mode is not Mode.INT else None
+        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
+            return QT(exact)
+        out = self.integer(a)
+        return out if self.mode is Mode.INT else QT(ste(out.value, exact), out.scale)
+
+
+class QuantLayerNorm(_KernelModule):
+    """LayerNorm over the last dimension with the chosen integer approximation; its
+    output is quantized at a scale calibrated by its own observer. Names match
+    ``nn.LayerNorm`` (``weight``, ``bias``); both train in QAT through the float
+    surrogate, whatever the approximation."""
+
+    op = "layernorm"
+
+    def __init__(self, dim: int, approx: str, in_bits: int, out_bits: int,
+                 eps: float = 1e-6, observer: str = "minmax", momentum: float = 0.9,
+                 percentile: float = 99.99) -> None:
+        super().__init__(approx, in_bits, out_bits)
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.out_observer = RangeObserver(observer, momentum, percentile)
+
+    def kernel(self, in_scale: torch.Tensor):
+        out_scale = float(self.out_observer.scale(self.out_bits))
+        if self.mode is Mode.FAKE:  # weights change every step: prepare afresh
+            return self.approx.prepare(float(in_scale), self.in_bits, self.out_bits,
+                                       out_scale, dim=self.dim, weight=self.weight.detach(),
+                                       bias=self.bias.detach())
+        key = (float(in_scale), out_scale, self.weight._version, self.bias._version)
+        if key not in self._kernels:
+            self._kernels = {key: self.approx.prepare(
+                float(in_scale), self.in_bits, self.out_bits, out_scale, dim=self.dim,
+                weight=self.weight.detach(), bias=self.bias.detach())}
+        return self._kernels[key]
+
+    def forward(self, a: QT) -> QT:
+        exact = None
+        if self.mode is not Mode.INT:
+            exact = F.layer_norm(a.value, (self.dim,), self.weight, self.bias, self.eps)
+        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
+            if self.mode is Mode.CALIBRATE:
+                self.out_observer.observe(exact)
+            return QT(exact)
+        out = self.integer(a)
+        return out if self.mode is Mode.INT else QT(ste(out.value, exact), out.scale)
+
+
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, C * p * p), patches in row-major order, each
+    flattened as (C, p, p) to match a Conv2d weight of shape (D, C, p, p)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+class QuantPatchConv(QuantModule):
+    """The patch-embedding convolution (kernel = stride = patch) as a linear map of
+    patches; parameters are named and shaped like ``nn.Conv2d`` (timm's ``proj``)."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch: int, weight_bits: int = 8,
+                 in_bits: int = 8) -> None:
+        super().__init__()
+        self.patch, self.weight_bits, self.in_bits = patch, weight_bits, in_bits
+        self.weight = nn.Parameter(torch.empty(embed_dim, in_chans, patch, patch))
+        self.bias = nn.Parameter(torch.zeros(embed_dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, a: QT) -> QT:
+        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
+            return QT(F.conv2d(a.value, self.weight, self.bias, stride=self.patch)
+                      .flatten(2).transpose(1, 2))
+        patches = QT(patchify(a.value, self.patch), a.scale)
+        return quant_linear(self.mode, patches, self.weight.flatten(1), self.bias,
+                            self.weight_bits, self.in_bits)

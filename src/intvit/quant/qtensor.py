@@ -1,0 +1,42 @@
+"""The value passed between quantized modules, and the modes a model runs in.
+
+``QT(value, scale)``: in ``Mode.INT`` the value is an int64 tensor ``q`` and the real
+value is ``q * scale``; in ``Mode.FAKE`` it is the float ``q * scale`` itself (so
+gradients flow), with the same scale; in ``Mode.FLOAT`` and ``Mode.CALIBRATE`` it is a
+plain float tensor and ``scale`` is None. A scale is a float tensor: a scalar, or a
+vector over the last dimension (per-channel, after a linear layer).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+import torch
+
+
+class Mode(enum.Enum):
+    FLOAT = "float"          # quantization off: the float model (equals timm)
+    CALIBRATE = "calibrate"  # float forward, observers record activation ranges
+    FAKE = "fake"            # QAT: fake-quantized values, integer kernels, STE gradients
+    INT = "int"              # evaluation: integer tensors and integer kernels only
+
+
+class QT(NamedTuple):
+    value: torch.Tensor
+    scale: torch.Tensor | None = None
+
+
+def round_half_up(x: torch.Tensor) -> torch.Tensor:
+    return torch.floor(x + 0.5)
+
+
+def ste(exact: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """Forward value ``exact``, gradient of ``surrogate`` (straight-through)."""
+    return surrogate + (exact - surrogate).detach()
+
+
+def to_integers(a: QT) -> torch.Tensor:
+    """The integers of a fake-quantized value (exact: they are small integers times
+    their scale), as int64."""
+    return round_half_up(a.value / a.scale).to(torch.int64)
