@@ -2,9 +2,9 @@
 LayerNorm with a 32-bit variance.
 
 **i-exp.** For ``d <= 0`` at scale ``s``, write ``x = -k ln2 + r`` with
-``r in (-ln2, 0]``; then ``e^x = 2^-k e^r`` and ``e^r ~ a (r + b)^2 + c`` with
-``a = 0.35815147, b = 0.96963238 / a, c = 1 / a`` (I-BERT's second-order fit,
-``a r^2 + 0.9696 r + 1`` factored so one integer multiply remains):
+``r in (-ln2, 0]``; then ``e^x = 2^-k e^r`` and ``e^r ~ a r^2 + 0.96963238 r + 1``
+(I-BERT's second-order fit, ``a = 0.35815147``), written ``a (r (r + b) + c)`` with
+``b = 0.96963238 / a, c = 1 / a`` so that one integer multiply remains:
 
     x0 = floor(-0.6931 / s)               the integer standing for -ln 2 (< 0)
     d  = max(d, n * x0);  k = floor(d / x0);  r = d - k * x0      x0 < r <= 0

@@ -65,6 +65,13 @@ def shift_exp(d: torch.Tensor, d_bits: int, x0: int, n: int, what: str) -> torch
     return declare(e << (n - k), shift_exp_bits(x0, n), f"{what}.out")
 
 
+def suggest_n(fits: int) -> str:
+    """The remedy named in a too-wide error: the largest ``n`` that fits, if any does."""
+    if fits >= 1:
+        return f"use n <= {fits} (name 'ivit_n_{fits}')"
+    return "no n fits at this input scale: use a larger input scale or another family"
+
+
 def shift_exp_bits(x0: int, n: int) -> int:
     return signed_bits(-x0 << n)
 
@@ -94,11 +101,10 @@ class ShiftmaxKernel(Kernel):
 
     def compute(self, q: torch.Tensor) -> torch.Tensor:
         e_max = -self.x0 << self.n
-        fits = max(0, self.n - (e_max * q.shape[-1]).bit_length() + 31)
+        fits = self.n - (e_max * q.shape[-1]).bit_length() + 31
         d = q - q.max(dim=-1, keepdim=True).values
         e = shift_exp(d, self.in_bits + 1, self.x0, self.n, "softmax.exp")
-        p = normalize_rows(e, e_max, NUMERATOR_IVIT, "softmax",
-                           f"use n <= {fits} (softmax name 'ivit_n_{fits}')")
+        p = normalize_rows(e, e_max, NUMERATOR_IVIT, "softmax", suggest_n(fits))
         return self.finish(p, 32, self.m, self.e)
 
     def counts(self) -> dict[str, Any]:
@@ -113,11 +119,9 @@ class ShiftGeluKernel(Kernel):
         self.sig_bits = sig_bits
         self.x0 = math.floor(-1.0 / (GELU_SIGMOID_SCALE * self.in_scale))
         if (-self.x0 << (n + 1)) >= 1 << 31:
-            fits = max(0, 30 - (-self.x0).bit_length())
-            raise ValueError(
-                f"ShiftGELU with n={n} overflows 32 bits at input scale {self.in_scale:g}; "
-                f"use n <= {fits} (gelu name 'ivit_n_{fits}')"
-            )
+            raise ValueError(f"ShiftGELU with n={n} overflows 32 bits at input scale "
+                             f"{self.in_scale:g}; "
+                             + suggest_n(30 - (-self.x0).bit_length()))
         self.m, self.e = self.output_multiplier(self.in_scale * 2.0 ** (1 - sig_bits),
                                                 self.in_bits + sig_bits)
 

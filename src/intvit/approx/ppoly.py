@@ -4,7 +4,7 @@ coefficients fitted once per input scale.
 **Fit (at prepare time, float64).** The integer input domain ``[lo, hi]`` is cut into
 ``seg`` segments starting at integer breakpoints ``b_0 = lo < b_1 < ... < b_{S-1}``.
 On segment ``i`` the local coordinate is ``t = q - b_i >= 0`` and a polynomial of degree
-``deg`` in ``u = t / 2^G`` (``G`` = bits of the longest segment, so ``0 <= u < 1``) is
+``deg`` in ``u = t / 2^G`` (``G`` = bit length of the largest ``t``, so ``0 <= u < 1``) is
 fitted by least squares to ``f(s * q) * 2^F`` on the segment's integers (``F`` =
 ``scale-bits``). Coefficient ``k`` is stored as ``round(c_k * 2^(k G))``, rounded once
 and kept; nothing is refitted on a forward pass. The extra ``k G`` fraction bits keep
@@ -16,7 +16,8 @@ inputs), where rounding ``c_k`` per unit of ``t`` would cost ``t^k / 2`` units.
 degree-``deg`` pieces: segments are short where the function bends.
 
 **Softmax** uses the ppoly exp at ``2^-F`` (saturated to ``F + 1`` bits) and the row
-normalization of :mod:`.rows` with ``N = 2^31 - 1``, which needs ``C * 2^(F+1) < N``.
+normalization of :mod:`.rows` with ``N = 2^31 - 1``, which needs
+``C * (2^(F+1) - 1) < N``; a longer row is an error naming the largest ``F`` that fits.
 
 **Evaluate (integer).**
 
@@ -150,9 +151,12 @@ class PPolySoftmaxKernel(Kernel):
 
     def compute(self, q: torch.Tensor) -> torch.Tensor:
         e = self.exp.compute(q - q.max(dim=-1, keepdim=True).values)
-        fits = 29 - q.shape[-1].bit_length()
-        p = normalize_rows(e, self.e_max, NUMERATOR_IVIT, "softmax",
-                           f"use scale-bits <= {fits} (softmax name 'ppoly_scale-bits_{fits}')")
+        length = q.shape[-1]
+        fits = max((f for f in range(1, 31) if length * ((1 << (f + 1)) - 1) < NUMERATOR_IVIT),
+                   default=None)
+        remedy = (f"use scale-bits <= {fits} (softmax name 'ppoly_scale-bits_{fits}')"
+                  if fits else "no scale-bits fits rows this long")
+        p = normalize_rows(e, self.e_max, NUMERATOR_IVIT, "softmax", remedy)
         return self.finish(p, 32, self.m, self.e)
 
     def counts(self) -> dict[str, Any]:

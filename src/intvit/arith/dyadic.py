@@ -19,7 +19,8 @@ bits, the product needs ``W + B`` signed bits; a kernel whose result is wider th
 bits uses a shorter mantissa, ``B = min(31, 63 - W)`` (:func:`mantissa_bits_for`), so the
 product never leaves int64.
 The shift ``e`` must lie in ``[0, 62]``: multipliers of ``2^B`` or more are rejected,
-and multipliers below ``2^(B-62)`` are rounded onto ``e = 62`` (their mantissa shrinks).
+and multipliers below ``2^(B-62)`` are rounded onto ``e = 62`` (their mantissa shrinks,
+down to 0 for multipliers below ``2^-63``).
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def dyadic(multiplier: float | torch.Tensor, mantissa_bits: int = MANTISSA_BITS
             f"got {float(real.abs().max())}"
         )
     excess = (e - MAX_EXPONENT).clamp_min(0)
-    m = (m + ((torch.ones_like(m) << excess) >> 1)) >> excess
-    e = e - excess
-    return m, e
+    dropped = excess.clamp_max(MAX_EXPONENT)  # |m| < 2^31: 62 dropped bits leave 0
+    m = (m + ((torch.ones_like(m) << dropped) >> 1)) >> dropped
+    return m, e - excess
 
 
 def dyadic_value(m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:

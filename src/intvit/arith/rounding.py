@@ -5,11 +5,15 @@ All functions take int64 tensors and return int64 tensors.
 * ``floor_shift(x, k)  = floor(x / 2^k)``: an arithmetic right shift (torch's ``>>`` on
   signed integers is arithmetic, so negative values round toward -inf, not toward 0).
 * ``round_shift(x, k)  = floor(x / 2^k + 1/2)``: round half up (toward +inf), computed as
-  ``(x + 2^(k-1)) >> k``; ``k = 0`` is the identity.
+  ``(x >> k) + ((x >> (k-1)) & 1)`` (the floor plus the first dropped bit), which
+  cannot overflow, unlike ``(x + 2^(k-1)) >> k``; ``k = 0`` is the identity.
 * ``floor_div(x, d)    = floor(x / d)`` for integer ``d > 0``.
-* ``round_div(x, d)    = floor(x / d + 1/2)`` for integer ``d > 0``, computed as
-  ``floor((x + floor(d/2)) / d)``. For even ``d`` this is round half up; for odd ``d``
-  no tie exists, and ``x = d*k + r`` rounds up exactly when ``r >= (d+1)/2``.
+* ``round_div(x, d)    = floor(x / d + 1/2)`` for integer ``d > 0``: with
+  ``x = d*k + r, 0 <= r < d`` it is ``k + [r >= d - floor(d/2)]``, equal to
+  ``floor((x + floor(d/2)) / d)`` without forming the sum. For even ``d`` this is round
+  half up; for odd ``d`` no tie exists.
+
+Every function is exact on the whole int64 range.
 
 Shift amounts are limited to ``0 <= k <= 62`` so that ``2^k`` is an int64.
 """
@@ -44,8 +48,9 @@ def floor_shift(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
 def round_shift(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
     """``floor(x / 2^k + 1/2)`` (round half up)."""
     _check_shift(k)
-    one = torch.ones_like(x) if isinstance(k, torch.Tensor) else 1
-    return (x + ((one << k) >> 1)) >> k
+    first_dropped = (x >> (k - 1).clamp_min(0) if isinstance(k, torch.Tensor)
+                     else x >> max(k - 1, 0)) & 1
+    return (x >> k) + torch.where(torch.as_tensor(k) > 0, first_dropped, 0)
 
 
 def floor_div(x: torch.Tensor, d: int | torch.Tensor) -> torch.Tensor:
@@ -57,4 +62,6 @@ def floor_div(x: torch.Tensor, d: int | torch.Tensor) -> torch.Tensor:
 def round_div(x: torch.Tensor, d: int | torch.Tensor) -> torch.Tensor:
     """``floor(x / d + 1/2)`` for ``d > 0`` (round half up)."""
     _check_divisor(d)
-    return torch.div(x + d // 2, d, rounding_mode="floor")
+    quotient = torch.div(x, d, rounding_mode="floor")
+    remainder = x - quotient * d
+    return quotient + (remainder >= d - d // 2).to(x.dtype)

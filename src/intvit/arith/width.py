@@ -39,7 +39,7 @@ class WidthLog:
     def record(self, what: str, bits: int, t: torch.Tensor) -> None:
         self.declared[what] = max(bits, self.declared.get(what, 0))
         if t.numel():
-            seen = int(t.abs().max())
+            seen = max(-int(t.min()), int(t.max()))
             self.observed[what] = max(seen, self.observed.get(what, 0))
 
     @property
@@ -90,17 +90,21 @@ def record_widths(log: WidthLog | None = None) -> Iterator[WidthLog]:
         _logs.pop()
 
 
-def declare(t: torch.Tensor, bits: int, what: str) -> torch.Tensor:
-    """Declare that every value of ``t`` fits ``bits`` signed bits; return ``t``."""
+def declare(t: torch.Tensor, bits: int, what: str, max_abs: int | None = None
+            ) -> torch.Tensor:
+    """Declare that every value of ``t`` fits ``bits`` signed bits (and, when given, the
+    exact bound ``|t| <= max_abs`` that a later width was derived from); return ``t``."""
     if bits > 64:
         raise IntegerOverflowError(f"{what}: declared width {bits} bits exceeds int64")
     if _checking and t.numel():
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        if max_abs is not None:
+            lo, hi = max(lo, -max_abs), min(hi, max_abs)
         t_min, t_max = int(t.min()), int(t.max())
         if t_min < lo or t_max > hi:
             raise IntegerOverflowError(
                 f"{what}: values in [{t_min}, {t_max}] exceed the declared "
-                f"{bits}-bit range [{lo}, {hi}]"
+                f"range [{lo}, {hi}] ({bits} bits)"
             )
     for log in _logs:
         if _checking:
