@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Callable
 
 from .approx import OPS, REGISTRY, UnknownApproximation
+from .data import DataConfig
+from .quant import POINTS, BitWidths, QuantConfig
+from .train.options import TrainingStopped
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int]]] = {}
@@ -96,6 +99,173 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_arguments(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="deit_tiny",
+                   help="deit_tiny, deit_small, deit_base, vit_small, vit_base, swin_tiny, "
+                        "swin_small, timm's full names, or 'custom' (with the flags below)")
+    if checkpoint:
+        g.add_argument("--checkpoint", help="start from an intvit checkpoint")
+    g.add_argument("--pretrained", action="store_true",
+                   help="timm's pretrained weights (hub or local cache; needs a network once)")
+    g.add_argument("--weights", help="a local timm/DeiT weights file (.pth, .safetensors)")
+    g.add_argument("--input-size", type=int, dest="img_size", help="input resolution")
+    g.add_argument("--nb-classes", type=int, dest="num_classes",
+                   help="classes (default: the dataset's)")
+    g.add_argument("--in-chans", type=int, dest="in_chans", help="input channels")
+    g.add_argument("--patch-size", type=int, dest="patch_size")
+    g.add_argument("--embed-dim", type=int, dest="embed_dim")
+    g.add_argument("--depth", type=int)
+    g.add_argument("--num-heads", type=int, dest="num_heads")
+
+
+def _quant_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantization")
+    g.add_argument("--bitwidth", default="8",
+                   help="activation bits: one value, or 8 comma-separated for "
+                        + ", ".join(POINTS))
+    g.add_argument("--weight-bits", type=int, default=8)
+    g.add_argument("--layer-type", "--layer_type", dest="layer_type", default="ivit",
+                   help="approximation for GELU, Softmax and LayerNorm at once")
+    for op in ("gelu", "softmax", "layernorm"):
+        g.add_argument(f"--{op}", help=f"{op} approximation (overrides --layer-type)")
+    g.add_argument("--observer", default="minmax", choices=["minmax", "ema", "percentile"])
+    g.add_argument("--no-quant", action="store_true", help="the float model (baselines)")
+
+
+def _data_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None if required else "synthetic", required=required,
+                   help="synthetic, fashion-mnist, cifar10, cifar100, or an ImageNet-layout "
+                        "folder with train/ and val/")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--workers", "--num_workers", type=int, default=0, dest="workers")
+    g.add_argument("--train-limit", type=int, help="use only N training images")
+    g.add_argument("--val-limit", type=int, help="use only N validation images")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def quant_config(args: argparse.Namespace) -> QuantConfig:
+    names = {op: getattr(args, op) or args.layer_type for op in ("gelu", "softmax", "layernorm")}
+    return QuantConfig(bits=BitWidths.parse(args.bitwidth), weight_bits=args.weight_bits,
+                       observer=args.observer, enabled=not args.no_quant, **names)
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    keys = ("img_size", "num_classes", "in_chans", "patch_size", "embed_dim", "depth",
+            "num_heads")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def data_config(args: argparse.Namespace, model) -> DataConfig:
+    return DataConfig(data=args.data, img_size=model.cfg.img_size, in_chans=model.cfg.in_chans,
+                      batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                      train_limit=args.train_limit, val_limit=args.val_limit)
+
+
+def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    _model_arguments(p)
+    _quant_arguments(p)
+    _data_arguments(p)
+    p.add_argument("--batches", type=int, default=16, help="calibration batches")
+    p.add_argument("--out", required=True, help="the calibrated checkpoint to write")
+    p.add_argument("--json", metavar="FILE", help="write the evaluation after calibration")
+
+
+@command("calibrate", "post-training quantization: set activation ranges, save a checkpoint",
+         _calibrate_arguments)
+def run_calibrate(args: argparse.Namespace) -> int:
+    from .data import build_dataset, build_loader
+    from .evaluation import evaluate
+    from .models.checkpoint import save_checkpoint
+    from .models.factory import ModelSource, make_model
+    from .quant import calibrate
+
+    overrides = model_overrides(args)
+    if not args.checkpoint and "num_classes" not in overrides:
+        overrides["num_classes"] = build_dataset(DataConfig(data=args.data), "val")[1]
+    model, _ = make_model(ModelSource(args.model, args.checkpoint, args.pretrained,
+                                      args.weights, overrides), quant_config(args))
+    if not model.qcfg.enabled:
+        raise ValueError("calibrate needs quantization on (drop --no-quant)")
+    data = data_config(args, model)
+    used = calibrate(model, build_loader(data, "train"), args.batches)
+    result = evaluate(model, build_loader(data, "val"))
+    path = save_checkpoint(args.out, model, {"calibration_batches": used,
+                                              "metrics": result.as_dict()})
+    print(f"calibrated on {used} batches; integer model: {result.summary()}")
+    print(f"checkpoint written to {path}")
+    write_json(args.json, result.as_dict())
+    return 0
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    _model_arguments(p)
+    _quant_arguments(p)
+    _data_arguments(p)
+    g = p.add_argument_group("training (the DeiT recipe)")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--lr", type=float, default=5e-7)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--warmup-epochs", type=float, default=0.0)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation")
+    g.add_argument("--clip-grad", type=float)
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--mixup", type=float, default=0.0)
+    g.add_argument("--cutmix", type=float, default=0.0)
+    g.add_argument("--calib-batches", type=int, default=8)
+    g.add_argument("--max-steps-per-epoch", type=int)
+    g.add_argument("--save-every", type=int, default=0, help="also save every N steps")
+    g.add_argument("--output-dir", "--output_dir", dest="output_dir", default="runs/train")
+    g.add_argument("--resume", help="a run folder or its last.safetensors")
+    g.add_argument("--wandb-project", "--wandb_project", dest="wandb_project")
+    g.add_argument("--wandb-entity", "--wandb_entity", dest="wandb_entity")
+    g.add_argument("--json", metavar="FILE", help="write the per-epoch metrics")
+
+
+@command("train", "quantization-aware training (float with --no-quant)", _train_arguments)
+def run_train(args: argparse.Namespace) -> int:
+    from .train.loop import run_training
+    from .train.options import TrainConfig
+
+    cfg = TrainConfig(
+        model=args.model, data=args.data, model_overrides=model_overrides(args),
+        pretrained=args.pretrained, weights=args.weights, checkpoint=args.checkpoint,
+        quant=quant_config(args).as_dict(), epochs=args.epochs, lr=args.lr, min_lr=args.min_lr,
+        warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, accum_steps=args.accum_steps, clip_grad=args.clip_grad,
+        smoothing=args.smoothing, mixup=args.mixup, cutmix=args.cutmix,
+        calib_batches=args.calib_batches, max_steps_per_epoch=args.max_steps_per_epoch,
+        save_every=args.save_every, output_dir=args.output_dir, resume=args.resume,
+        seed=args.seed, workers=args.workers, train_limit=args.train_limit,
+        val_limit=args.val_limit, wandb_project=args.wandb_project,
+        wandb_entity=args.wandb_entity)
+    result = run_training(cfg)
+    print(f"checkpoint: {result['checkpoint']}; best top-1 {result['best_top1']:.2f}%")
+    write_json(args.json, result)
+    return 0
+
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="an intvit checkpoint")
+    _data_arguments(p, required=True)
+    p.add_argument("--json", metavar="FILE", help="write top1/top3/top5/loss/images_per_s")
+
+
+@command("eval", "evaluate a checkpoint (the integer model) on a dataset", _eval_arguments)
+def run_eval(args: argparse.Namespace) -> int:
+    from .data import build_loader
+    from .evaluation import evaluate
+    from .models.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint)
+    result = evaluate(model, build_loader(data_config(args, model), "val"))
+    print(result.summary())
+    write_json(args.json, {k: v for k, v in result.as_dict().items() if k != "images"})
+    return 0
+
+
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="where to write results")
 
@@ -121,9 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (UnknownApproximation, ValueError) as err:
+    except (UnknownApproximation, ValueError, OverflowError) as err:
         print(f"intvit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingStopped as err:
+        print(f"intvit {args.command}: stopped: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

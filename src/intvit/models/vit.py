@@ -124,9 +124,10 @@ class QuantVisionTransformer(nn.Module):
         set_mode(self, mode)
 
     def train(self, mode: bool = True) -> "QuantVisionTransformer":
+        """Training runs QAT (FAKE), evaluation the integer model (INT); quantization
+        off, both run the float model. Calibration: :func:`intvit.quant.calibration`."""
         super().train(mode)
-        if self.mode is not Mode.CALIBRATE:
-            self.set_mode(Mode.FAKE if mode else Mode.INT)
+        self.set_mode(Mode.FAKE if mode else Mode.INT)
         return self
 
     def _tokens(self, patches: QT) -> QT:

@@ -1,0 +1,65 @@
+"""Evaluate a model on a dataset: top-1/3/5 accuracy, loss and throughput."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .quant import Mode
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top3: float
+    top5: float
+    loss: float
+    images_per_s: float
+    images: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (f"top-1 {self.top1:.2f}%  top-3 {self.top3:.2f}%  top-5 {self.top5:.2f}%  "
+                f"loss {self.loss:.4f}  {self.images_per_s:.1f} images/s  ({self.images} images)")
+
+
+def exact_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Float64 logits; for the integer model, the int32 logits times their scales, exact
+    (a float32 product would round integers above 2^24)."""
+    if getattr(model, "mode", None) is Mode.INT:
+        logits = model.forward_int(images)
+        return logits.value.double() * logits.scale.double()
+    return model(images).double()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, progress: bool = True, desc: str = "eval") -> EvalResult:
+    """Evaluate in the model's eval mode (the integer model when quantization is on)."""
+    model.eval()
+    totals = torch.zeros(5, dtype=torch.float64)  # images, loss sum, top1, top3, top5
+    start = time.perf_counter()
+    for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        logits = exact_logits(model, images)
+        totals[0] += labels.shape[0]
+        totals[1] += float(F.cross_entropy(logits, labels, reduction="sum"))
+        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = ranked == labels[:, None]
+        for slot, k in enumerate((1, 3, 5), start=2):
+            totals[slot] += float(hits[:, :k].any(dim=1).sum())
+    elapsed = time.perf_counter() - start
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    images = int(totals[0])
+    if images == 0:
+        raise ValueError("evaluation saw no images: the dataset is empty")
+    pct = lambda v: 100.0 * float(v) / images  # noqa: E731
+    return EvalResult(pct(totals[2]), pct(totals[3]), pct(totals[4]), float(totals[1]) / images,
+                      images / elapsed if elapsed > 0 else float("inf"), images)

@@ -1,0 +1,150 @@
+"""Checkpoints: everything needed to rebuild and evaluate a model, in one safetensors
+file, written atomically; and reading other people's weights safely.
+
+An intvit checkpoint is a safetensors file whose metadata holds
+``{"format": "intvit", "version": 1, "model": ModelConfig, "quant": QuantConfig,
+"info": {...}}`` as JSON strings, and whose tensors are the model's full state dict
+(weights and every quantization buffer). Loading needs the path alone. Training state
+(optimizer, schedule, step) for ``--resume`` lives beside it in ``*.state.pt``, read with
+``torch.load(weights_only=True)``, which unpickles tensors and plain containers only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from ..quant import QuantConfig
+from .config import ModelConfig
+from .registry import ModelError, build_quant_model
+
+FORMAT, VERSION = "intvit", 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit; the message says why."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, info: dict[str, Any] | None = None
+                    ) -> Path:
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "version": str(VERSION),
+                "model": json.dumps(model.cfg.as_dict()),
+                "quant": json.dumps(model.qcfg.as_dict()),
+                "info": json.dumps(info or {})}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or "
+                              f"corrupted?): {err}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not an intvit checkpoint "
+                              f"(use it as --weights for a model instead)")
+    if int(meta.get("version", -1)) != VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {meta.get('version')}; "
+                              f"this intvit reads version {VERSION}")
+    try:
+        return {"model": ModelConfig.from_dict(json.loads(meta["model"])),
+                "quant": QuantConfig.from_dict(json.loads(meta["quant"])),
+                "info": json.loads(meta.get("info", "{}"))}
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} has unreadable intvit metadata: {err}") from None
+
+
+def load_checkpoint(path: str | Path, expect: ModelConfig | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load all of its state."""
+    meta = read_metadata(path)
+    if expect is not None and _architecture(expect) != _architecture(meta["model"]):
+        raise CheckpointError(f"{path} holds a different model ({_describe(meta['model'])}) "
+                              f"than the one asked for ({_describe(expect)})")
+    model = build_quant_model(meta["model"], meta["quant"])
+    try:
+        state = load_file(str(path))
+        model.load_state_dict(state, strict=True)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is truncated or corrupted: {err}") from None
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not match the model it describes: {err}") from None
+    return model, meta
+
+
+def _architecture(cfg: ModelConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.as_dict().items() if k != "timm_name"}
+
+
+def _describe(cfg: ModelConfig) -> str:
+    return cfg.timm_name or (f"{cfg.arch} dim {cfg.embed_dim} depth {cfg.depth} "
+                             f"{cfg.img_size}px {cfg.num_classes} classes")
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A float state dict from a timm/DeiT ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file,
+    deserialized safely (no arbitrary pickle); ``{"model": ...}`` wrappers are unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, EOFError) as err:
+        raise CheckpointError(f"cannot read weights from {path} (corrupted, or not a "
+                              f"tensor file?): {err}") from None
+    except Exception as err:  # weights_only refuses arbitrary objects: say so
+        raise CheckpointError(f"{path} holds objects other than tensors and was refused "
+                              f"for safety: {err}") from None
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read training state {path}: {err}") from None
+
+
+__all__ = ["CheckpointError", "ModelError", "atomic_write", "load_checkpoint",
+           "load_train_state", "read_metadata", "read_weights_file", "save_checkpoint",
+           "save_train_state"]

@@ -1,0 +1,55 @@
+"""Assemble a quantized model from where its weights come from: an intvit checkpoint,
+timm's pretrained weights, a local timm/DeiT weights file, or nothing (random init)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..quant import QuantConfig
+from .checkpoint import load_checkpoint, read_weights_file
+from .config import ModelConfig
+from .registry import build_quant_model, create_timm, load_float_weights, model_config
+
+
+@dataclass
+class ModelSource:
+    name: str = "deit_tiny"
+    checkpoint: str | None = None
+    pretrained: bool = False
+    weights: str | None = None
+    overrides: dict[str, Any] | None = None
+
+
+def make_model(source: ModelSource, qcfg: QuantConfig | None, log=print
+               ) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and the checkpoint's info (empty unless loaded from a checkpoint)."""
+    if source.checkpoint:
+        model, meta = load_checkpoint(source.checkpoint)
+        return model, meta["info"]
+    cfg = model_config(source.name, **(source.overrides or {}))
+    model = build_quant_model(cfg, qcfg or QuantConfig())
+    if source.pretrained:
+        load_float_weights(model, create_timm(cfg, pretrained=True).state_dict())
+    elif source.weights:
+        load_float_weights(model, _fit_head(read_weights_file(source.weights), cfg, log))
+    return model, {}
+
+
+def _fit_head(state: dict, cfg: ModelConfig, log) -> dict:
+    """Drop a classifier trained for another number of classes (the new one starts fresh)."""
+    head = [k for k in state if k.startswith(("head.weight", "head.bias", "head.fc."))]
+    if head and state[head[0]].shape[0] != cfg.num_classes:
+        log(f"note: the weights' classifier has {state[head[0]].shape[0]} classes, the model "
+            f"{cfg.num_classes}; the classifier is initialized afresh")
+        state = {k: v for k, v in state.items() if k not in head}
+        return state | {k: v for k, v in _fresh_head(cfg).items()}
+    return state
+
+
+def _fresh_head(cfg: ModelConfig) -> dict:
+    model = build_quant_model(cfg, QuantConfig(enabled=False))
+    return {k: v for k, v in model.state_dict().items()
+            if k.startswith(("head.weight", "head.bias", "head.fc."))}

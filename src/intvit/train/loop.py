@@ -1,0 +1,214 @@
+"""Quantization-aware training (and float training with quantization off).
+
+The DeiT recipe: AdamW without weight decay on norms, biases and embeddings; cosine
+learning rate per step with linear warmup; label smoothing or mixup/cutmix with soft
+targets; gradient accumulation. Activation ranges are calibrated before training (PTQ)
+and then kept frozen, so the integer kernels' constants stay fixed during QAT.
+
+Nothing is lost: after every epoch (and every ``save_every`` steps) the model goes to
+``last.safetensors`` and the optimizer, schedule and position to ``last.state.pt``, both
+written atomically. ``--resume DIR_OR_CHECKPOINT`` continues exactly where the last save
+left off (the data order of each epoch is a function of the seed and the epoch). A
+non-finite loss stops the run before the bad step is applied; the last good checkpoint
+stays.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..data import DataConfig, build_loader
+from ..evaluation import evaluate
+from ..models.checkpoint import (load_checkpoint, load_train_state, save_checkpoint,
+                                 save_train_state)
+from ..models.factory import ModelSource, make_model
+from ..quant import QuantConfig, calibrate
+from .distributed import init_from_env, is_main, shutdown
+from .options import TrainConfig, TrainingStopped
+from .tracking import Tracker
+
+LAST, STATE, BEST = "last.safetensors", "last.state.pt", "best.safetensors"
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "position_bias_table"))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (plain if _no_decay(name, param) else decay).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": plain, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_criterion(cfg: TrainConfig, num_classes: int):
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+                      label_smoothing=cfg.smoothing, num_classes=num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    if cfg.smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(cfg.smoothing)
+    return None, nn.CrossEntropyLoss()
+
+
+def _resume_paths(resume: str) -> tuple[Path, Path]:
+    path = Path(resume)
+    if path.is_dir():
+        path = path / LAST
+    return path, path.with_name(path.name.replace(".safetensors", ".state.pt"))
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    rank, world = init_from_env()
+    try:
+        return _train(cfg, rank, world)
+    finally:
+        shutdown()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
+    log = print if is_main() else (lambda *a, **k: None)
+    torch.manual_seed(cfg.seed + rank)
+    out = Path(cfg.output_dir)
+    state: dict[str, Any] = {}
+    if cfg.resume:
+        ck_path, state_path = _resume_paths(cfg.resume)
+        model, meta = load_checkpoint(ck_path)
+        state = load_train_state(state_path) if state_path.exists() else {}
+        log(f"resuming from {ck_path} at epoch {state.get('epoch', 0)}, "
+            f"step {state.get('step_in_epoch', 0)}")
+    qcfg = QuantConfig.from_dict(cfg.quant) if cfg.quant else QuantConfig()
+    data_probe = DataConfig(data=cfg.data, img_size=224, in_chans=3, batch_size=cfg.batch_size,
+                            workers=cfg.workers, seed=cfg.seed, train_limit=cfg.train_limit,
+                            val_limit=cfg.val_limit)
+    if not cfg.resume:
+        overrides = dict(cfg.model_overrides)
+        if "num_classes" not in overrides and not cfg.checkpoint:
+            from ..data import build_dataset
+
+            overrides["num_classes"] = build_dataset(data_probe, "val")[1]
+        model, _ = make_model(ModelSource(cfg.model, cfg.checkpoint, cfg.pretrained, cfg.weights,
+                                          overrides), qcfg, log)
+    mcfg, qcfg = model.cfg, model.qcfg
+    data = DataConfig(**{**data_probe.__dict__, "img_size": mcfg.img_size,
+                         "in_chans": mcfg.in_chans})
+    train_loader = build_loader(data, "train", distributed=world > 1)
+    val_loader = build_loader(data, "val", distributed=world > 1)
+    if qcfg.enabled and not state and not _calibrated(model):
+        used = calibrate(model, train_loader, cfg.calib_batches, cfg.progress)
+        log(f"calibrated activation ranges on {used} batches")
+    model.train()
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimizer = make_optimizer(model, cfg)
+    mixup, criterion = make_criterion(cfg, mcfg.num_classes)
+    steps_per_epoch = len(train_loader)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    updates_per_epoch = max(1, steps_per_epoch // cfg.accum_steps)
+    total_updates = updates_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * updates_per_epoch)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+    epoch0, skip = state.get("epoch", 0), state.get("step_in_epoch", 0)
+    update, best = state.get("update", 0), state.get("best_top1", -1.0)
+    tracker = Tracker(cfg.wandb_project, cfg.wandb_entity,
+                      {**cfg.as_dict(), "model_config": mcfg.as_dict(), "quant": qcfg.as_dict()},
+                      enabled=is_main())
+    history: list[dict[str, Any]] = []
+
+    def save(epoch: int, step_in_epoch: int, metrics: dict[str, Any] | None = None) -> None:
+        if not is_main():
+            return
+        info = {"epoch": epoch, "step_in_epoch": step_in_epoch, "update": update,
+                "metrics": metrics or {}, "train": cfg.as_dict()}
+        save_checkpoint(out / LAST, model, info)
+        save_train_state(out / STATE, {"optimizer": optimizer.state_dict(), "epoch": epoch,
+                                       "step_in_epoch": step_in_epoch, "update": update,
+                                       "best_top1": best, "rng": torch.get_rng_state()})
+        tracker.log({"checkpoint": str(out / LAST)}, step=update)
+
+    for epoch in range(epoch0, cfg.epochs):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        model.train()
+        seen, loss_sum, start = 0, 0.0, time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (cfg.progress and is_main()), leave=False)
+        for step, (images, labels) in enumerate(train_loader):
+            if step >= steps_per_epoch:
+                break
+            if step < skip:
+                continue
+            if mixup is not None:
+                images, labels = mixup(images, labels)
+            loss = criterion(net(images), labels) / cfg.accum_steps
+            loss_value = float(loss.detach()) * cfg.accum_steps
+            if not math.isfinite(loss_value):
+                bar.close()
+                tracker.finish()
+                raise TrainingStopped(
+                    f"loss became {loss_value} at epoch {epoch + 1}, step {step}; stopped "
+                    f"before applying it. The last good checkpoint is {out / LAST} "
+                    f"(resume with --resume {out}); try a lower --lr")
+            loss.backward()
+            if (step + 1) % cfg.accum_steps == 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(update, total_updates, warmup, cfg)
+                if cfg.clip_grad:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                update += 1
+            seen += images.shape[0]
+            loss_sum += loss_value
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{loss_sum / (step + 1 - skip):.4f}", img_s=f"{rate:.1f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.update(1)
+            tracker.log({"train/loss": loss_value,
+                         "train/lr": optimizer.param_groups[0]["lr"]}, step=update)
+            if cfg.save_every and (step + 1) % cfg.save_every == 0:
+                save(epoch, step + 1)
+        bar.close()
+        skip = 0
+        result = evaluate(model, val_loader, cfg.progress and is_main(), "validate")
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, steps_per_epoch),
+                   **{f"val_{k}": v for k, v in result.as_dict().items()}}
+        history.append(metrics)
+        log(f"epoch {epoch + 1}: train loss {metrics['train_loss']:.4f}, val {result.summary()}")
+        tracker.log({f"val/{k}": v for k, v in result.as_dict().items()}, step=update)
+        if result.top1 > best:
+            best = result.top1
+            if is_main():
+                save_checkpoint(out / BEST, model, {"epoch": epoch + 1, "metrics": metrics,
+                                                    "train": cfg.as_dict()})
+        save(epoch + 1, 0, metrics)
+    tracker.summary({"best_top1": best})
+    tracker.finish()
+    return {"history": history, "best_top1": best, "checkpoint": str(out / LAST)}
+
+
+def _calibrated(model: nn.Module) -> bool:
+    from ..quant import RangeObserver
+
+    return all(m.ready for m in model.modules() if isinstance(m, RangeObserver))
