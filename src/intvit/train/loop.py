@@ -8,7 +8,9 @@ and then kept frozen, so the integer kernels' constants stay fixed during QAT.
 Nothing is lost: after every epoch (and every ``save_every`` steps) the model goes to
 ``last.safetensors`` and the optimizer, schedule and position to ``last.state.pt``, both
 written atomically. ``--resume DIR_OR_CHECKPOINT`` continues exactly where the last save
-left off (the data order of each epoch is a function of the seed and the epoch). A
+left off: the data order of each epoch is a function of the seed and the epoch, and the
+torch, numpy and Python random states are saved and restored, so with ``--workers 0`` a
+resumed run computes exactly what the uninterrupted run would have. A
 non-finite loss stops the run before the bad step is applied; the last good checkpoint
 stays.
 """
@@ -16,10 +18,12 @@ stays.
 from __future__ import annotations
 
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -128,7 +132,6 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
     warmup = int(cfg.warmup_epochs * updates_per_epoch)
     if state:
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
     epoch0, skip = state.get("epoch", 0), state.get("step_in_epoch", 0)
     update, best = state.get("update", 0), state.get("best_top1", -1.0)
     tracker = Tracker(cfg.wandb_project, cfg.wandb_entity,
@@ -144,12 +147,16 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
         save_checkpoint(out / LAST, model, info)
         save_train_state(out / STATE, {"optimizer": optimizer.state_dict(), "epoch": epoch,
                                        "step_in_epoch": step_in_epoch, "update": update,
-                                       "best_top1": best, "rng": torch.get_rng_state()})
+                                       "best_top1": best, "rng": rng_state()})
         tracker.log({"checkpoint": str(out / LAST)}, step=update)
 
     for epoch in range(epoch0, cfg.epochs):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
+        if train_loader.generator is not None:
+            train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        if state and skip == 0 and epoch == epoch0:
+            set_rng_state(state["rng"])
         model.train()
         seen, loss_sum, start = 0, 0.0, time.perf_counter()
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -157,7 +164,9 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
         for step, (images, labels) in enumerate(train_loader):
             if step >= steps_per_epoch:
                 break
-            if step < skip:
+            if step < skip:  # resuming: replay the order, then the saved randomness
+                if step == skip - 1:
+                    set_rng_state(state["rng"])
                 continue
             if mixup is not None:
                 images, labels = mixup(images, labels)
@@ -206,6 +215,24 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
     tracker.summary({"best_top1": best})
     tracker.finish()
     return {"history": history, "best_top1": best, "checkpoint": str(out / LAST)}
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random state augmentation and mixup draw from (torch, numpy, random)."""
+    return {"torch": torch.get_rng_state(), "numpy": _np_state_to_tensor(),
+            "python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, pos = state["numpy"][:-1].numpy().astype(np.uint32), int(state["numpy"][-1])
+    np.random.set_state(("MT19937", keys, pos))
+    random.setstate((3, tuple(int(v) for v in state["python"]), None))
+
+
+def _np_state_to_tensor() -> torch.Tensor:
+    _, keys, pos, *_ = np.random.get_state()
+    return torch.tensor([*keys.tolist(), pos], dtype=torch.int64)
 
 
 def _calibrated(model: nn.Module) -> bool:

@@ -1,0 +1,141 @@
+"""Calibrate, train, evaluate, save, load, resume: the flows users run."""
+
+import json
+
+import pytest
+import torch
+from conftest import SMALL
+
+from intvit.cli import main
+from intvit.models.checkpoint import load_checkpoint
+from intvit.train.loop import run_training
+from intvit.train.options import TrainConfig, TrainingStopped
+
+ARCH = ["--model", "custom", "--input-size", "32", "--patch-size", "8", "--embed-dim", "32",
+        "--depth", "2", "--num-heads", "2"]
+
+
+def config(tmp_path, **overrides):
+    base = dict(model="custom", data="synthetic",
+                model_overrides={k: v for k, v in SMALL.items() if k != "num_classes"},
+                quant={"gelu": "ppoly", "softmax": "ppoly", "layernorm": "ivit"},
+                epochs=2, lr=2e-3, batch_size=32, calib_batches=4, train_limit=192,
+                val_limit=64, output_dir=str(tmp_path / "run"), progress=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+def weights(path):
+    model, _ = load_checkpoint(path)
+    return model.state_dict()
+
+
+def test_qat_lowers_the_loss_and_eval_reproduces_after_reload(tmp_path):
+    result = run_training(config(tmp_path))
+    first, last = result["history"][0], result["history"][-1]
+    assert last["train_loss"] < first["train_loss"]
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", result["checkpoint"], "--data", "synthetic",
+                 "--val-limit", "64", "--batch-size", "32", "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"top1", "top3", "top5", "loss", "images_per_s"}
+    assert metrics["top1"] == last["val_top1"] and metrics["loss"] == last["val_loss"]
+
+
+def test_resume_after_a_kill_loses_nothing(tmp_path, monkeypatch):
+    """A run killed mid-epoch and resumed ends with the same weights, bit for bit, as
+    the run that was never interrupted."""
+    whole = run_training(config(tmp_path / "whole", save_every=2))
+    calls = {"n": 0}
+    original = torch.optim.AdamW.step
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:  # epoch 2 (6 steps per epoch), after the save at its step 2
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    killed = config(tmp_path / "killed", save_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(killed)
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    resumed = run_training(config(tmp_path / "killed", save_every=2,
+                                  resume=str(tmp_path / "killed" / "run")))
+    a, b = weights(whole["checkpoint"]), weights(resumed["checkpoint"])
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = config(tmp_path, epochs=2)
+    calls = {"n": 0}
+    real = torch.nn.Module.__call__
+
+    def poisoned(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if type(self).__name__ == "LabelSmoothingCrossEntropy":
+            calls["n"] += 1
+            if calls["n"] > 8:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", poisoned)
+    with pytest.raises(TrainingStopped, match="last good checkpoint"):
+        run_training(cfg)
+    monkeypatch.setattr(torch.nn.Module, "__call__", real)
+    model, meta = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert meta["info"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values()
+               if v.dtype.is_floating_point and v.numel() and not torch.isinf(v).any())
+
+
+def test_calibrate_command_writes_a_checkpoint_that_evaluates_the_same(tmp_path):
+    ck, js = tmp_path / "ptq.safetensors", tmp_path / "ptq.json"
+    assert main(["calibrate", *ARCH, "--data", "synthetic", "--batches", "2", "--batch-size",
+                 "16", "--val-limit", "32", "--layer_type", "ppoly", "--layernorm", "ibert",
+                 "--out", str(ck),
+                 "--json", str(js)]) == 0
+    before = json.loads(js.read_text())
+    assert main(["eval", "--checkpoint", str(ck), "--data", "synthetic", "--batch-size", "16",
+                 "--val-limit", "32", "--json", str(js)]) == 0
+    after = json.loads(js.read_text())
+    assert before["top1"] == after["top1"] and before["loss"] == after["loss"]
+    model, _ = load_checkpoint(ck)
+    assert (model.qcfg.gelu, model.qcfg.softmax, model.qcfg.layernorm) == ("ppoly", "ppoly",
+                                                                              "ibert")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["eval", "--checkpoint", "missing.safetensors", "--data", "synthetic"], "no checkpoint"),
+    (["eval", "--checkpoint", "{corrupt}", "--data", "synthetic"], "truncated or corrupted"),
+    (["calibrate", *ARCH, "--data", "/no/such/folder", "--out", "x.safetensors"], "/no/such/folder"),
+    (["calibrate", *ARCH, "--data", "{empty}", "--out", "x.safetensors"], "train"),
+    (["calibrate", *ARCH, "--gelu", "shiftgelu", "--out", "x.safetensors"], "unknown gelu"),
+    (["calibrate", *ARCH, "--bitwidth", "8,8,40", "--out", "x.safetensors"], "1 or 8 values"),
+    (["calibrate", *ARCH, "--bitwidth", "40", "--out", "x.safetensors"], "[2, 16]"),
+    (["train", *ARCH, "--epochs", "0"], "epochs"),
+])
+def test_bad_input_is_a_clear_message_and_nonzero_exit(argv, needle, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
+    (tmp_path / "empty").mkdir()
+    argv = [a.replace("{corrupt}", str(corrupt)).replace("{empty}", str(tmp_path / "empty"))
+            for a in argv]
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    from intvit.models import build_quant_model, model_config
+    from intvit.models.checkpoint import CheckpointError, save_checkpoint
+    from intvit.quant import QuantConfig
+
+    path = save_checkpoint(tmp_path / "a.safetensors",
+                           build_quant_model(model_config("custom", **SMALL), QuantConfig()))
+    with pytest.raises(CheckpointError, match="different model"):
+        load_checkpoint(path, expect=model_config("custom", **{**SMALL, "depth": 3}))
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(truncated)
