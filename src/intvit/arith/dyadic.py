@@ -19,8 +19,9 @@ bits, the product needs ``W + B`` signed bits; a kernel whose result is wider th
 bits uses a shorter mantissa, ``B = min(31, 63 - W)`` (:func:`mantissa_bits_for`), so the
 product never leaves int64.
 The shift ``e`` must lie in ``[0, 62]``: multipliers of ``2^B`` or more are rejected,
-and multipliers below ``2^(B-62)`` are rounded onto ``e = 62`` (their mantissa shrinks,
-down to 0 for multipliers below ``2^-63``).
+and multipliers below ``2^(B-62)`` are rounded onto ``e = 62`` (their mantissa shrinks:
+below ``2^-63`` it is 0, or 1 where the mantissa's own rounding reached ``2^-63``; the
+error stays under one unit of ``2^-62``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def dyadic(multiplier: float | torch.Tensor, mantissa_bits: int = MANTISSA_BITS
     e = torch.where(carry, e - 1, e)
     if e.numel() and int(e.min()) < 0:
         raise ValueError(
-            f"dyadic multiplier too large: |M| must be < 2^{mantissa_bits}, "
-            f"got {float(real.abs().max())}"
+            f"dyadic multiplier too large: |M| must round below 2^{mantissa_bits} "
+            f"(|M| < 2^{mantissa_bits} - 1/2), got {float(real.abs().max())}"
         )
     excess = (e - MAX_EXPONENT).clamp_min(0)
     dropped = excess.clamp_max(MAX_EXPONENT)  # |m| < 2^31: 62 dropped bits leave 0

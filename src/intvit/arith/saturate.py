@@ -14,7 +14,7 @@ SUPPORTED_BITS = range(2, 33)
 
 def qrange(bits: int, signed: bool = True) -> tuple[int, int]:
     """The integer range of a ``bits``-wide signed or unsigned integer."""
-    if bits not in SUPPORTED_BITS:
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits not in SUPPORTED_BITS:
         raise ValueError(
             f"bit-width must be an integer in [{SUPPORTED_BITS.start}, "
             f"{SUPPORTED_BITS.stop - 1}], got {bits!r}"
