@@ -3,16 +3,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test clean
+.PHONY: setup data demo test clean
 
-setup: $(STAMP)
+setup: $(STAMP) data
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package where we may install it; elsewhere intvit downloads
+# it through torchvision, and the tests that need it say why they skip.
+data:
+	@if [ ! -d $(FASHION_MNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+		|| echo "note: could not install dataset-fashion-mnist"; fi
 
 demo: setup
 	$(BIN)/intvit demo

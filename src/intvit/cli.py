@@ -121,15 +121,15 @@ def _model_arguments(p: argparse.ArgumentParser, checkpoint: bool = True) -> Non
 
 def _quant_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("quantization")
-    g.add_argument("--bitwidth", default="8",
-                   help="activation bits: one value, or 8 comma-separated for "
-                        + ", ".join(POINTS))
-    g.add_argument("--weight-bits", type=int, default=8)
-    g.add_argument("--layer-type", "--layer_type", dest="layer_type", default="ivit",
-                   help="approximation for GELU, Softmax and LayerNorm at once")
+    g.add_argument("--bitwidth", help="activation bits (default 8): one value, or 8 "
+                   "comma-separated for " + ", ".join(POINTS))
+    g.add_argument("--weight-bits", type=int, help="weight bits (default 8)")
+    g.add_argument("--layer-type", "--layer_type", dest="layer_type",
+                   help="approximation for GELU, Softmax and LayerNorm at once (default ivit)")
     for op in ("gelu", "softmax", "layernorm"):
         g.add_argument(f"--{op}", help=f"{op} approximation (overrides --layer-type)")
-    g.add_argument("--observer", default="minmax", choices=["minmax", "ema", "percentile"])
+    g.add_argument("--observer", choices=["minmax", "ema", "percentile"],
+                   help="activation range observer (default minmax)")
     g.add_argument("--no-quant", action="store_true", help="the float model (baselines)")
 
 
@@ -145,10 +145,20 @@ def _data_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
-def quant_config(args: argparse.Namespace) -> QuantConfig:
-    names = {op: getattr(args, op) or args.layer_type for op in ("gelu", "softmax", "layernorm")}
-    return QuantConfig(bits=BitWidths.parse(args.bitwidth), weight_bits=args.weight_bits,
-                       observer=args.observer, enabled=not args.no_quant, **names)
+QUANT_FLAGS = ("bitwidth", "weight_bits", "layer_type", "gelu", "softmax", "layernorm",
+               "observer", "no_quant")
+
+
+def quant_config(args: argparse.Namespace) -> QuantConfig | None:
+    """The quantization the flags ask for; None when a checkpoint is given and no
+    quantization flag is (the checkpoint keeps its own)."""
+    if getattr(args, "checkpoint", None) and not any(getattr(args, f) for f in QUANT_FLAGS):
+        return None
+    layer_type = args.layer_type or "ivit"
+    names = {op: getattr(args, op) or layer_type for op in ("gelu", "softmax", "layernorm")}
+    return QuantConfig(bits=BitWidths.parse(args.bitwidth or 8),
+                       weight_bits=args.weight_bits or 8, observer=args.observer or "minmax",
+                       enabled=not args.no_quant, **names)
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
@@ -229,10 +239,11 @@ def run_train(args: argparse.Namespace) -> int:
     from .train.loop import run_training
     from .train.options import TrainConfig
 
+    qcfg = quant_config(args)
     cfg = TrainConfig(
         model=args.model, data=args.data, model_overrides=model_overrides(args),
         pretrained=args.pretrained, weights=args.weights, checkpoint=args.checkpoint,
-        quant=quant_config(args).as_dict(), epochs=args.epochs, lr=args.lr, min_lr=args.min_lr,
+        quant=qcfg.as_dict() if qcfg else {}, epochs=args.epochs, lr=args.lr, min_lr=args.min_lr,
         warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
         batch_size=args.batch_size, accum_steps=args.accum_steps, clip_grad=args.clip_grad,
         smoothing=args.smoothing, mixup=args.mixup, cutmix=args.cutmix,
@@ -268,13 +279,23 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="where to write results")
+    _quant_arguments(p)
 
 
-@command("demo", "the main job on a built-in default", _demo_arguments)
+@command("demo", "the main job on a built-in default: analysis, float baseline, PTQ, QAT",
+         _demo_arguments)
 def run_demo(args: argparse.Namespace) -> int:
-    analyze_args = build_parser().parse_args(["analyze", "--op", "all", "--out", args.out,
-                                              "--json", f"{args.out}/analysis.json"])
-    return run_analyze(analyze_args)
+    from .demo import run_demo as demo, table
+
+    out = Path(args.out)
+    analyze_args = build_parser().parse_args(["analyze", "--op", "all", "--out",
+                                              str(out / "analysis"), "--json",
+                                              str(out / "analysis" / "analysis.json")])
+    run_analyze(analyze_args)
+    results = demo(out, quant_config(args))
+    print(f"\n{table(results)}\n\nresults: {out}/results.json, checkpoints: {out}/, "
+          f"approximation plots: {out}/analysis/")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

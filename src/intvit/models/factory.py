@@ -11,7 +11,8 @@ from torch import nn
 from ..quant import QuantConfig
 from .checkpoint import load_checkpoint, read_weights_file
 from .config import ModelConfig
-from .registry import build_quant_model, create_timm, load_float_weights, model_config
+from .registry import (build_quant_model, create_timm, is_quant_state, load_float_weights,
+                       model_config)
 
 
 @dataclass
@@ -25,9 +26,12 @@ class ModelSource:
 
 def make_model(source: ModelSource, qcfg: QuantConfig | None, log=print
                ) -> tuple[nn.Module, dict[str, Any]]:
-    """The model and the checkpoint's info (empty unless loaded from a checkpoint)."""
+    """The model and the checkpoint's info (empty unless loaded from a checkpoint). A
+    checkpoint keeps its own quantization unless ``qcfg`` asks for another one."""
     if source.checkpoint:
         model, meta = load_checkpoint(source.checkpoint)
+        if qcfg is not None and qcfg != model.qcfg:
+            model = requantized(model, qcfg)
         return model, meta["info"]
     cfg = model_config(source.name, **(source.overrides or {}))
     model = build_quant_model(cfg, qcfg or QuantConfig())
@@ -36,6 +40,15 @@ def make_model(source: ModelSource, qcfg: QuantConfig | None, log=print
     elif source.weights:
         load_float_weights(model, _fit_head(read_weights_file(source.weights), cfg, log))
     return model, {}
+
+
+def requantized(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
+    """The same weights under another quantization configuration (ranges reset: the new
+    model needs calibrating). This is how a float checkpoint becomes a quantized model."""
+    fresh = build_quant_model(model.cfg, qcfg)
+    load_float_weights(fresh, {k: v for k, v in model.state_dict().items()
+                               if not is_quant_state(k)})
+    return fresh
 
 
 def _fit_head(state: dict, cfg: ModelConfig, log) -> dict:

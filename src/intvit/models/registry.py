@@ -125,7 +125,7 @@ def load_float_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) ->
     """Load a timm (float) state dict. Every learned tensor of the model must be in it
     and every tensor in it must be used, or the load fails naming the keys: a weight
     that silently stays at its initial value is the bug this prevents."""
-    own = {k: v for k, v in model.state_dict().items() if not _is_quant_state(k)}
+    own = {k: v for k, v in model.state_dict().items() if not is_quant_state(k)}
     given = {k: v for k, v in state_dict.items() if not k.endswith(DERIVED_BUFFERS)}
     missing = sorted(set(own) - set(given))
     unused = sorted(set(given) - set(own))
@@ -139,5 +139,5 @@ def load_float_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) ->
     model.load_state_dict(given, strict=False)
 
 
-def _is_quant_state(key: str) -> bool:
+def is_quant_state(key: str) -> bool:
     return key.endswith((".low", ".high")) or key.endswith(DERIVED_BUFFERS)

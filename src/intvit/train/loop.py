@@ -100,7 +100,7 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
         state = load_train_state(state_path) if state_path.exists() else {}
         log(f"resuming from {ck_path} at epoch {state.get('epoch', 0)}, "
             f"step {state.get('step_in_epoch', 0)}")
-    qcfg = QuantConfig.from_dict(cfg.quant) if cfg.quant else QuantConfig()
+    qcfg = QuantConfig.from_dict(cfg.quant) if cfg.quant else None
     data_probe = DataConfig(data=cfg.data, img_size=224, in_chans=3, batch_size=cfg.batch_size,
                             workers=cfg.workers, seed=cfg.seed, train_limit=cfg.train_limit,
                             val_limit=cfg.val_limit)
