@@ -67,9 +67,10 @@ def test_float_mode_equals_timm(overrides):
     assert diff <= 1e-4
 
 
-def test_float_mode_equals_timm_swin_tiny():
+@pytest.mark.parametrize("name", ["swin_tiny", "swin_small"])
+def test_full_size_float_mode_equals_timm(name):
     torch.manual_seed(0)
-    cfg = model_config("swin_tiny")
+    cfg = model_config(name)
     timm_model = create_timm(cfg).eval()
     model = build_quant_model(cfg, QuantConfig())
     assert isinstance(model, QuantSwinTransformer)
