@@ -143,13 +143,27 @@ def test_bad_input_is_a_clear_message_and_nonzero_exit(argv, needle, tmp_path, c
 def test_checkpoint_of_another_model_is_refused(tmp_path):
     from intvit.models import build_quant_model, model_config
     from intvit.models.checkpoint import CheckpointError, save_checkpoint
+    from intvit.models.factory import ModelSource, make_model
     from intvit.quant import QuantConfig
 
     path = save_checkpoint(tmp_path / "a.safetensors",
                            build_quant_model(model_config("custom", **SMALL), QuantConfig()))
-    with pytest.raises(CheckpointError, match="different model"):
-        load_checkpoint(path, expect=model_config("custom", **{**SMALL, "depth": 3}))
+    with pytest.raises(CheckpointError, match="depth is 2, not 3"):
+        load_checkpoint(path, expect={"depth": 3})
+    with pytest.raises(CheckpointError, match="embed_dim is 32, not 192"):
+        make_model(ModelSource("deit_tiny", checkpoint=str(path)), None)
+    model, _ = make_model(ModelSource("custom", str(path), overrides={"depth": 2}), None)
+    assert model.cfg.depth == 2
     truncated = tmp_path / "t.safetensors"
     truncated.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         load_checkpoint(truncated)
+
+
+def test_mixup_cutmix_and_gradient_accumulation(tmp_path):
+    """The DeiT recipe's soft targets and accumulation: one update per two batches."""
+    result = run_training(config(tmp_path, epochs=1, mixup=0.8, cutmix=1.0, accum_steps=2,
+                                 warmup_epochs=0.5))
+    _, meta = load_checkpoint(result["checkpoint"])
+    assert meta["info"]["update"] == 3  # 6 batches of 32 out of 192 images
+    assert result["history"][0]["train_loss"] > 0

@@ -101,9 +101,10 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 def _model_arguments(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="deit_tiny",
-                   help="deit_tiny, deit_small, deit_base, vit_small, vit_base, swin_tiny, "
-                        "swin_small, timm's full names, or 'custom' (with the flags below)")
+    g.add_argument("--model",
+                   help="deit_tiny (default), deit_small, deit_base, vit_small, vit_base, "
+                        "swin_tiny, swin_small, timm's full names, or 'custom' (with the flags "
+                        "below); with --checkpoint, checked against the checkpoint's model")
     if checkpoint:
         g.add_argument("--checkpoint", help="start from an intvit checkpoint")
     g.add_argument("--pretrained", action="store_true",

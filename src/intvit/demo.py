@@ -54,7 +54,7 @@ def run_demo(out: Path, quant: QuantConfig) -> dict[str, Any]:
     ptq_path = save_checkpoint(out / "ptq.safetensors", model, {"metrics": results["ptq"]})
 
     print("3/3 quantization-aware training (1 epoch)")
-    qat = TrainConfig(model="custom", data=data, checkpoint=str(ptq_path), epochs=1, lr=1e-4,
+    qat = TrainConfig(data=data, checkpoint=str(ptq_path), epochs=1, lr=1e-4,
                       output_dir=str(out / "qat"), **DATA)
     results["qat"] = evaluate(make_model(ModelSource(checkpoint=run_training(qat)["checkpoint"]),
                                          None)[0], val).as_dict()

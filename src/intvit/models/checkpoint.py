@@ -82,13 +82,18 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} has unreadable intvit metadata: {err}") from None
 
 
-def load_checkpoint(path: str | Path, expect: ModelConfig | None = None
+def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None
                     ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load all of its state."""
+    """Rebuild the model a checkpoint describes and load all of its state. ``expect``
+    maps ModelConfig fields to the values the caller asked for; any difference is an
+    error naming them."""
     meta = read_metadata(path)
-    if expect is not None and _architecture(expect) != _architecture(meta["model"]):
-        raise CheckpointError(f"{path} holds a different model ({_describe(meta['model'])}) "
-                              f"than the one asked for ({_describe(expect)})")
+    got = meta["model"].as_dict()
+    wrong = {k: v for k, v in (expect or {}).items() if got[k] != v}
+    if wrong:
+        raise CheckpointError(
+            f"{path} holds a different model ({_describe(meta['model'])}) than the one asked "
+            f"for: " + ", ".join(f"{k} is {got[k]}, not {v}" for k, v in wrong.items()))
     model = build_quant_model(meta["model"], meta["quant"])
     try:
         state = load_file(str(path))
@@ -98,10 +103,6 @@ def load_checkpoint(path: str | Path, expect: ModelConfig | None = None
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not match the model it describes: {err}") from None
     return model, meta
-
-
-def _architecture(cfg: ModelConfig) -> dict[str, Any]:
-    return {k: v for k, v in cfg.as_dict().items() if k != "timm_name"}
 
 
 def _describe(cfg: ModelConfig) -> str:

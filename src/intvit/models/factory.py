@@ -11,13 +11,19 @@ from torch import nn
 from ..quant import QuantConfig
 from .checkpoint import load_checkpoint, read_weights_file
 from .config import ModelConfig
-from .registry import (build_quant_model, create_timm, is_quant_state, load_float_weights,
+from .registry import (CUSTOM, build_quant_model, create_timm, is_quant_state, load_float_weights,
                        model_config)
+
+
+DEFAULT_MODEL = "deit_tiny"
 
 
 @dataclass
 class ModelSource:
-    name: str = "deit_tiny"
+    """Where a model comes from. With a checkpoint, a ``name`` (and overrides) is checked
+    against the checkpoint's model rather than used to build one."""
+
+    name: str | None = None
     checkpoint: str | None = None
     pretrained: bool = False
     weights: str | None = None
@@ -29,17 +35,31 @@ def make_model(source: ModelSource, qcfg: QuantConfig | None, log=print
     """The model and the checkpoint's info (empty unless loaded from a checkpoint). A
     checkpoint keeps its own quantization unless ``qcfg`` asks for another one."""
     if source.checkpoint:
-        model, meta = load_checkpoint(source.checkpoint)
+        model, meta = load_checkpoint(source.checkpoint, _expected(source))
         if qcfg is not None and qcfg != model.qcfg:
             model = requantized(model, qcfg)
         return model, meta["info"]
-    cfg = model_config(source.name, **(source.overrides or {}))
+    cfg = model_config(source.name or DEFAULT_MODEL, **(source.overrides or {}))
     model = build_quant_model(cfg, qcfg or QuantConfig())
     if source.pretrained:
         load_float_weights(model, create_timm(cfg, pretrained=True).state_dict())
     elif source.weights:
         load_float_weights(model, _fit_head(read_weights_file(source.weights), cfg, log))
     return model, {}
+
+
+ARCHITECTURE = ("arch", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
+                "window_size", "depths", "heads")
+
+
+def _expected(source: ModelSource) -> dict[str, Any]:
+    """What a named model asks of a checkpoint: its architecture (a deit_tiny fine-tuned
+    to 10 classes is still a deit_tiny) plus every dimension given explicitly."""
+    overrides = source.overrides or {}
+    if source.name in (None, CUSTOM):
+        return dict(overrides)
+    wanted = model_config(source.name, **overrides).as_dict()
+    return {k: wanted[k] for k in (*ARCHITECTURE, *overrides)}
 
 
 def requantized(model: nn.Module, qcfg: QuantConfig) -> nn.Module:

@@ -13,7 +13,7 @@ class TrainingStopped(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    model: str = "deit_tiny"
+    model: str | None = None
     data: str = "synthetic"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
