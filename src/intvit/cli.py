@@ -299,6 +299,20 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    from .train.sweep import add_arguments
+
+    add_arguments(p)
+
+
+@command("sweep", "run a W&B sweep file's grid locally, without W&B: one training per "
+         "combination, a results table", _sweep_arguments)
+def run_sweep(args: argparse.Namespace) -> int:
+    from .train.sweep import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intvit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
