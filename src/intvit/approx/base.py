@@ -171,7 +171,7 @@ class Kernel(ABC):
         return requantize(y, m, e, y_bits, self.op).clamp(lo, hi)
 
 
-class Approx(ABC):
+class Approx:
     """A variant of one op, chosen by name: ``family_param_value_param_value...``."""
 
     op: ClassVar[str]
@@ -206,7 +206,13 @@ class Approx(ABC):
     def __hash__(self) -> int:
         return hash((self.op, self.name))
 
-    @abstractmethod
+    kernel: ClassVar[Callable[..., Kernel]]
+
     def prepare(self, in_scale: float, in_bits: int = 8, out_bits: int = 8,
                 out_scale: float | None = None, **extra: Any) -> Kernel:
-        """Fix the integer constants for this input quantization."""
+        """Fix the integer constants for this input quantization: the variant's kernel
+        class, called with the parameters (dashes read as underscores) and ``extra``
+        (LayerNorm's ``dim``, ``weight``, ``bias``)."""
+        params = {key.replace("-", "_"): value for key, value in self.args.items()}
+        return type(self).kernel(**params, **extra, in_scale=in_scale, in_bits=in_bits,
+                                 out_bits=out_bits, out_scale=out_scale)

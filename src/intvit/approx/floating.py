@@ -5,6 +5,7 @@ isolates the quantization error from the approximation error. Not integer-only.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -40,10 +41,7 @@ def _float_variant(op_name: str) -> type[Approx]:
         op = op_name
         family = "float"
         summary = "exact float function, output quantized (reference, not integer-only)"
-
-        def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, **extra):
-            return FloatKernel(self.op, in_scale=in_scale, in_bits=in_bits,
-                               out_bits=out_bits, out_scale=out_scale, **extra)
+        kernel = partial(FloatKernel, op_name)
 
     FloatVariant.__name__ = FloatVariant.__qualname__ = f"Float{op_name.capitalize()}"
     return register(FloatVariant)

@@ -196,9 +196,7 @@ class IBertExp(_IBertBase):
     summary = "I-BERT i-exp: range reduction by ln 2, second-order polynomial on the rest"
     params = {"n": Param(30, positive_int, "clamp exponent: values below 2^-n become 0")}
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, **extra):
-        return IExpKernel(self.args["n"], in_scale=in_scale, in_bits=in_bits,
-                          out_bits=out_bits, out_scale=out_scale)
+    kernel = IExpKernel
 
 
 @register
@@ -207,9 +205,7 @@ class IBertSoftmax(_IBertBase):
     summary = "I-BERT softmax: i-exp, integer row sum, numerator 2^32"
     params = {"n": Param(30, positive_int, "i-exp clamp exponent")}
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, **extra):
-        return IBertSoftmaxKernel(self.args["n"], in_scale=in_scale, in_bits=in_bits,
-                                  out_bits=out_bits, out_scale=out_scale)
+    kernel = IBertSoftmaxKernel
 
 
 @register
@@ -219,9 +215,7 @@ class IBertGelu(_IBertBase):
     params = {"n": Param("auto", gelu_shift,
                          "erf right shift: 'auto' (fits 32 bits) or an integer; I-BERT used 14")}
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, **extra):
-        return IGeluKernel(self.args["n"], in_scale=in_scale, in_bits=in_bits,
-                           out_bits=out_bits, out_scale=out_scale)
+    kernel = IGeluKernel
 
 
 @register
@@ -229,7 +223,4 @@ class IBertLayerNorm(_IBertBase):
     op = "layernorm"
     summary = "I-BERT LayerNorm: variance of (x - mean) >> k within 32 bits, Newton isqrt"
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, *, dim,
-                weight=None, bias=None, **extra):
-        return IBertLayerNormKernel(dim, weight, bias, in_scale=in_scale, in_bits=in_bits,
-                                    out_bits=out_bits, out_scale=out_scale)
+    kernel = IBertLayerNormKernel

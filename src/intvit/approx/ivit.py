@@ -145,11 +145,11 @@ class ShiftGeluKernel(Kernel):
 class IntLayerNormKernel(Kernel):
     """I-LayerNorm with a per-channel affine; ``var_shift`` picks the variance width."""
 
-    def __init__(self, dim: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                 **quant: Any) -> None:
+    def __init__(self, dim: int | None = None, weight: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None, **quant: Any) -> None:
         super().__init__("layernorm", **quant)
-        if dim < 1:
-            raise ValueError(f"layernorm needs dim >= 1, got {dim}")
+        if dim is None or dim < 1:
+            raise ValueError(f"layernorm kernels need dim=C >= 1 (the row length), got {dim}")
         self.dim = dim
         weight = torch.ones(dim, dtype=torch.float64) if weight is None else weight
         bias = torch.zeros(dim, dtype=torch.float64) if bias is None else bias
@@ -187,9 +187,7 @@ class IvitExp(_IvitBase):
     summary = "I-ViT shift-exp: e^x = 2^(x log2 e) with shifts, linear 2^r on the fraction"
     params = {"n": Param(15, positive_int, "clamp exponent: values below 2^-n become 0")}
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, **extra):
-        return ShiftExpKernel(self.args["n"], in_scale=in_scale, in_bits=in_bits,
-                              out_bits=out_bits, out_scale=out_scale)
+    kernel = ShiftExpKernel
 
 
 @register
@@ -198,9 +196,7 @@ class IvitSoftmax(_IvitBase):
     summary = "I-ViT Shiftmax: shift-exp, integer row sum, one division per row"
     params = {"n": Param(15, positive_int, "shift-exp clamp exponent")}
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, **extra):
-        return ShiftmaxKernel(self.args["n"], in_scale=in_scale, in_bits=in_bits,
-                              out_bits=out_bits, out_scale=out_scale)
+    kernel = ShiftmaxKernel
 
 
 @register
@@ -212,9 +208,7 @@ class IvitGelu(_IvitBase):
         "sig-bits": Param(8, positive_int, "width of the unsigned sigmoid in [0, 1]"),
     }
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, **extra):
-        return ShiftGeluKernel(self.args["n"], self.args["sig-bits"], in_scale=in_scale,
-                               in_bits=in_bits, out_bits=out_bits, out_scale=out_scale)
+    kernel = ShiftGeluKernel
 
 
 @register
@@ -222,7 +216,4 @@ class IvitLayerNorm(_IvitBase):
     op = "layernorm"
     summary = "I-ViT I-LayerNorm: integer mean and variance, Newton isqrt, no variance shift"
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, *, dim,
-                weight=None, bias=None, **extra):
-        return IntLayerNormKernel(dim, weight, bias, in_scale=in_scale, in_bits=in_bits,
-                                  out_bits=out_bits, out_scale=out_scale)
+    kernel = IntLayerNormKernel

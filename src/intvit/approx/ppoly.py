@@ -34,6 +34,7 @@ polynomial instead, as the I-ViT extension did; it is a reference, not integer-o
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -111,15 +112,16 @@ def exp_fit_low(scale: float, in_bits: int, frac_bits: int) -> int:
 
 
 class PPolyKernel(Kernel):
-    def __init__(self, op: str, args: dict[str, Any], **quant: Any) -> None:
+    def __init__(self, op: str, seg: int, deg: int, scale_bits: int, bounds: str,
+                 backend: str, **quant: Any) -> None:
         super().__init__(op, **quant)
-        self.integer_only = args["backend"] == "int"
+        self.integer_only = backend == "int"
         lo, hi = self.spec.domain(self.in_bits)
         if op == "exp":
-            lo = exp_fit_low(self.in_scale, self.in_bits, args["scale-bits"])
-        self.fit = PiecewisePoly(self.spec.reference, self.in_scale, lo, hi, args["seg"],
-                                 args["deg"], args["scale-bits"], args["bounds"])
-        self.m, self.e = self.output_multiplier(2.0 ** -args["scale-bits"], self.fit.out_bits)
+            lo = exp_fit_low(self.in_scale, self.in_bits, scale_bits)
+        self.fit = PiecewisePoly(self.spec.reference, self.in_scale, lo, hi, seg, deg,
+                                 scale_bits, bounds)
+        self.m, self.e = self.output_multiplier(2.0 ** -scale_bits, self.fit.out_bits)
 
     def compute(self, q: torch.Tensor) -> torch.Tensor:
         if not self.integer_only:
@@ -140,13 +142,14 @@ class PPolyKernel(Kernel):
 
 
 class PPolySoftmaxKernel(Kernel):
-    def __init__(self, args: dict[str, Any], **quant: Any) -> None:
+    def __init__(self, scale_bits: int, backend: str, **fit: Any) -> None:
+        quant = {k: fit.pop(k) for k in ("in_scale", "in_bits", "out_bits", "out_scale")}
         super().__init__("softmax", **quant)
-        self.integer_only = args["backend"] == "int"
-        frac_bits = args["scale-bits"]
-        self.exp = PPolyKernel("exp", args, in_scale=self.in_scale, in_bits=self.in_bits + 1,
-                               out_bits=frac_bits + 1, out_scale=2.0 ** -frac_bits)
-        self.e_max = (1 << (frac_bits + 1)) - 1
+        self.integer_only = backend == "int"
+        self.exp = PPolyKernel("exp", scale_bits=scale_bits, backend=backend, **fit,
+                               in_scale=self.in_scale, in_bits=self.in_bits + 1,
+                               out_bits=scale_bits + 1, out_scale=2.0 ** -scale_bits)
+        self.e_max = (1 << (scale_bits + 1)) - 1
         self.m, self.e = self.output_multiplier(2.0 ** -31, 32)
 
     def compute(self, q: torch.Tensor) -> torch.Tensor:
@@ -190,9 +193,7 @@ class PPolyExp(_PPolyBase):
     op = "exp"
     summary = "piecewise polynomial e^x with integer coefficients, zero below 2^-(F+1)"
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, **extra):
-        return PPolyKernel("exp", self.args, in_scale=in_scale, in_bits=in_bits,
-                           out_bits=out_bits, out_scale=out_scale)
+    kernel = partial(PPolyKernel, "exp")
 
 
 @register
@@ -200,9 +201,7 @@ class PPolyGelu(_PPolyBase):
     op = "gelu"
     summary = "piecewise polynomial GELU over the whole input range, integer coefficients"
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, **extra):
-        return PPolyKernel("gelu", self.args, in_scale=in_scale, in_bits=in_bits,
-                           out_bits=out_bits, out_scale=out_scale)
+    kernel = partial(PPolyKernel, "gelu")
 
 
 @register
@@ -210,8 +209,6 @@ class PPolySoftmax(_PPolyBase):
     op = "softmax"
     summary = "softmax with the ppoly exp, integer row sum, one division per row"
 
-    def prepare(self, in_scale, in_bits=8, out_bits=8, out_scale=None, **extra):
-        return PPolySoftmaxKernel(self.args, in_scale=in_scale, in_bits=in_bits,
-                                  out_bits=out_bits, out_scale=out_scale)
+    kernel = PPolySoftmaxKernel
 
 
