@@ -254,8 +254,9 @@ def run_train(args: argparse.Namespace) -> int:
         val_limit=args.val_limit, wandb_project=args.wandb_project,
         wandb_entity=args.wandb_entity)
     result = run_training(cfg)
-    print(f"checkpoint: {result['checkpoint']}; best top-1 {result['best_top1']:.2f}%")
-    write_json(args.json, result)
+    if result.pop("rank") == 0:
+        print(f"checkpoint: {result['checkpoint']}; best top-1 {result['best_top1']:.2f}%")
+        write_json(args.json, result)
     return 0
 
 

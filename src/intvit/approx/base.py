@@ -12,6 +12,7 @@ quantization, prepares an integer kernel.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,8 @@ class Cost:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+
+MAX_TABLE_BITS = 17  # tables of at most 2^17 int64 entries (1 MiB)
 
 # Cost of the output stage shared by every integer kernel: requantize (multiply, add
 # the rounding constant, shift) then saturate (two comparisons).
@@ -117,7 +120,10 @@ class Kernel(ABC):
     def out_range(self) -> tuple[int, int]:
         return qrange(self.out_bits, self.spec.out_signed)
 
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+    def __call__(self, q: torch.Tensor, tabulated: bool = False) -> torch.Tensor:
+        """``q_in -> q_out``. ``tabulated`` answers from tables of the elementwise parts
+        (built once by :meth:`compute` over their whole domain, so the result is the
+        same integers); training uses it for speed, evaluation the arithmetic."""
         if q.dtype.is_floating_point or q.dtype.is_complex or q.dtype == torch.bool:
             raise TypeError(
                 f"{self.op} kernels take integer tensors, got {q.dtype}; quantize first "
@@ -133,7 +139,19 @@ class Kernel(ABC):
         if self.spec.rowwise and (q.dim() == 0 or q.shape[-1] == 0):
             raise ValueError(f"{self.op} works on rows (the last dimension); got shape "
                              f"{tuple(q.shape)}")
-        return self.compute(q)
+        return self.tabulated(q) if tabulated else self.compute(q)
+
+    def tabulated(self, q: torch.Tensor) -> torch.Tensor:
+        """:meth:`compute` by table lookup, for elementwise ops; row ops override it or
+        compute directly."""
+        if self.spec.rowwise or self.in_bits > MAX_TABLE_BITS:
+            return self.compute(q)
+        return self.table[q - self.spec.domain(self.in_bits)[0]]
+
+    @functools.cached_property
+    def table(self) -> torch.Tensor:
+        lo, hi = self.spec.domain(self.in_bits)
+        return self.compute(torch.arange(lo, hi + 1))
 
     @abstractmethod
     def compute(self, q: torch.Tensor) -> torch.Tensor:

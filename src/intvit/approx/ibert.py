@@ -53,7 +53,7 @@ from ..arith import (declare, dyadic, floor_div, horner, mantissa_bits_for, requ
 from .base import REQUANT_COST, Approx, Kernel, Param, non_negative_int, plus, positive_int
 from .ivit import IntLayerNormKernel
 from .registry import register
-from .rows import NUMERATOR_IBERT, normalize_rows, variance_shift_for_32_bits
+from .rows import NUMERATOR_IBERT, SoftmaxKernel, variance_shift_for_32_bits
 
 EXP_COEF = (0.35815147, 0.96963238, 1.0)
 LN2 = 0.6931
@@ -115,21 +115,23 @@ class IExpKernel(Kernel):
         return plus(I_EXP_COST, REQUANT_COST)
 
 
-class IBertSoftmaxKernel(Kernel):
+class IBertSoftmaxKernel(SoftmaxKernel):
+    numerator = NUMERATOR_IBERT
+    e_max = 1 << (EXP_REQUANT_BITS - 1)
+
     def __init__(self, n: int, **quant: Any) -> None:
-        super().__init__("softmax", **quant)
+        super().__init__(**quant)
         self.exp = IExp(self.in_scale, n)
         self.exp_m, self.exp_e = dyadic(self.exp.scale * 2.0 ** (EXP_REQUANT_BITS - 1),
                                         mantissa_bits_for(self.exp.bits))
-        self.m, self.e = self.output_multiplier(2.0 ** -32, signed_bits(NUMERATOR_IBERT))
 
-    def compute(self, q: torch.Tensor) -> torch.Tensor:
-        e = self.exp(q - q.max(dim=-1, keepdim=True).values, "softmax.exp")
-        e = requantize(e, self.exp_m, self.exp_e, self.exp.bits, "softmax.exp16")
-        e_max = 1 << (EXP_REQUANT_BITS - 1)
-        p = normalize_rows(e.clamp_max(e_max), e_max, NUMERATOR_IBERT, "softmax",
-                           "rows this long are beyond I-BERT's 2^32 numerator")
-        return self.finish(p, signed_bits(NUMERATOR_IBERT), self.m, self.e)
+    def exponentials(self, d: torch.Tensor) -> torch.Tensor:
+        e = requantize(self.exp(d, "softmax.exp"), self.exp_m, self.exp_e, self.exp.bits,
+                       "softmax.exp16")
+        return e.clamp_max(self.e_max)
+
+    def remedy(self, length: int) -> str:
+        return "rows this long are beyond I-BERT's 2^32 numerator"
 
     def counts(self) -> dict[str, Any]:
         row = dict(cmp=1, add=2, mul=1)

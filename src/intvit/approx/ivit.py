@@ -48,7 +48,7 @@ import torch
 from ..arith import declare, floor_div, requantize, signed_bits
 from .base import REQUANT_COST, Approx, Kernel, Param, plus, positive_int
 from .registry import register
-from .rows import NUMERATOR_IVIT, layernorm_core, normalize_rows
+from .rows import NUMERATOR_IVIT, SoftmaxKernel, layernorm_core
 
 SHIFT_EXP_COST = dict(shift=4, add=4, mul=1, div=1, cmp=1)
 GELU_SIGMOID_SCALE = 1.702
@@ -92,20 +92,20 @@ class ShiftExpKernel(Kernel):
         return plus(SHIFT_EXP_COST, REQUANT_COST)
 
 
-class ShiftmaxKernel(Kernel):
+class ShiftmaxKernel(SoftmaxKernel):
+    numerator = NUMERATOR_IVIT
+
     def __init__(self, n: int, **quant: Any) -> None:
-        super().__init__("softmax", **quant)
+        super().__init__(**quant)
         self.n = n
         self.x0 = math.floor(-1.0 / self.in_scale)
-        self.m, self.e = self.output_multiplier(2.0 ** -31, 32)
+        self.e_max = -self.x0 << self.n
 
-    def compute(self, q: torch.Tensor) -> torch.Tensor:
-        e_max = -self.x0 << self.n
-        fits = self.n - (e_max * q.shape[-1]).bit_length() + 31
-        d = q - q.max(dim=-1, keepdim=True).values
-        e = shift_exp(d, self.in_bits + 1, self.x0, self.n, "softmax.exp")
-        p = normalize_rows(e, e_max, NUMERATOR_IVIT, "softmax", suggest_n(fits))
-        return self.finish(p, 32, self.m, self.e)
+    def exponentials(self, d: torch.Tensor) -> torch.Tensor:
+        return shift_exp(d, self.in_bits + 1, self.x0, self.n, "softmax.exp")
+
+    def remedy(self, length: int) -> str:
+        return suggest_n(self.n - (self.e_max * length).bit_length() + 31)
 
     def counts(self) -> dict[str, Any]:
         row = dict(cmp=1, add=2, mul=1)  # running max, subtract, sum, scale by factor

@@ -43,7 +43,7 @@ import torch
 from ..arith import horner, horner_bits
 from .base import REQUANT_COST, Approx, Kernel, Param, plus, positive_int
 from .registry import register
-from .rows import NUMERATOR_IVIT, normalize_rows
+from .rows import NUMERATOR_IVIT, SoftmaxKernel
 
 
 def _segment_starts(lo: int, hi: int, segments: int, bounds: str,
@@ -141,26 +141,26 @@ class PPolyKernel(Kernel):
         return plus(poly, REQUANT_COST)
 
 
-class PPolySoftmaxKernel(Kernel):
+class PPolySoftmaxKernel(SoftmaxKernel):
+    numerator = NUMERATOR_IVIT
+
     def __init__(self, scale_bits: int, backend: str, **fit: Any) -> None:
         quant = {k: fit.pop(k) for k in ("in_scale", "in_bits", "out_bits", "out_scale")}
-        super().__init__("softmax", **quant)
+        super().__init__(**quant)
         self.integer_only = backend == "int"
         self.exp = PPolyKernel("exp", scale_bits=scale_bits, backend=backend, **fit,
                                in_scale=self.in_scale, in_bits=self.in_bits + 1,
                                out_bits=scale_bits + 1, out_scale=2.0 ** -scale_bits)
         self.e_max = (1 << (scale_bits + 1)) - 1
-        self.m, self.e = self.output_multiplier(2.0 ** -31, 32)
 
-    def compute(self, q: torch.Tensor) -> torch.Tensor:
-        e = self.exp.compute(q - q.max(dim=-1, keepdim=True).values)
-        length = q.shape[-1]
-        fits = max((f for f in range(1, 31) if length * ((1 << (f + 1)) - 1) < NUMERATOR_IVIT),
+    def exponentials(self, d: torch.Tensor) -> torch.Tensor:
+        return self.exp.compute(d)
+
+    def remedy(self, length: int) -> str:
+        fits = max((f for f in range(1, 31) if length * ((1 << (f + 1)) - 1) < self.numerator),
                    default=None)
-        remedy = (f"use scale-bits <= {fits} (softmax name 'ppoly_scale-bits_{fits}')"
-                  if fits else "no scale-bits fits rows this long")
-        p = normalize_rows(e, self.e_max, NUMERATOR_IVIT, "softmax", remedy)
-        return self.finish(p, 32, self.m, self.e)
+        return (f"use scale-bits <= {fits} (softmax name 'ppoly_scale-bits_{fits}')"
+                if fits else "no scale-bits fits rows this long")
 
     def counts(self) -> dict[str, Any]:
         row = dict(cmp=1, add=2, mul=1)

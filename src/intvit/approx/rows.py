@@ -29,9 +29,14 @@ the product fits 32 signed bits whatever the input. ``z`` has real value
 
 from __future__ import annotations
 
+import functools
+from abc import abstractmethod
+from typing import Any
+
 import torch
 
 from ..arith import declare, floor_div, isqrt, round_div, signed_bits
+from .base import MAX_TABLE_BITS, Kernel
 
 NUMERATOR_IVIT = (1 << 31) - 1
 NUMERATOR_IBERT = 1 << 32
@@ -50,6 +55,47 @@ def normalize_rows(e: torch.Tensor, e_max: int, numerator: int, what: str,
     total = declare(e.sum(dim=-1, keepdim=True), signed_bits(e_max * length), f"{what}.sum")
     factor = floor_div(torch.full_like(total, numerator), total.clamp_min(1))
     return declare(e * factor, signed_bits(numerator), f"{what}.product")
+
+
+class SoftmaxKernel(Kernel):
+    """Every softmax family: ``d = q - max(q)``, elementwise exponentials of ``d``
+    (:meth:`exponentials`, at most ``e_max``), :func:`normalize_rows` with the family's
+    ``numerator``, and the output requantization from scale ``1 / numerator``."""
+
+    numerator: int
+    e_max: int
+
+    def __init__(self, **quant: Any) -> None:
+        super().__init__("softmax", **quant)
+        self.m, self.e = self.output_multiplier(2.0 ** (1 - (self.numerator + 1).bit_length()),
+                                                signed_bits(self.numerator))
+
+    @abstractmethod
+    def exponentials(self, d: torch.Tensor) -> torch.Tensor:
+        """Elementwise ``e^d`` as non-negative integers, for ``d <= 0`` of ``in_bits + 1``
+        signed bits."""
+
+    @abstractmethod
+    def remedy(self, length: int) -> str:
+        """What to change when rows of ``length`` cannot be normalized."""
+
+    def normalize(self, d: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        p = normalize_rows(e, self.e_max, self.numerator, "softmax", self.remedy(d.shape[-1]))
+        return self.finish(p, signed_bits(self.numerator), self.m, self.e)
+
+    def compute(self, q: torch.Tensor) -> torch.Tensor:
+        d = q - q.max(dim=-1, keepdim=True).values
+        return self.normalize(d, self.exponentials(d))
+
+    def tabulated(self, q: torch.Tensor) -> torch.Tensor:
+        if self.in_bits >= MAX_TABLE_BITS:
+            return self.compute(q)
+        d = q - q.max(dim=-1, keepdim=True).values
+        return self.normalize(d, self.exp_table[d + ((1 << self.in_bits) - 1)])
+
+    @functools.cached_property
+    def exp_table(self) -> torch.Tensor:
+        return self.exponentials(torch.arange(1 - (1 << self.in_bits), 1))
 
 
 def layernorm_core(q: torch.Tensor, in_bits: int, var_shift: int, what: str) -> torch.Tensor:

@@ -9,8 +9,11 @@ or a folder in ImageNet layout (``X/train/<class>/*``, ``X/val/<class>/*``)::
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from .config import DataConfig, DataError, default_root
 from .sources import (ALIASES, FASHION_MNIST_DIRS, SOURCES, SyntheticImages, read_idx,
@@ -51,16 +54,34 @@ def build_dataset(cfg: DataConfig, split: str) -> tuple[Dataset, int]:
     return limit(dataset, count, cfg.subset, cfg.seed), num_classes
 
 
+class ShardSampler(Sampler[int]):
+    """Evaluation across ranks: rank r takes items r, r + world, ...; every item exactly
+    once (DistributedSampler pads the last round with repeats, which evaluation would
+    count twice)."""
+
+    def __init__(self, length: int) -> None:
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.indices = range(self.rank, length, self.world)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def build_loader(cfg: DataConfig, split: str, distributed: bool = False) -> DataLoader:
     """A DataLoader over :func:`build_dataset`; ``loader.num_classes`` holds the class
     count. Training shuffles (seeded by ``cfg.seed``) and drops the last partial batch
-    when there is a full one; ``distributed`` uses a DistributedSampler (call
-    ``loader.sampler.set_epoch(epoch)`` each epoch)."""
+    when there is a full one; ``distributed`` uses a DistributedSampler for training (call
+    ``loader.sampler.set_epoch(epoch)`` each epoch) and a :class:`ShardSampler` for
+    evaluation."""
     dataset, num_classes = build_dataset(cfg, split)
     train = split == "train"
     sampler = None
     if distributed:
-        sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.seed)
+        sampler = (DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if train
+                   else ShardSampler(len(dataset)))
         per_rank = len(sampler)
     else:
         per_rank = len(dataset)

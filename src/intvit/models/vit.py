@@ -8,10 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quant import (QT, Mode, QuantAct, QuantConfig, QuantGELU, QuantLayerNorm,
-                     QuantLinear, QuantMatMul, QuantModule, QuantPatchConv, QuantSoftmax,
-                     set_mode)
 from ..arith import qrange
+from ..quant import (QT, Mode, QuantAct, QuantConfig, QuantGELU, QuantLayerNorm,
+                     QuantLinear, QuantMatMul, QuantPatchConv, QuantSoftmax, set_mode)
 from ..quant.modules import quantize_tensor
 from .config import ModelConfig
 

@@ -1,8 +1,9 @@
 """Quantized building blocks. Each maps ``QT -> QT`` in the four modes of
 :class:`~.qtensor.Mode`; the INT path calls only integer kernels from
-:mod:`intvit.arith` and :mod:`intvit.approx`, the FAKE path computes the same integer
-kernels for its forward values wherever they are elementwise or row-wise, and takes its
-gradients from the float function (straight-through).
+:mod:`intvit.arith` and :mod:`intvit.approx`, the FAKE path takes its non-linear forward
+values from the same kernels (their elementwise parts tabulated once per scale, which
+gives the same integers faster) and its gradients from the float function
+(straight-through).
 
 Scales are per tensor for activations and per output channel for weights (symmetric,
 zero point 0). Biases are int32 at scale ``s_in * s_w``.
@@ -176,7 +177,7 @@ class _KernelModule(QuantModule):
     def integer(self, a: QT) -> QT:
         kernel = self.kernel(a.scale)
         q = a.value if self.mode is Mode.INT else to_integers(a)
-        out = kernel(q)
+        out = kernel(q, tabulated=self.mode is Mode.FAKE)
         scale = torch.tensor(kernel.out_scale)
         return QT(out, scale) if self.mode is Mode.INT else QT(out.to(a.value.dtype) * scale, scale)
 

@@ -91,7 +91,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
 def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
     log = print if is_main() else (lambda *a, **k: None)
-    torch.manual_seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # every rank builds and calibrates the same model
     out = Path(cfg.output_dir)
     state: dict[str, Any] = {}
     if cfg.resume:
@@ -118,8 +118,9 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
     train_loader = build_loader(data, "train", distributed=world > 1)
     val_loader = build_loader(data, "val", distributed=world > 1)
     if qcfg.enabled and not state and not _calibrated(model):
-        used = calibrate(model, train_loader, cfg.calib_batches, cfg.progress)
+        used = calibrate(model, train_loader, cfg.calib_batches, cfg.progress and is_main())
         log(f"calibrated activation ranges on {used} batches")
+    torch.manual_seed(cfg.seed + rank)  # from here on, each rank draws its own augmentation
     model.train()
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = make_optimizer(model, cfg)
@@ -214,7 +215,8 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
         save(epoch + 1, 0, metrics)
     tracker.summary({"best_top1": best})
     tracker.finish()
-    return {"history": history, "best_top1": best, "checkpoint": str(out / LAST)}
+    return {"history": history, "best_top1": best, "checkpoint": str(out / LAST),
+            "rank": rank}
 
 
 def rng_state() -> dict[str, Any]:
