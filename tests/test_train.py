@@ -167,3 +167,29 @@ def test_mixup_cutmix_and_gradient_accumulation(tmp_path):
     _, meta = load_checkpoint(result["checkpoint"])
     assert meta["info"]["update"] == 3  # 6 batches of 32 out of 192 images
     assert result["history"][0]["train_loss"] > 0
+
+
+def test_resume_from_the_command_line_keeps_the_run_configuration(tmp_path):
+    """`train --resume RUN --epochs 2` continues the saved run (its learning rate, data
+    and limits), not the command line's defaults, and extends it to two epochs."""
+    out = tmp_path / "run"
+    common = [*ARCH, "--data", "synthetic", "--train-limit", "64", "--val-limit", "32",
+              "--batch-size", "32", "--gelu", "ppoly", "--softmax", "ppoly"]
+    assert main(["train", *common, "--epochs", "1", "--lr", "0.002",
+                 "--output-dir", str(out)]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    _, meta = load_checkpoint(out / "last.safetensors")
+    saved = meta["info"]["train"]
+    assert meta["info"]["epoch"] == 2
+    assert (saved["lr"], saved["train_limit"], saved["epochs"]) == (0.002, 64, 2)
+
+
+def test_resume_of_a_foreign_checkpoint_says_what_to_do(tmp_path, capsys):
+    from intvit.models import build_quant_model, model_config
+    from intvit.models.checkpoint import save_checkpoint
+    from intvit.quant import QuantConfig
+
+    path = save_checkpoint(tmp_path / "c.safetensors",
+                           build_quant_model(model_config("custom", **SMALL), QuantConfig()))
+    assert main(["train", "--resume", str(path)]) == 2
+    assert "--checkpoint instead" in capsys.readouterr().err

@@ -238,26 +238,51 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 @command("train", "quantization-aware training (float with --no-quant)", _train_arguments)
 def run_train(args: argparse.Namespace) -> int:
     from .train.loop import run_training
-    from .train.options import TrainConfig
 
-    qcfg = quant_config(args)
-    cfg = TrainConfig(
-        model=args.model, data=args.data, model_overrides=model_overrides(args),
-        pretrained=args.pretrained, weights=args.weights, checkpoint=args.checkpoint,
-        quant=qcfg.as_dict() if qcfg else {}, epochs=args.epochs, lr=args.lr, min_lr=args.min_lr,
-        warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
-        batch_size=args.batch_size, accum_steps=args.accum_steps, clip_grad=args.clip_grad,
-        smoothing=args.smoothing, mixup=args.mixup, cutmix=args.cutmix,
-        calib_batches=args.calib_batches, max_steps_per_epoch=args.max_steps_per_epoch,
-        save_every=args.save_every, output_dir=args.output_dir, resume=args.resume,
-        seed=args.seed, workers=args.workers, train_limit=args.train_limit,
-        val_limit=args.val_limit, wandb_project=args.wandb_project,
-        wandb_entity=args.wandb_entity)
-    result = run_training(cfg)
+    result = run_training(_resumed_config(args) if args.resume else _train_config(args))
     if result.pop("rank") == 0:
         print(f"checkpoint: {result['checkpoint']}; best top-1 {result['best_top1']:.2f}%")
         write_json(args.json, result)
     return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from .train.options import TrainConfig
+
+    qcfg = quant_config(args)
+    return TrainConfig(
+        model=args.model, data=args.data, model_overrides=model_overrides(args),
+        pretrained=args.pretrained, weights=args.weights, checkpoint=args.checkpoint,
+        quant=qcfg.as_dict() if qcfg else {}, epochs=args.epochs, lr=args.lr,
+        min_lr=args.min_lr, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, accum_steps=args.accum_steps, clip_grad=args.clip_grad,
+        smoothing=args.smoothing, mixup=args.mixup, cutmix=args.cutmix,
+        calib_batches=args.calib_batches, max_steps_per_epoch=args.max_steps_per_epoch,
+        save_every=args.save_every, output_dir=args.output_dir, seed=args.seed,
+        workers=args.workers, train_limit=args.train_limit, val_limit=args.val_limit,
+        wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)
+
+
+def _resumed_config(args: argparse.Namespace):
+    """``train --resume RUN``: the run's saved configuration, with only the training
+    options typed now (``--epochs 40`` to extend it, say) changed."""
+    from dataclasses import fields, replace
+
+    from .models.checkpoint import read_metadata
+    from .train.loop import resume_paths
+    from .train.options import TrainConfig
+
+    saved = read_metadata(resume_paths(args.resume)[0])["info"].get("train")
+    if saved is None:
+        raise ValueError(f"{args.resume} was not written by `intvit train`; start a new run "
+                         f"from it with --checkpoint instead")
+    names = {f.name for f in fields(TrainConfig)}
+    typed = {k: getattr(args, k) for k in args.given & names if k != "resume"}
+    ignored = sorted(args.given - names - {"resume", "json"})
+    if ignored:
+        print(f"note: resuming keeps the run's model and quantization; ignored: "
+              f"{', '.join('--' + k.replace('_', '-') for k in ignored)}")
+    return replace(TrainConfig(**saved), **typed, resume=args.resume)
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -314,18 +339,25 @@ def run_sweep(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only_given: bool = False) -> argparse.ArgumentParser:
+    """The parser; ``only_given`` leaves out every default, so that parsing tells which
+    options the user typed."""
     parser = argparse.ArgumentParser(prog="intvit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, arguments, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         arguments(p)
-        p.set_defaults(run=run)
+        if only_given:
+            for action in p._actions:
+                action.default = argparse.SUPPRESS
+        else:
+            p.set_defaults(run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.given = set(vars(build_parser(only_given=True).parse_args(argv))) - {"command"}
     try:
         return args.run(args)
     except (UnknownApproximation, ValueError, OverflowError) as err:

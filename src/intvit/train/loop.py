@@ -74,7 +74,7 @@ def make_criterion(cfg: TrainConfig, num_classes: int):
     return None, nn.CrossEntropyLoss()
 
 
-def _resume_paths(resume: str) -> tuple[Path, Path]:
+def resume_paths(resume: str) -> tuple[Path, Path]:
     path = Path(resume)
     if path.is_dir():
         path = path / LAST
@@ -95,7 +95,7 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     state: dict[str, Any] = {}
     if cfg.resume:
-        ck_path, state_path = _resume_paths(cfg.resume)
+        ck_path, state_path = resume_paths(cfg.resume)
         model, meta = load_checkpoint(ck_path)
         state = load_train_state(state_path) if state_path.exists() else {}
         log(f"resuming from {ck_path} at epoch {state.get('epoch', 0)}, "
