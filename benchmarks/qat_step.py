@@ -39,6 +39,7 @@ try:
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from intvit.models import build_quant_model, model_config
+from intvit.models.init import trained_scale_init
 from intvit.quant import QuantConfig, calibrate
 
 TARGET_RATIO = 3.0
@@ -77,27 +78,10 @@ def foreign_share(before, after, seconds: float) -> float:
     return max(0.0, others / TICKS / (seconds * (os.cpu_count() or 1)))
 
 
-def randomize(model: nn.Module, seed: int = 1) -> None:
-    """Weights of a trained model's magnitude, non-zero biases included (the idea of
-    tests/conftest.py ``randomize``, copied so the benchmark stands alone)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith("relative_position_bias_table"):
-                p.copy_(noise)
-            elif p.dim() >= 2:
-                p.copy_(noise / p[0].numel() ** 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * noise)
-            else:
-                p.copy_(0.1 * noise)
-
-
 def build(name: str, qcfg: QuantConfig, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = build_quant_model(model_config(name), qcfg)
-    randomize(model)
+    trained_scale_init(model)
     return model
 
 

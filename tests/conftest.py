@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from intvit.models import build_quant_model, model_config
+from intvit.models.init import trained_scale_init as randomize  # noqa: F401  (shared)
 from intvit.quant import QuantConfig
 
 torch.set_num_threads(2)
@@ -19,20 +20,3 @@ def small_config():
 def small_model(**quant) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_quant_model(model_config("custom", **SMALL), QuantConfig(**quant))
-
-
-def randomize(model: torch.nn.Module, seed: int = 1) -> None:
-    """Weights of a trained model's magnitude (timm's init is tiny: activations so small
-    that some integer kernels cannot represent them), non-zero biases included."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith("relative_position_bias_table"):
-                p.copy_(noise)
-            elif p.dim() >= 2:
-                p.copy_(noise / p[0].numel() ** 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * noise)
-            else:
-                p.copy_(0.1 * noise)

@@ -88,3 +88,27 @@ def test_observers(method):
 def test_named_model_config_accepts_shape_overrides():
     cfg = model_config("deit_small", img_size=32, num_classes=10, in_chans=1)
     assert (cfg.embed_dim, cfg.img_size, cfg.num_classes, cfg.in_chans) == (384, 32, 10, 1)
+
+
+def test_pretrained_weights_come_from_timm(monkeypatch):
+    """--pretrained asks timm for its pretrained model (the hub or its cache) and loads
+    every tensor of it; here timm's download is replaced by a model with known weights."""
+    import timm
+
+    calls = []
+    real = timm.create_model
+
+    def fake_create(name, pretrained=False, **kwargs):
+        calls.append((name, pretrained))
+        model = real(name, pretrained=False, **kwargs)
+        torch.manual_seed(7)
+        for p in model.parameters():
+            p.data.normal_()
+        return model
+
+    monkeypatch.setattr(timm, "create_model", fake_create)
+    model, _ = make_model(ModelSource("deit_tiny", pretrained=True,
+                                      overrides={"num_classes": 10}), QuantConfig())
+    assert ("deit_tiny_patch16_224", True) in calls
+    reference = fake_create("deit_tiny_patch16_224", num_classes=10, img_size=224, in_chans=3)
+    assert torch.equal(model.blocks[3].norm2.weight, reference.blocks[3].norm2.weight)
