@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data import DataConfig, build_loader
+from ..data import DataConfig, build_dataset, build_loader
 from ..evaluation import evaluate
 from ..models.checkpoint import (load_checkpoint, load_train_state, save_checkpoint,
                                  save_train_state)
@@ -107,8 +107,6 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
     if not cfg.resume:
         overrides = dict(cfg.model_overrides)
         if "num_classes" not in overrides and not cfg.checkpoint:
-            from ..data import build_dataset
-
             overrides["num_classes"] = build_dataset(data_probe, "val")[1]
         model, _ = make_model(ModelSource(cfg.model, cfg.checkpoint, cfg.pretrained, cfg.weights,
                                           overrides), qcfg, log)
