@@ -112,3 +112,18 @@ def test_pretrained_weights_come_from_timm(monkeypatch):
     assert ("deit_tiny_patch16_224", True) in calls
     reference = fake_create("deit_tiny_patch16_224", num_classes=10, img_size=224, in_chans=3)
     assert torch.equal(model.blocks[3].norm2.weight, reference.blocks[3].norm2.weight)
+
+
+def test_requantized_keeps_calibrated_ranges_on_request(small_config):
+    from intvit.models import build_quant_model
+    from intvit.models.factory import requantized
+    from intvit.quant import calibration
+
+    model = build_quant_model(small_config, QuantConfig())
+    with calibration(model), torch.no_grad():
+        model(torch.randn(4, 3, 32, 32))
+    kept = requantized(model, QuantConfig(gelu="ppoly", softmax="ibert"), keep_ranges=True)
+    assert kept.qcfg.gelu == "ppoly"
+    assert torch.equal(kept.patch_act.observer.high, model.patch_act.observer.high)
+    reset = requantized(model, QuantConfig(gelu="ppoly"))
+    assert not reset.patch_act.observer.ready

@@ -62,12 +62,17 @@ def _expected(source: ModelSource) -> dict[str, Any]:
     return {k: wanted[k] for k in (*ARCHITECTURE, *overrides)}
 
 
-def requantized(model: nn.Module, qcfg: QuantConfig) -> nn.Module:
-    """The same weights under another quantization configuration (ranges reset: the new
-    model needs calibrating). This is how a float checkpoint becomes a quantized model."""
+def requantized(model: nn.Module, qcfg: QuantConfig, keep_ranges: bool = False) -> nn.Module:
+    """The same weights under another quantization configuration. Ranges are reset (the
+    new model needs calibrating; this is how a float checkpoint becomes a quantized
+    model) unless ``keep_ranges``: calibration runs in float, so its ranges hold for any
+    choice of approximations and bit-widths."""
     fresh = build_quant_model(model.cfg, qcfg)
-    load_float_weights(fresh, {k: v for k, v in model.state_dict().items()
-                               if not is_quant_state(k)})
+    if keep_ranges:
+        fresh.load_state_dict(model.state_dict(), strict=True)
+    else:
+        load_float_weights(fresh, {k: v for k, v in model.state_dict().items()
+                                   if not is_quant_state(k)})
     return fresh
 
 
