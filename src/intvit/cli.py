@@ -339,6 +339,20 @@ def run_sweep(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    from .analysis.report import add_arguments
+
+    add_arguments(p)
+
+
+@command("report", "one self-contained HTML report of a run folder: accuracy, approximation "
+         "analysis, search results, plots embedded", _report_arguments)
+def run_report(args: argparse.Namespace) -> int:
+    from .analysis.report import run
+
+    return run(args)
+
+
 def build_parser(only_given: bool = False) -> argparse.ArgumentParser:
     """The parser; ``only_given`` leaves out every default, so that parsing tells which
     options the user typed."""
