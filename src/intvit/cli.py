@@ -320,8 +320,12 @@ def run_demo(args: argparse.Namespace) -> int:
                                               str(out / "analysis" / "analysis.json")])
     run_analyze(analyze_args)
     results = demo(out, quant_config(args))
-    print(f"\n{table(results)}\n\nresults: {out}/results.json, checkpoints: {out}/, "
-          f"approximation plots: {out}/analysis/")
+    from .analysis.report import REPORT_FILE, build_report, discover
+
+    report = build_report(out / REPORT_FILE, title=f"intvit demo: {out}", run_dir=out,
+                          **discover(out))
+    print(f"\n{table(results)}\n\nreport: {report} (open it in a browser)\n"
+          f"results: {out}/results.json, checkpoints: {out}/, plots: {out}/analysis/")
     return 0
 
 
