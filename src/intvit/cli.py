@@ -343,6 +343,20 @@ def run_sweep(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    from .analysis.search import add_arguments
+
+    add_arguments(p)
+
+
+@command("search", "search the best combination of GELU/Softmax/LayerNorm approximations "
+         "(PTQ accuracy vs hardware cost, Pareto front)", _search_arguments)
+def run_search(args: argparse.Namespace) -> int:
+    from .analysis.search import run
+
+    return run(args)
+
+
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     from .analysis.report import add_arguments
 
