@@ -193,3 +193,18 @@ def test_resume_of_a_foreign_checkpoint_says_what_to_do(tmp_path, capsys):
                            build_quant_model(model_config("custom", **SMALL), QuantConfig()))
     assert main(["train", "--resume", str(path)]) == 2
     assert "--checkpoint instead" in capsys.readouterr().err
+
+
+def test_io_stats_then_analysis_on_the_recorded_inputs(tmp_path):
+    ck, stats, report = tmp_path / "m.safetensors", tmp_path / "io.csv", tmp_path / "a.json"
+    assert main(["calibrate", *ARCH, "--data", "synthetic", "--batches", "2", "--batch-size",
+                 "16", "--val-limit", "16", "--gelu", "ppoly", "--softmax", "ppoly",
+                 "--out", str(ck)]) == 0
+    assert main(["eval", "--checkpoint", str(ck), "--data", "synthetic", "--val-limit", "16",
+                 "--io-stats", str(stats)]) == 0
+    header = stats.read_text().splitlines()[0].split(",")
+    assert header[:3] == ["layer", "type", "op"]
+    assert main(["analyze", "--from-stats", str(stats), "--op", "gelu", "--json",
+                 str(report)]) == 0
+    layers = json.loads(report.read_text())["layers"]
+    assert layers and all(entry["op"] == "gelu" for entry in layers)
