@@ -47,8 +47,9 @@ from torch import nn
 
 from ..arith import declare, qrange, signed_bits
 from ..quant import (QT, Mode, QuantConfig, QuantLayerNorm, QuantMatMul, QuantPatchConv,
-                     QuantSoftmax, set_mode)
+                     QuantSoftmax)
 from ..quant.modules import quantize_tensor
+from .base import QuantModel
 from .config import ModelConfig
 from .vit import Mlp, _Builder
 
@@ -267,7 +268,7 @@ class SwinStage(nn.Module):
         return x
 
 
-class QuantSwinTransformer(nn.Module):
+class QuantSwinTransformer(QuantModel):
     """timm-compatible Swin. ``forward`` returns float logits in every mode; in INT mode
     they are the integer logits times their scale (:meth:`forward_int`)."""
 
@@ -307,18 +308,7 @@ class QuantSwinTransformer(nn.Module):
         self.head.fc = make.linear(dims[-1], cfg.num_classes, bits.block_input)
         self.set_mode(Mode.FLOAT if not qcfg.enabled else Mode.FAKE)
 
-    def set_mode(self, mode: Mode) -> None:
-        if not self.qcfg.enabled and mode in (Mode.FAKE, Mode.INT):
-            mode = Mode.FLOAT
-        self.mode = mode
-        set_mode(self, mode)
 
-    def train(self, mode: bool = True) -> "QuantSwinTransformer":
-        """Training runs QAT (FAKE), evaluation the integer model (INT); quantization
-        off, both run the float model. Calibration: :func:`intvit.quant.calibration`."""
-        super().train(mode)
-        self.set_mode(Mode.FAKE if mode else Mode.INT)
-        return self
 
     def _pool(self, x: QT) -> QT:
         """Average over the tokens: an integer sum whose scale carries the ``1/N``,
@@ -342,14 +332,5 @@ class QuantSwinTransformer(nn.Module):
             x = stage(x)
         return self._pool(self.norm(x))
 
-    def forward_int(self, images: torch.Tensor) -> QT:
-        """Integer logits and their per-class scale (INT mode only)."""
-        if self.mode is not Mode.INT:
-            raise RuntimeError("forward_int needs the model in eval mode with quantization on")
-        return self.head.fc(self.forward_features(images))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.head.fc(self.forward_features(images))
-        if self.mode is Mode.INT:
-            return logits.value.to(torch.float32) * logits.scale.to(torch.float32)
-        return logits.value
+    def classifier(self) -> nn.Module:
+        return self.head.fc

@@ -10,8 +10,9 @@ from torch import nn
 
 from ..arith import qrange
 from ..quant import (QT, Mode, QuantAct, QuantConfig, QuantGELU, QuantLayerNorm,
-                     QuantLinear, QuantMatMul, QuantPatchConv, QuantSoftmax, set_mode)
+                     QuantLinear, QuantMatMul, QuantPatchConv, QuantSoftmax)
 from ..quant.modules import quantize_tensor
+from .base import QuantModel
 from .config import ModelConfig
 
 
@@ -90,7 +91,7 @@ class Block(nn.Module):
         return self.add2(self.mlp(self.norm2(x)), residual=x)
 
 
-class QuantVisionTransformer(nn.Module):
+class QuantVisionTransformer(QuantModel):
     """timm-compatible ViT/DeiT. ``forward`` returns float logits in every mode; in
     INT mode they are the integer logits times their scale (:meth:`forward_int`)."""
 
@@ -116,18 +117,7 @@ class QuantVisionTransformer(nn.Module):
         self.head = make.linear(dim, cfg.num_classes, bits.block_input)
         self.set_mode(Mode.FLOAT if not qcfg.enabled else Mode.FAKE)
 
-    def set_mode(self, mode: Mode) -> None:
-        if not self.qcfg.enabled and mode in (Mode.FAKE, Mode.INT):
-            mode = Mode.FLOAT
-        self.mode = mode
-        set_mode(self, mode)
 
-    def train(self, mode: bool = True) -> "QuantVisionTransformer":
-        """Training runs QAT (FAKE), evaluation the integer model (INT); quantization
-        off, both run the float model. Calibration: :func:`intvit.quant.calibration`."""
-        super().train(mode)
-        self.set_mode(Mode.FAKE if mode else Mode.INT)
-        return self
 
     def _tokens(self, patches: QT) -> QT:
         """Prepend the class token (at the patch scale) and add the position embedding
@@ -150,15 +140,5 @@ class QuantVisionTransformer(nn.Module):
         x = self.norm(x)
         return QT(x.value[:, 0], x.scale)
 
-    def forward_int(self, images: torch.Tensor) -> QT:
-        """Integer logits and their per-class scale (INT mode only)."""
-        if self.mode is not Mode.INT:
-            raise RuntimeError("forward_int needs the model in eval mode with quantization on")
-        return self.head(self.forward_features(images))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.forward_features(images))
-        if self.mode is Mode.INT:
-            return logits.value.to(torch.float32) * logits.scale.to(torch.float32)
-        return logits.value
-
+    def classifier(self) -> nn.Module:
+        return self.head

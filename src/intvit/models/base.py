@@ -1,0 +1,48 @@
+"""What every quantized model shares: the mode switch and the logits.
+
+A subclass builds its modules, sets ``cfg``/``qcfg``, and defines
+``forward_features(images) -> QT`` and ``classifier()`` (its head's linear layer).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..quant import QT, Mode, set_mode
+
+
+class QuantModel(nn.Module):
+    mode: Mode = Mode.FLOAT
+
+    def set_mode(self, mode: Mode) -> None:
+        if not self.qcfg.enabled and mode in (Mode.FAKE, Mode.INT):
+            mode = Mode.FLOAT
+        self.mode = mode
+        set_mode(self, mode)
+
+    def train(self, mode: bool = True) -> "QuantModel":
+        """Training runs QAT (FAKE), evaluation the integer model (INT); quantization
+        off, both run the float model. Calibration: :func:`intvit.quant.calibration`."""
+        super().train(mode)
+        self.set_mode(Mode.FAKE if mode else Mode.INT)
+        return self
+
+    def forward_features(self, images: torch.Tensor) -> QT:
+        raise NotImplementedError
+
+    def classifier(self) -> nn.Module:
+        raise NotImplementedError
+
+    def forward_int(self, images: torch.Tensor) -> QT:
+        """Integer logits and their per-class scale (INT mode only)."""
+        if self.mode is not Mode.INT:
+            raise RuntimeError("forward_int needs the model in eval mode with quantization on")
+        return self.classifier()(self.forward_features(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Float logits in every mode; in INT mode the integer logits times their scale."""
+        logits = self.classifier()(self.forward_features(images))
+        if self.mode is Mode.INT:
+            return logits.value.to(torch.float32) * logits.scale.to(torch.float32)
+        return logits.value
