@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from conftest import SMALL, randomize
 from intvit.analysis import search as search_mod
-from intvit.analysis.search import (COST_WEIGHTS, Candidate, Entry, HardwareCost,
-                                    SearchError, Site, apply_candidate, block_of,
-                                    combine_costs, kernel_sites, materialize, pareto_front,
-                                    rank, search, vit_shapes)
+from intvit.analysis.hwcost import (COST_WEIGHTS, HardwareCost, Site, block_of,
+                                    combine_costs, kernel_sites, vit_shapes)
+from intvit.analysis.search import (Candidate, Entry, SearchError, apply_candidate,
+                                    materialize, pareto_front, rank, search)
 from intvit.approx import Cost
 from intvit.data import DataConfig, build_loader
 from intvit.evaluation import evaluate
