@@ -42,7 +42,7 @@ from intvit.train.options import TrainConfig
 
 ARCH = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=96, depth=6, num_heads=3)
 MODES = {
-    "full": dict(fp32_epochs=30, qat_epochs=3, train_limit=None, val_limit=None,
+    "full": dict(fp32_epochs=30, qat_epochs=1, train_limit=None, val_limit=None,
                  search_limit=2000, calib_batches=16),
     "quick": dict(fp32_epochs=3, qat_epochs=1, train_limit=6000, val_limit=1000,
                   search_limit=1000, calib_batches=4),
@@ -58,6 +58,14 @@ README_START, README_END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 
 def qcfg(names: tuple[str, str, str]) -> QuantConfig:
     return QuantConfig(gelu=names[0], softmax=names[1], layernorm=names[2])
+
+
+def finished(checkpoint: Path, cfg: TrainConfig) -> bool:
+    """A cached run of exactly this configuration that reached its last epoch."""
+    if not checkpoint.exists():
+        return False
+    info = read_metadata(checkpoint)["info"]
+    return info.get("train") == cfg.as_dict() and info.get("epoch") == cfg.epochs
 
 
 def main() -> int:
@@ -90,7 +98,7 @@ def main() -> int:
                        val_limit=plan["val_limit"], output_dir=str(out / "fp32"))
     cached = out / "fp32" / "last.safetensors"
     t0 = time.perf_counter()
-    if not (cached.exists() and read_metadata(cached)["info"].get("train") == fp32.as_dict()):
+    if not finished(cached, fp32):
         print(f"training the float baseline ({fp32.epochs} epochs)")
         run_training(fp32)
     timings["fp32_train_s"] = time.perf_counter() - t0

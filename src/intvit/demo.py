@@ -37,7 +37,8 @@ def run_demo(out: Path, quant: QuantConfig) -> dict[str, Any]:
     fp32 = TrainConfig(model="custom", data=data, model_overrides=ARCH, quant={"enabled": False},
                        epochs=4, lr=2e-3, warmup_epochs=0.5, output_dir=str(fp32_dir), **DATA)
     cached = fp32_dir / "last.safetensors"
-    if cached.exists() and read_metadata(cached)["info"].get("train") == fp32.as_dict():
+    info = read_metadata(cached)["info"] if cached.exists() else {}
+    if info.get("train") == fp32.as_dict() and info.get("epoch") == fp32.epochs:
         print(f"using the cached float baseline {cached}")
     else:
         print(f"1/3 training the float baseline on {data} ({fp32.epochs} epochs)")
