@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -370,46 +371,22 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_arguments(p: argparse.ArgumentParser) -> None:
-    from .train.sweep import add_arguments
+def module_command(name: str, help: str, module: str) -> None:
+    """Register a command whose ``add_arguments(p)`` and ``run(args)`` live in
+    ``module`` (relative to this package, imported when the command is built)."""
+    def load():
+        return importlib.import_module(module, __package__)
 
-    add_arguments(p)
-
-
-@command("sweep", "run a W&B sweep file's grid locally, without W&B: one training per "
-         "combination, a results table", _sweep_arguments)
-def run_sweep(args: argparse.Namespace) -> int:
-    from .train.sweep import run
-
-    return run(args)
+    COMMANDS[name] = (help, lambda p: load().add_arguments(p), lambda args: load().run(args))
 
 
-def _search_arguments(p: argparse.ArgumentParser) -> None:
-    from .analysis.search import add_arguments
-
-    add_arguments(p)
-
-
-@command("search", "search the best combination of GELU/Softmax/LayerNorm approximations "
-         "(PTQ accuracy vs hardware cost, Pareto front)", _search_arguments)
-def run_search(args: argparse.Namespace) -> int:
-    from .analysis.search import run
-
-    return run(args)
-
-
-def _report_arguments(p: argparse.ArgumentParser) -> None:
-    from .analysis.report import add_arguments
-
-    add_arguments(p)
-
-
-@command("report", "one self-contained HTML report of a run folder: accuracy, approximation "
-         "analysis, search results, plots embedded", _report_arguments)
-def run_report(args: argparse.Namespace) -> int:
-    from .analysis.report import run
-
-    return run(args)
+module_command("sweep", "run a W&B sweep file's grid locally, without W&B: one training per "
+               "combination, a results table", ".train.sweep")
+module_command("search", "search the best combination of GELU/Softmax/LayerNorm "
+               "approximations (PTQ accuracy vs hardware cost, Pareto front)",
+               ".analysis.search")
+module_command("report", "one self-contained HTML report of a run folder: accuracy, "
+               "approximation analysis, search results, plots embedded", ".analysis.report")
 
 
 def build_parser(only_given: bool = False) -> argparse.ArgumentParser:
