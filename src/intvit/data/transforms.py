@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from torchvision import transforms
 
 from .config import DataConfig
 
@@ -24,26 +24,14 @@ class ToMode:
         return f"ToMode({self.mode!r})"
 
 
-class Compose:
-    def __init__(self, *steps: Callable):
-        self.steps = steps
-
-    def __call__(self, x):
-        for step in self.steps:
-            x = step(x)
-        return x
-
-    def __repr__(self) -> str:
-        return "Compose(" + ", ".join(map(repr, self.steps)) + ")"
-
-
 def resize_only(cfg: DataConfig, native_side: int | None) -> bool:
     if cfg.resize_only is not None:
         return cfg.resize_only
     return native_side is not None and native_side <= SMALL_SIDE
 
 
-def build_transform(cfg: DataConfig, split: str, native_side: int | None = None) -> Compose:
+def build_transform(cfg: DataConfig, split: str, native_side: int | None = None
+                    ) -> transforms.Compose:
     """PIL image -> normalised ``(in_chans, img_size, img_size)`` tensor.
 
     train: RandomResizedCrop(scale, ratio) + flip (+ jitter/RandAugment/erasing as asked);
@@ -64,4 +52,4 @@ def build_transform(cfg: DataConfig, split: str, native_side: int | None = None)
     else:
         tf = create_transform(is_training=False, crop_pct=1.0 if small else cfg.crop_pct,
                               **common)
-    return Compose(ToMode(cfg.image_mode), tf)
+    return transforms.Compose([ToMode(cfg.image_mode), tf])
