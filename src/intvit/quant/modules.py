@@ -11,13 +11,14 @@ zero point 0). Biases are int32 at scale ``s_in * s_w``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..approx import build
-from ..arith import dyadic, int_matmul, qrange, requantize
-from ..arith.width import declare
+from ..arith import declare, dyadic, int_matmul, qrange, requantize
 from .observer import RangeObserver
 from .qtensor import QT, Mode, round_half_up, ste, to_integers
 
@@ -158,7 +159,10 @@ class QuantMatMul(QuantModule):
 
 
 class _KernelModule(QuantModule):
-    """Shared by the non-linear wrappers: a kernel prepared once per input scale."""
+    """Shared by the non-linear wrappers: the float function (``reference``) in FLOAT and
+    CALIBRATE modes; in FAKE and INT modes a kernel prepared once per input scale (and
+    whatever else :meth:`preparation` keys it on), with straight-through gradients of
+    the float function in FAKE mode."""
 
     op: str
 
@@ -168,29 +172,43 @@ class _KernelModule(QuantModule):
         self.in_bits, self.out_bits = in_bits, out_bits
         self._kernels: dict = {}
 
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def observe(self, exact: torch.Tensor) -> None:
+        """Calibration hook for the float output (nothing to record by default)."""
+
+    def preparation(self, in_scale: float) -> tuple[Any, dict[str, Any]]:
+        """The cache key of the kernel for this input scale, and ``prepare``'s extras."""
+        return in_scale, {}
+
     def kernel(self, in_scale: torch.Tensor):
-        key = float(in_scale)
+        key, extra = self.preparation(float(in_scale))
         if key not in self._kernels:
-            self._kernels = {key: self.approx.prepare(key, self.in_bits, self.out_bits)}
+            self._kernels = {key: self.approx.prepare(float(in_scale), self.in_bits,
+                                                      self.out_bits, **extra)}
         return self._kernels[key]
 
-    def integer(self, a: QT) -> QT:
+    def forward(self, a: QT) -> QT:
+        exact = self.reference(a.value) if self.mode is not Mode.INT else None
+        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
+            if self.mode is Mode.CALIBRATE:
+                self.observe(exact)
+            return QT(exact)
         kernel = self.kernel(a.scale)
         q = a.value if self.mode is Mode.INT else to_integers(a)
         out = kernel(q, tabulated=self.mode is Mode.FAKE)
         scale = torch.tensor(kernel.out_scale)
-        return QT(out, scale) if self.mode is Mode.INT else QT(out.to(a.value.dtype) * scale, scale)
+        if self.mode is Mode.INT:
+            return QT(out, scale)
+        return QT(ste(out.to(a.value.dtype) * scale, exact), scale)
 
 
 class QuantGELU(_KernelModule):
     op = "gelu"
 
-    def forward(self, a: QT) -> QT:
-        exact = F.gelu(a.value) if self.mode is not Mode.INT else None
-        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
-            return QT(exact)
-        out = self.integer(a)
-        return out if self.mode is Mode.INT else QT(ste(out.value, exact), out.scale)
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x)
 
 
 class QuantSoftmax(_KernelModule):
@@ -198,12 +216,8 @@ class QuantSoftmax(_KernelModule):
 
     op = "softmax"
 
-    def forward(self, a: QT) -> QT:
-        exact = a.value.softmax(dim=-1) if self.mode is not Mode.INT else None
-        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
-            return QT(exact)
-        out = self.integer(a)
-        return out if self.mode is Mode.INT else QT(ste(out.value, exact), out.scale)
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        return x.softmax(dim=-1)
 
 
 class QuantLayerNorm(_KernelModule):
@@ -223,29 +237,18 @@ class QuantLayerNorm(_KernelModule):
         self.bias = nn.Parameter(torch.zeros(dim))
         self.out_observer = RangeObserver(observer, momentum, percentile)
 
-    def kernel(self, in_scale: torch.Tensor):
-        out_scale = float(self.out_observer.scale(self.out_bits))
-        if self.mode is Mode.FAKE:  # weights change every step: prepare afresh
-            return self.approx.prepare(float(in_scale), self.in_bits, self.out_bits,
-                                       out_scale, dim=self.dim, weight=self.weight.detach(),
-                                       bias=self.bias.detach())
-        key = (float(in_scale), out_scale, self.weight._version, self.bias._version)
-        if key not in self._kernels:
-            self._kernels = {key: self.approx.prepare(
-                float(in_scale), self.in_bits, self.out_bits, out_scale, dim=self.dim,
-                weight=self.weight.detach(), bias=self.bias.detach())}
-        return self._kernels[key]
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
 
-    def forward(self, a: QT) -> QT:
-        exact = None
-        if self.mode is not Mode.INT:
-            exact = F.layer_norm(a.value, (self.dim,), self.weight, self.bias, self.eps)
-        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
-            if self.mode is Mode.CALIBRATE:
-                self.out_observer.observe(exact)
-            return QT(exact)
-        out = self.integer(a)
-        return out if self.mode is Mode.INT else QT(ste(out.value, exact), out.scale)
+    def observe(self, exact: torch.Tensor) -> None:
+        self.out_observer.observe(exact)
+
+    def preparation(self, in_scale: float) -> tuple[Any, dict[str, Any]]:
+        """Keyed on the weights' versions too: every optimizer step re-prepares."""
+        out_scale = float(self.out_observer.scale(self.out_bits))
+        key = (in_scale, out_scale, self.weight._version, self.bias._version)
+        return key, dict(out_scale=out_scale, dim=self.dim, weight=self.weight.detach(),
+                         bias=self.bias.detach())
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
