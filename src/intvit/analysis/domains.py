@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..arith import qrange
+from ..arith import qrange, round_half_up
 
 
 @dataclass(frozen=True)
@@ -75,5 +75,5 @@ class Domain:
             return torch.arange(lo, hi + 1)
         if self.op == "exp":
             return torch.arange(lo, 1)
-        q = torch.floor(self._floats() / self.input_scale() + 0.5)
+        q = round_half_up(self._floats() / self.input_scale())
         return q.clamp(lo, hi).to(torch.int64)

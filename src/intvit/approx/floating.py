@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..arith import round_half_up
 from .base import Approx, Kernel
 from .ops import OPS
 from .registry import register
@@ -30,7 +31,7 @@ class FloatKernel(Kernel):
         affine = {k: v.to(torch.float64) for k, v in self.affine.items() if v is not None}
         y = self.spec.reference(q.to(torch.float64) * self.in_scale, **affine)
         lo, hi = self.out_range
-        return torch.floor(y / self.out_scale + 0.5).clamp(lo, hi).to(torch.int64)
+        return round_half_up(y / self.out_scale).clamp(lo, hi).to(torch.int64)
 
     def counts(self) -> dict[str, Any]:
         return {}

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from ..arith import declare, floor_div, requantize, signed_bits
+from ..arith import declare, floor_div, requantize, round_half_up, signed_bits
 from .base import REQUANT_COST, Approx, Kernel, Param, plus, positive_int
 from .registry import register
 from .rows import NUMERATOR_IVIT, SoftmaxKernel, layernorm_core
@@ -159,8 +159,8 @@ class IntLayerNormKernel(Kernel):
                                  f"{tuple(t.shape)}")
         weight = weight.detach().to(torch.float64)
         self.m, self.e = self.output_multiplier(weight * math.sqrt(dim) / 2.0 ** 30, 32)
-        self.beta = torch.floor(bias.detach().to(torch.float64) / self.out_scale + 0.5
-                                ).to(torch.int64)
+        self.beta = round_half_up(bias.detach().to(torch.float64) / self.out_scale
+                                  ).to(torch.int64)
 
     def var_shift(self) -> int:
         return 0

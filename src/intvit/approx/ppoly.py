@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..arith import horner, horner_bits
+from ..arith import horner, horner_bits, round_half_up
 from .base import REQUANT_COST, Approx, Kernel, Param, plus, positive_int
 from .registry import register
 from .rows import NUMERATOR_IVIT, SoftmaxKernel
@@ -127,7 +127,7 @@ class PPolyKernel(Kernel):
         if not self.integer_only:
             y = self.fit.floating(q) * (2.0 ** -self.fit.frac_bits / self.out_scale)
             lo, hi = self.out_range
-            out = torch.floor(y + 0.5).clamp(lo, hi).to(torch.int64)
+            out = round_half_up(y).clamp(lo, hi).to(torch.int64)
         else:
             y = self.fit.integer(q.clamp_min(self.fit.lo), f"{self.op}.ppoly")
             out = self.finish(y, self.fit.out_bits, self.m, self.e)

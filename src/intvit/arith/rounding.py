@@ -15,6 +15,9 @@ All functions take int64 tensors and return int64 tensors.
 
 Every function is exact on the whole int64 range.
 
+``round_half_up(x) = floor(x + 1/2)`` is the same rule for float tensors: the one
+rounding of a real value to the integer grid (quantizing inputs, weights, constants).
+
 Shift amounts are limited to ``0 <= k <= 62`` so that ``2^k`` is an int64.
 """
 
@@ -65,3 +68,8 @@ def round_div(x: torch.Tensor, d: int | torch.Tensor) -> torch.Tensor:
     quotient = torch.div(x, d, rounding_mode="floor")
     remainder = x - quotient * d
     return quotient + (remainder >= d - d // 2).to(x.dtype)
+
+
+def round_half_up(x: torch.Tensor) -> torch.Tensor:
+    """``floor(x + 1/2)`` of a float tensor (quantization's rounding; stays float)."""
+    return torch.floor(x + 0.5)

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..approx import build
-from ..arith import declare, dyadic, int_matmul, qrange, requantize
+from ..arith import declare, dyadic, int_matmul, qrange, requantize, round_half_up
 from .observer import RangeObserver
-from .qtensor import QT, Mode, round_half_up, ste, to_integers
+from .qtensor import QT, Mode, ste, to_integers
 
 ACC_BITS = 32
 

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..arith import round_half_up
+
 
 class Mode(enum.Enum):
     FLOAT = "float"          # quantization off: the float model (equals timm)
@@ -25,10 +27,6 @@ class Mode(enum.Enum):
 class QT(NamedTuple):
     value: torch.Tensor
     scale: torch.Tensor | None = None
-
-
-def round_half_up(x: torch.Tensor) -> torch.Tensor:
-    return torch.floor(x + 0.5)
 
 
 def ste(exact: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
