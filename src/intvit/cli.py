@@ -312,8 +312,20 @@ def _resumed_config(args: argparse.Namespace):
     return replace(TrainConfig(**saved), **typed, resume=args.resume)
 
 
+ENGINE_CHOICES = ("model", "int", "onnx", "tvm")
+
+
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="an intvit checkpoint")
+    p.add_argument("--checkpoint", help="an intvit checkpoint")
+    p.add_argument("--program", help="an integer program from `intvit export` (engines int, "
+                   "onnx, tvm)")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="model",
+                   help="model: the eval-mode quantized model (default); int, onnx, tvm: the "
+                        "integer program (exported from --checkpoint if no --program) on "
+                        "PyTorch integer ops, ONNX Runtime or TVM")
+    p.add_argument("--debug-overflow", action="store_true",
+                   help="engine int: check every declared width and every node's int32 "
+                        "output at run time (slower)")
     _data_arguments(p, required=True)
     p.add_argument("--json", metavar="FILE", help="write top1/top3/top5/loss/images_per_s")
     p.add_argument("--io-stats", metavar="FILE",
@@ -329,6 +341,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .models.checkpoint import load_checkpoint
 
+    if args.engine != "model":
+        return _eval_engine(args)
+    if not args.checkpoint:
+        raise ValueError("eval --engine model needs --checkpoint")
     model, _ = load_checkpoint(args.checkpoint)
     loader = build_loader(data_config(args, model), "val")
     if args.io_stats:
@@ -343,6 +359,28 @@ def run_eval(args: argparse.Namespace) -> int:
         result = evaluate(model, loader)
     print(result.summary())
     write_json(args.json, {k: v for k, v in result.as_dict().items() if k != "images"})
+    return 0
+
+
+def _eval_engine(args: argparse.Namespace) -> int:
+    """``eval --engine int|onnx|tvm``: the integer program on a dataset."""
+    from .data import build_loader
+    from .engine.commands import load_program
+    from .engine.engines import make_engine
+    from .evaluation import evaluate
+
+    if args.io_stats:
+        raise ValueError("--io-stats records the model's layers: use --engine model")
+    program = load_program(args)
+    engine = make_engine(args.engine, program, debug=args.debug_overflow)
+    c, size, _ = program.input_shape
+    data = DataConfig(data=args.data, img_size=size, in_chans=c, batch_size=args.batch_size,
+                      workers=args.workers, seed=args.seed, train_limit=args.train_limit,
+                      val_limit=args.val_limit)
+    result = evaluate(engine, build_loader(data, "val"), desc=f"eval ({args.engine})")
+    print(f"engine {args.engine}: {result.summary()}")
+    write_json(args.json, {k: v for k, v in result.as_dict().items() if k != "images"}
+               | {"engine": args.engine})
     return 0
 
 
@@ -371,13 +409,15 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def module_command(name: str, help: str, module: str) -> None:
-    """Register a command whose ``add_arguments(p)`` and ``run(args)`` live in
+def module_command(name: str, help: str, module: str, arguments: str = "add_arguments",
+                   run: str = "run") -> None:
+    """Register a command whose ``arguments(p)`` and ``run(args)`` functions live in
     ``module`` (relative to this package, imported when the command is built)."""
     def load():
         return importlib.import_module(module, __package__)
 
-    COMMANDS[name] = (help, lambda p: load().add_arguments(p), lambda args: load().run(args))
+    COMMANDS[name] = (help, lambda p: getattr(load(), arguments)(p),
+                      lambda args: getattr(load(), run)(args))
 
 
 module_command("sweep", "run a W&B sweep file's grid locally, without W&B: one training per "
@@ -387,6 +427,12 @@ module_command("search", "search the best combination of GELU/Softmax/LayerNorm 
                ".analysis.search")
 module_command("report", "one self-contained HTML report of a run folder: accuracy, "
                "approximation analysis, search results, plots embedded", ".analysis.report")
+module_command("export", "export a quantized checkpoint as an integer program, an ONNX graph "
+               "or golden test vectors", ".engine.commands", "export_arguments", "run_export")
+module_command("verify", "check that engines give identical integer logits (or replay golden "
+               "vectors)", ".engine.commands", "verify_arguments", "run_verify")
+module_command("inspect", "describe an integer program or an exported ONNX graph (ops, "
+               "dtypes, sizes)", ".engine.commands", "inspect_arguments", "run_inspect")
 
 
 def build_parser(only_given: bool = False) -> argparse.ArgumentParser:

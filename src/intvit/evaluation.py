@@ -33,7 +33,10 @@ class EvalResult:
 
 def exact_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Float64 logits; for the integer model, the int32 logits times their scales, exact
-    (a float32 product would round integers above 2^24)."""
+    (a float32 product would round integers above 2^24). An engine of
+    :mod:`intvit.engine` gives its own."""
+    if hasattr(model, "exact_logits"):
+        return model.exact_logits(images)
     if getattr(model, "mode", None) is Mode.INT:
         logits = model.forward_int(images)
         return logits.value.double() * logits.scale.double()
@@ -42,8 +45,10 @@ def exact_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, progress: bool = True, desc: str = "eval") -> EvalResult:
-    """Evaluate in the model's eval mode (the integer model when quantization is on)."""
-    model.eval()
+    """Evaluate in the model's eval mode (the integer model when quantization is on), or
+    an inference engine."""
+    if isinstance(model, nn.Module):
+        model.eval()
     totals = torch.zeros(5, dtype=torch.float64)  # images, loss sum, top1, top3, top5
     start = time.perf_counter()
     for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False):

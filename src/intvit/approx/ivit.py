@@ -45,10 +45,10 @@ from typing import Any
 
 import torch
 
-from ..arith import declare, floor_div, requantize, round_half_up, signed_bits
+from ..arith import declare, floor_div, round_half_up, signed_bits
 from .base import REQUANT_COST, Approx, Kernel, Param, plus, positive_int
 from .registry import register
-from .rows import NUMERATOR_IVIT, SoftmaxKernel, layernorm_core
+from .rows import NUMERATOR_IVIT, SoftmaxKernel, layernorm_int
 
 SHIFT_EXP_COST = dict(shift=4, add=4, mul=1, div=1, cmp=1)
 GELU_SIGMOID_SCALE = 1.702
@@ -168,9 +168,8 @@ class IntLayerNormKernel(Kernel):
     def compute(self, q: torch.Tensor) -> torch.Tensor:
         if q.shape[-1] != self.dim:
             raise ValueError(f"layernorm prepared for rows of {self.dim}, got {q.shape[-1]}")
-        z = layernorm_core(q, self.in_bits, self.var_shift(), "layernorm")
-        lo, hi = self.out_range
-        return (requantize(z, self.m, self.e, 32, "layernorm.affine") + self.beta).clamp(lo, hi)
+        return layernorm_int(q, self.in_bits, self.var_shift(), self.m, self.e, self.beta,
+                             *self.out_range)
 
     def counts(self) -> dict[str, Any]:
         row = dict(add=4, mul=2, shift=2)  # sum, centre, var sum, square, *factor, shifts

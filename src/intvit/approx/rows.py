@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from ..arith import declare, floor_div, isqrt, round_div, signed_bits
+from ..arith import declare, floor_div, isqrt, requantize, round_div, signed_bits
 from .base import MAX_TABLE_BITS, Kernel
 
 NUMERATOR_IVIT = (1 << 31) - 1
@@ -55,6 +55,24 @@ def normalize_rows(e: torch.Tensor, e_max: int, numerator: int, what: str,
     total = declare(e.sum(dim=-1, keepdim=True), signed_bits(e_max * length), f"{what}.sum")
     factor = floor_div(torch.full_like(total, numerator), total.clamp_min(1))
     return declare(e * factor, signed_bits(numerator), f"{what}.product")
+
+
+def normalize_softmax(e: torch.Tensor, e_max: int, numerator: int, m: torch.Tensor,
+                      shift: torch.Tensor, lo: int, hi: int, remedy: str = "") -> torch.Tensor:
+    """Softmax's row stage: :func:`normalize_rows`, then requantize from scale
+    ``1 / numerator`` with the pair ``(m, shift)`` and saturate to ``[lo, hi]``."""
+    p = normalize_rows(e, e_max, numerator, "softmax", remedy)
+    return requantize(p, m, shift, signed_bits(numerator), "softmax").clamp(lo, hi)
+
+
+def softmax_from_table(q: torch.Tensor, exp_table: torch.Tensor, e_max: int, numerator: int,
+                       m: torch.Tensor, shift: torch.Tensor, lo: int, hi: int,
+                       remedy: str = "") -> torch.Tensor:
+    """Softmax over the last dimension with the exponentials of ``d = q - max(q)`` read
+    from ``exp_table`` (entry ``i`` holds ``e^d`` for ``d = i - len + 1``)."""
+    d = q - q.max(dim=-1, keepdim=True).values
+    e = exp_table[d + (exp_table.shape[0] - 1)]
+    return normalize_softmax(e, e_max, numerator, m, shift, lo, hi, remedy)
 
 
 class SoftmaxKernel(Kernel):
@@ -79,19 +97,16 @@ class SoftmaxKernel(Kernel):
     def remedy(self, length: int) -> str:
         """What to change when rows of ``length`` cannot be normalized."""
 
-    def normalize(self, d: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        p = normalize_rows(e, self.e_max, self.numerator, "softmax", self.remedy(d.shape[-1]))
-        return self.finish(p, signed_bits(self.numerator), self.m, self.e)
-
     def compute(self, q: torch.Tensor) -> torch.Tensor:
         d = q - q.max(dim=-1, keepdim=True).values
-        return self.normalize(d, self.exponentials(d))
+        return normalize_softmax(self.exponentials(d), self.e_max, self.numerator, self.m,
+                                 self.e, *self.out_range, self.remedy(q.shape[-1]))
 
     def tabulated(self, q: torch.Tensor) -> torch.Tensor:
         if self.in_bits >= MAX_TABLE_BITS:
             return self.compute(q)
-        d = q - q.max(dim=-1, keepdim=True).values
-        return self.normalize(d, self.exp_table[d + ((1 << self.in_bits) - 1)])
+        return softmax_from_table(q, self.exp_table, self.e_max, self.numerator, self.m,
+                                  self.e, *self.out_range, self.remedy(q.shape[-1]))
 
     @functools.cached_property
     def exp_table(self) -> torch.Tensor:
@@ -111,6 +126,14 @@ def layernorm_core(q: torch.Tensor, in_bits: int, var_shift: int, what: str) -> 
     std = isqrt(var).clamp_min(1)
     factor = floor_div(torch.full_like(std, NUMERATOR_IVIT), std)
     return declare(ys * factor, signed_bits(NUMERATOR_IVIT), f"{what}.product") >> 1
+
+
+def layernorm_int(q: torch.Tensor, in_bits: int, var_shift: int, m: torch.Tensor,
+                  shift: torch.Tensor, beta: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Integer LayerNorm with its per-channel affine: :func:`layernorm_core`, then
+    ``requantize(z_c, m_c, shift_c) + beta_c`` saturated to ``[lo, hi]``."""
+    z = layernorm_core(q, in_bits, var_shift, "layernorm")
+    return (requantize(z, m, shift, 32, "layernorm.affine") + beta).clamp(lo, hi)
 
 
 def variance_shift_for_32_bits(in_bits: int, length: int) -> int:

@@ -119,13 +119,18 @@ class QuantVisionTransformer(QuantModel):
 
 
 
+    def class_token(self, scale: torch.Tensor | None, mode: Mode) -> torch.Tensor:
+        """The (1, 1, D) class token; quantized at the patch scale in FAKE/INT modes."""
+        if mode in (Mode.FAKE, Mode.INT):
+            return quantize_tensor(self.cls_token, scale, self.patch_act.bits, mode)
+        return self.cls_token
+
     def _tokens(self, patches: QT) -> QT:
         """Prepend the class token (at the patch scale) and add the position embedding
         (an 8-bit tensor of its own scale), requantizing the sum."""
-        cls = self.cls_token.expand(patches.value.shape[0], -1, -1)
+        cls = self.class_token(patches.scale, self.mode).expand(patches.value.shape[0], -1, -1)
         pos = QT(self.pos_embed)
         if self.mode in (Mode.FAKE, Mode.INT):
-            cls = quantize_tensor(cls, patches.scale, self.patch_act.bits, self.mode)
             pos_scale = (self.pos_embed.detach().abs().max() / qrange(8)[1]).clamp_min(1e-12)
             pos = QT(quantize_tensor(self.pos_embed, pos_scale, 8, self.mode), pos_scale)
         tokens = QT(torch.cat([cls, patches.value], dim=1), patches.scale)

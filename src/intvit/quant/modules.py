@@ -1,9 +1,11 @@
 """Quantized building blocks. Each maps ``QT -> QT`` in the four modes of
-:class:`~.qtensor.Mode`; the INT path calls only integer kernels from
-:mod:`intvit.arith` and :mod:`intvit.approx`, the FAKE path takes its non-linear forward
-values from the same kernels (their elementwise parts tabulated once per scale, which
-gives the same integers faster) and its gradients from the float function
-(straight-through).
+:class:`~.qtensor.Mode`; the INT path calls only the integer functions of
+:mod:`.integer` and the integer kernels of :mod:`intvit.approx` (their elementwise parts
+answered from tables computed once per scale by the kernels' own arithmetic: the same
+integers, faster, and what the inference engine runs), the FAKE path takes its
+non-linear forward values from the same kernels and its gradients from the float
+function (straight-through). ``frozen``/``multiplier``/``kernel`` give the integer
+constants each module derives from its scales, for :mod:`intvit.engine`'s export.
 
 Scales are per tensor for activations and per output channel for weights (symmetric,
 zero point 0). Biases are int32 at scale ``s_in * s_w``.
@@ -18,11 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..approx import build
-from ..arith import declare, dyadic, int_matmul, qrange, requantize, round_half_up
+from ..arith import dyadic, qrange, round_half_up
+from .integer import ACC_BITS, linear_int, matmul_int, quantize_input, requantize_sum
 from .observer import RangeObserver
 from .qtensor import QT, Mode, ste, to_integers
-
-ACC_BITS = 32
 
 
 class QuantModule(nn.Module):
@@ -91,16 +92,16 @@ class QuantAct(QuantModule):
             x = a.value if residual is None else a.value + residual.value
             return QT(ste(round_half_up(x / s).clamp(lo, hi) * s, x), s)
         if a.scale is None:  # the model input: the one float-to-integer step
-            return QT(round_half_up(a.value / s).clamp(lo, hi).to(torch.int64), s)
-        q = self._requantize(a, s)
-        if residual is not None:
-            q = q + self._requantize(residual, s)
-        return QT(q.clamp(lo, hi), s)
+            return QT(quantize_input(a.value, s, lo, hi), s)
+        m, e = self.multiplier(a.scale)
+        if residual is None:
+            return QT(requantize_sum(a.value, m, e, lo, hi), s)
+        rm, re = self.multiplier(residual.scale)
+        return QT(requantize_sum(a.value, m, e, lo, hi, residual.value, rm, re), s)
 
-    @staticmethod
-    def _requantize(a: QT, s: torch.Tensor) -> torch.Tensor:
-        m, e = dyadic((a.scale / s).double())
-        return requantize(a.value, m, e, ACC_BITS, "act")
+    def multiplier(self, in_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dyadic pair taking integers at ``in_scale`` to this requantizer's scale."""
+        return dyadic((in_scale / self.scale()).double())
 
 
 def quant_linear(mode: Mode, a: QT, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -114,12 +115,18 @@ def quant_linear(mode: Mode, a: QT, weight: torch.Tensor, bias: torch.Tensor | N
     if mode is Mode.FAKE:
         fq_bias = ste(b_q * scale, bias) if b_q is not None else None
         return QT(F.linear(a.value, ste(w_q * w_s[:, None], weight), fq_bias), scale)
-    x = a.value.reshape(-1, a.value.shape[-1])
-    acc = int_matmul(x, w_q.to(torch.int64).T, in_bits, weight_bits, "linear")
-    if b_q is not None:
-        acc = acc + b_q.to(torch.int64)
-    acc = declare(acc, ACC_BITS, "linear.out")
-    return QT(acc.reshape(*a.value.shape[:-1], -1), scale)
+    return QT(linear_int(a.value, w_q, b_q, in_bits, weight_bits), scale)
+
+
+def frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None, in_scale: torch.Tensor,
+                  weight_bits: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """What :func:`quant_linear` computes in INT mode before its matmul: the integer
+    weight (int8 for 8-bit weights), the int32 bias, and the output scale."""
+    w_q, w_s = quantize_weight(weight.detach(), weight_bits)
+    scale = in_scale * w_s
+    b_q = quantize_bias(bias, scale) if bias is not None else None
+    w_dtype = torch.int8 if weight_bits <= 8 else torch.int32
+    return (w_q.to(w_dtype), None if b_q is None else b_q.to(torch.int32), scale)
 
 
 class QuantLinear(QuantModule):
@@ -139,12 +146,17 @@ class QuantLinear(QuantModule):
         return quant_linear(self.mode, a, self.weight, self.bias, self.weight_bits,
                             self.in_bits)
 
+    def frozen(self, in_scale: torch.Tensor):
+        """Integer weight, int32 bias and output scale at this input scale."""
+        return frozen_linear(self.weight, self.bias, in_scale, self.weight_bits)
+
 
 class QuantMatMul(QuantModule):
     """``a @ b`` of two per-tensor quantized activations (attention)."""
 
     def __init__(self, a_bits: int = 8, b_bits: int = 8, unsigned_a: bool = False) -> None:
         super().__init__()
+        self.unsigned_a = unsigned_a
         self.a_bits = a_bits + (1 if unsigned_a else 0)
         self.b_bits = b_bits
 
@@ -154,8 +166,7 @@ class QuantMatMul(QuantModule):
         scale = a.scale * b.scale * extra_scale
         if self.mode is Mode.FAKE:
             return QT((a.value @ b.value) * extra_scale, scale)
-        acc = int_matmul(a.value, b.value, self.a_bits, self.b_bits, "attention")
-        return QT(declare(acc, ACC_BITS, "attention.out"), scale)
+        return QT(matmul_int(a.value, b.value, self.a_bits, self.b_bits), scale)
 
 
 class _KernelModule(QuantModule):
@@ -197,7 +208,7 @@ class _KernelModule(QuantModule):
             return QT(exact)
         kernel = self.kernel(a.scale)
         q = a.value if self.mode is Mode.INT else to_integers(a)
-        out = kernel(q, tabulated=self.mode is Mode.FAKE)
+        out = kernel(q, tabulated=True)
         scale = torch.tensor(kernel.out_scale)
         if self.mode is Mode.INT:
             return QT(out, scale)
@@ -278,3 +289,7 @@ class QuantPatchConv(QuantModule):
         patches = QT(patchify(a.value, self.patch), a.scale)
         return quant_linear(self.mode, patches, self.weight.flatten(1), self.bias,
                             self.weight_bits, self.in_bits)
+
+    def frozen(self, in_scale: torch.Tensor):
+        """As :meth:`QuantLinear.frozen`, for the flattened (D, C*p*p) weight."""
+        return frozen_linear(self.weight.flatten(1), self.bias, in_scale, self.weight_bits)

@@ -1,0 +1,218 @@
+"""Lowering a quantized model (eval mode) to an :class:`~.program.IntProgram`.
+
+The model runs once in ``Mode.INT`` on probe images with hooks on its quantized
+modules, which record each module's input scales and output integers. A family's
+lowering (:data:`LOWERINGS`, keyed by model class) then walks the model's structure
+with a :class:`Builder`: each quantized module becomes nodes whose constants the
+module computes itself (:meth:`QuantAct.multiplier`, :meth:`QuantLinear.frozen`, its
+prepared kernel), each index move a structural node. The builder runs every node on
+the probe as it adds it and compares each module's result with the integers the model
+produced: a lowering that differs from the model fails at export, naming the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..approx.base import MAX_TABLE_BITS, Kernel
+from ..approx.ivit import IntLayerNormKernel
+from ..approx.rows import SoftmaxKernel
+from ..arith import qrange, signed_bits
+from ..models.base import QuantModel
+from ..quant import QuantAct, QuantModule
+from .ops import OPS, as_value
+from .program import Node, ProgramError
+
+
+@dataclass
+class Call:
+    args: tuple
+    kwargs: dict
+    output: Any
+
+
+def capture(model: QuantModel, images: torch.Tensor) -> dict[nn.Module, Call]:
+    """Run the integer model once, recording every quantized module's call."""
+    calls: dict[nn.Module, Call] = {}
+
+    def hook(module, args, kwargs, output):
+        if module in calls:
+            raise ProgramError("a quantized module runs twice per forward; the lowering "
+                               "expects one call per module")
+        calls[module] = Call(args, kwargs, output)
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True)
+               for m in model.modules() if isinstance(m, QuantModule)]
+    try:
+        with torch.no_grad():
+            model.forward_int(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """An integer tensor in the narrowest of int8/int16/int32/int64 that holds it."""
+    t = t.detach().to(torch.int64)
+    top = int(t.abs().max()) if t.numel() else 0
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        if signed_bits(top) <= torch.iinfo(dtype).bits:
+            return t.to(dtype).contiguous()
+    return t.contiguous()
+
+
+class Builder:
+    """Adds nodes to a program, running each on the probe images as it goes."""
+
+    def __init__(self, model: QuantModel, images: torch.Tensor) -> None:
+        self.model = model
+        self.calls = capture(model, images)
+        self.names = {m: name for name, m in model.named_modules()}
+        self.nodes: list[Node] = []
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.values: dict[str, torch.Tensor] = {"images": images}
+
+    # --- generic ---------------------------------------------------------------------
+    def node(self, op: str, inputs: list[str], module: str = "",
+             params: dict[str, torch.Tensor | tuple[str, torch.Tensor]] | None = None,
+             **attrs: Any) -> str:
+        """Add and run a node; each param is a tensor (named ``module.role``) or a
+        ``(name, tensor)`` pair."""
+        names = {}
+        for role, tensor in (params or {}).items():
+            name, tensor = tensor if isinstance(tensor, tuple) else (f"{module or op}.{role}",
+                                                                       tensor)
+            names[role] = self.constant(name, tensor)
+        output = f"v{len(self.nodes)}"
+        args = [self.values[i] for i in inputs]
+        kwargs = {role: self.tensors[name] for role, name in names.items()}
+        self.values[output] = OPS[op](*args, **attrs, **kwargs)
+        self.nodes.append(Node(op, list(inputs), output, attrs, names, module))
+        return output
+
+    def constant(self, name: str, tensor: torch.Tensor) -> str:
+        base, k = name, 1
+        while name in self.tensors:
+            name, k = f"{base}.{k}", k + 1
+        self.tensors[name] = tensor
+        self.values[name] = as_value(tensor)
+        return name
+
+    def shape(self, value: str) -> tuple[int, ...]:
+        return tuple(self.values[value].shape)
+
+    def call(self, module: nn.Module) -> Call:
+        if module not in self.calls:
+            raise ProgramError(f"module {self.names.get(module)} did not run in the model's "
+                               "forward; the lowering does not match this model")
+        return self.calls[module]
+
+    def checked(self, module: nn.Module, value: str) -> str:
+        expected = self.call(module).output.value
+        got = self.values[value]
+        if got.shape != expected.shape or not torch.equal(got, expected):
+            raise ProgramError(f"lowering of {self.names[module]} differs from the model "
+                               "(an intvit bug: please report it with the model config)")
+        return value
+
+    # --- structure -----------------------------------------------------------------------
+    def reshape(self, x: str, *shape: int) -> str:
+        return self.node("reshape", [x], shape=list(shape))
+
+    def transpose(self, x: str, *perm: int) -> str:
+        return self.node("transpose", [x], perm=list(perm))
+
+    def take(self, x: str, axis: int, index: int) -> str:
+        return self.node("take", [x], axis=axis, index=index)
+
+    # --- quantized modules ---------------------------------------------------------------
+    def act(self, module: QuantAct, x: str, residual: str | None = None) -> str:
+        """A requantizer; its residual, if the model passed one that is not a value of the
+        program (a position embedding, a relative position bias), becomes a constant."""
+        call, name = self.call(module), self.names[module]
+        a = call.args[0]
+        lo, hi = qrange(module.bits, module.signed)
+        if a.scale is None:
+            return self.checked(module, self.node(
+                "quantize", [x], name,
+                {"scale": ("input.scale", module.scale().to(torch.float32).reshape(()))},
+                lo=lo, hi=hi))
+        m, e = module.multiplier(a.scale)
+        params = {"m": compact(m), "e": compact(e)}
+        inputs = [x]
+        res = call.kwargs.get("residual")
+        if res is not None:
+            inputs.append(residual if residual is not None
+                          else self.constant(f"{name}.residual", compact(res.value)))
+            rm, re = module.multiplier(res.scale)
+            params.update(residual_m=compact(rm), residual_e=compact(re))
+        elif residual is not None:
+            raise ProgramError(f"{name} has no residual in the model")
+        return self.checked(module, self.node("requantize", inputs, name, params, lo=lo, hi=hi))
+
+    def linear(self, module: nn.Module, x: str) -> str:
+        name = self.names[module]
+        weight, bias, _ = module.frozen(self.call(module).args[0].scale)
+        params = {"weight": weight} | ({"bias": bias} if bias is not None else {})
+        return self.checked(module, self.node("linear", [x], name, params,
+                                              in_bits=module.in_bits,
+                                              weight_bits=module.weight_bits))
+
+    def matmul(self, module: nn.Module, a: str, b: str) -> str:
+        return self.checked(module, self.node("matmul", [a, b], self.names[module],
+                                              a_bits=module.a_bits, b_bits=module.b_bits,
+                                              a_unsigned=module.unsigned_a))
+
+    def kernel(self, module: nn.Module, x: str) -> str:
+        name = self.names[module]
+        kernel = module.kernel(self.call(module).args[0].scale)
+        if not kernel.integer_only:
+            raise ProgramError(f"{name} uses {module.op} '{module.approx.name}', a float "
+                               "reference that is not integer-only; export a model whose "
+                               "GELU, Softmax and LayerNorm use ivit, ibert or ppoly")
+        lower = next((f for cls, f in KERNEL_LOWERINGS.items() if isinstance(kernel, cls)),
+                     lower_elementwise)
+        op, params, attrs = lower(kernel)
+        attrs["approx"] = module.approx.name
+        return self.checked(module, self.node(op, [x], name, params, **attrs))
+
+    def output(self, head: nn.Module, logits: str) -> str:
+        scale = self.call(head).output.scale.to(torch.float32).reshape(-1)
+        self.node("dequantize", [logits], self.names[head], {"scale": ("output.scale", scale)})
+        return logits
+
+
+def lower_elementwise(kernel: Kernel) -> tuple[str, dict, dict]:
+    if kernel.spec.rowwise or kernel.in_bits > MAX_TABLE_BITS:
+        raise ProgramError(f"{kernel.op} with {kernel.in_bits}-bit inputs cannot be tabulated")
+    lo = kernel.spec.domain(kernel.in_bits)[0]
+    return "lookup", {"table": compact(kernel.table)}, dict(lo=lo, function=kernel.op)
+
+
+def lower_softmax(kernel: SoftmaxKernel) -> tuple[str, dict, dict]:
+    if kernel.in_bits >= MAX_TABLE_BITS:
+        raise ProgramError(f"softmax with {kernel.in_bits}-bit inputs: its exponentials "
+                           f"cannot be tabulated (at most {MAX_TABLE_BITS - 1} bits)")
+    lo, hi = kernel.out_range
+    params = {"exp_table": compact(kernel.exp_table), "m": compact(kernel.m),
+              "e": compact(kernel.e)}
+    return "softmax", params, dict(e_max=kernel.e_max, numerator=kernel.numerator, lo=lo,
+                                   hi=hi)
+
+
+def lower_layernorm(kernel: IntLayerNormKernel) -> tuple[str, dict, dict]:
+    lo, hi = kernel.out_range
+    params = {"m": compact(kernel.m), "e": compact(kernel.e), "beta": compact(kernel.beta)}
+    return "layernorm", params, dict(in_bits=kernel.in_bits, var_shift=kernel.var_shift(),
+                                     lo=lo, hi=hi)
+
+
+KERNEL_LOWERINGS: dict[type, Callable[[Any], tuple[str, dict, dict]]] = {
+    SoftmaxKernel: lower_softmax,
+    IntLayerNormKernel: lower_layernorm,
+}
