@@ -1,0 +1,187 @@
+"""``intvit export``, ``intvit verify`` and ``intvit inspect``: the engine's commands
+(registered in :mod:`intvit.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .engines import ENGINES, make_engine
+from .program import IntProgram
+
+FORMATS = ("int", "onnx", "golden")
+
+
+def load_program(args: argparse.Namespace) -> IntProgram:
+    """``--program FILE``, or the program exported on the fly from ``--checkpoint``."""
+    if getattr(args, "program", None):
+        return IntProgram.load(args.program)
+    if not getattr(args, "checkpoint", None):
+        raise ValueError("give --checkpoint CK (a calibrated or trained model) or --program "
+                         "FILE (from `intvit export`)")
+    from ..models.checkpoint import load_checkpoint
+    from .export import export_program
+
+    model, _ = load_checkpoint(args.checkpoint)
+    return export_program(model, info={"checkpoint": str(args.checkpoint)})
+
+
+def export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a calibrated or trained checkpoint")
+    p.add_argument("--out", required=True,
+                   help="the file (int: .safetensors, onnx: .onnx) or folder (golden)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="int (the integer program, default; .onnx names choose onnx), onnx "
+                        "(ONNX graph, integer-only body), golden (per-layer test vectors)")
+    p.add_argument("--images", type=int, default=2, help="images in the golden vectors")
+    p.add_argument("--seed", type=int, default=0, help="seed of the golden/probe images")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..models.checkpoint import load_checkpoint
+    from .export import export_program, probe_images
+
+    fmt = args.format or ("onnx" if str(args.out).endswith(".onnx") else "int")
+    model, _ = load_checkpoint(args.checkpoint)
+    program = export_program(model, info={"checkpoint": str(args.checkpoint)})
+    out = Path(args.out)
+    if fmt == "int":
+        program.save(out)
+        size = out.stat().st_size
+        print(f"integer program: {out} ({len(program.nodes)} nodes, {size / 2**20:.2f} MiB, "
+              f"{size / (4 * sum(p.numel() for p in model.parameters())):.2f}x the float32 "
+              "model)")
+    elif fmt == "onnx":
+        import onnx
+
+        from .onnx_export import to_onnx
+        out.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(to_onnx(program), str(out))
+        print(f"ONNX graph: {out} ({out.stat().st_size / 2**20:.2f} MiB)")
+    else:
+        from .golden import write_golden
+        images = probe_images(model, args.images, args.seed)
+        write_golden(program, images, out)
+        print(f"golden vectors for {args.images} images, {len(program.nodes)} nodes: "
+              f"{out}/manifest.json (check with `intvit verify --golden {out}`)")
+    return 0
+
+
+def verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="a calibrated or trained checkpoint")
+    p.add_argument("--program", help="an integer program (engines other than 'model')")
+    p.add_argument("--engines", default="model,int,onnx",
+                   help="comma-separated engines to compare: model (the eval-mode model, "
+                        f"needs --checkpoint), {', '.join(ENGINES)} (default model,int,onnx)")
+    p.add_argument("--data", default="synthetic", help="dataset whose validation images run")
+    p.add_argument("--limit", type=int, default=64, help="images (default 64)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--golden", metavar="DIR",
+                   help="instead: replay golden vectors written by `export --format golden`")
+    p.add_argument("--json", metavar="FILE")
+
+
+def compare_engines(engines: dict, batches) -> dict[str, dict[str, int]]:
+    """Run every engine on the same batches; count logits and images that differ from the
+    first engine's."""
+    names = list(engines)
+    counts = {n: {"images": 0, "logits": 0, "differing_logits": 0, "differing_images": 0}
+              for n in names[1:]}
+    for images in batches:
+        reference = engines[names[0]](images)
+        for name in names[1:]:
+            got = engines[name](images)
+            differs = got != reference
+            c = counts[name]
+            c["images"] += images.shape[0]
+            c["logits"] += differs.numel()
+            c["differing_logits"] += int(differs.sum())
+            c["differing_images"] += int(differs.any(dim=1).sum())
+    return counts
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from ..cli import write_json
+
+    if args.golden:
+        from .golden import check_golden
+        report = check_golden(args.golden)
+        print(f"golden vectors: {report.nodes} nodes replayed, {len(report.mismatches)} differ"
+              + "".join(f"\n  {m}" for m in report.mismatches))
+        write_json(args.json, {"nodes": report.nodes, "mismatches": report.mismatches})
+        return 0 if report.ok else 1
+    kinds = [k.strip() for k in args.engines.split(",") if k.strip()]
+    if len(kinds) < 2:
+        raise ValueError("verify compares at least two engines, e.g. --engines model,int,onnx")
+    program = load_program(args)
+    engines = {}
+    for kind in kinds:
+        if kind == "model":
+            if not args.checkpoint:
+                raise ValueError("engine 'model' needs --checkpoint")
+            from ..models.checkpoint import load_checkpoint
+            model, _ = load_checkpoint(args.checkpoint)
+            model.eval()
+            engines[kind] = lambda x, m=model: m.forward_int(x).value
+        else:
+            engines[kind] = make_engine(kind, program)
+    batches = [b for b, _ in validation_batches(program, args.data, args.limit,
+                                                args.batch_size)]
+    counts = compare_engines(engines, tqdm(batches, desc="verify", leave=False))
+    failed = False
+    for name, c in counts.items():
+        failed |= c["differing_logits"] > 0
+        print(f"{kinds[0]} vs {name}: {c['differing_logits']} of {c['logits']} logits differ "
+              f"({c['differing_images']} of {c['images']} images)")
+    write_json(args.json, {"reference": kinds[0], "engines": counts})
+    return 1 if failed else 0
+
+
+def validation_batches(program: IntProgram, data: str, limit: int, batch_size: int):
+    """The first ``limit`` validation images of a dataset, at the program's input size."""
+    from ..data import DataConfig, build_loader
+    c, h, _ = program.input_shape
+    cfg = DataConfig(data=data, img_size=h, in_chans=c, batch_size=batch_size,
+                     val_limit=limit)
+    return build_loader(cfg, "val")
+
+
+def inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="an integer program (.safetensors) or an exported .onnx")
+    p.add_argument("--json", metavar="FILE", help="write the full graph (program) or the "
+                   "node list with output dtypes (onnx)")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from ..cli import write_json
+
+    if str(args.file).endswith(".onnx"):
+        import onnx
+
+        from .onnx_export import op_types
+        nodes = op_types(onnx.load(args.file))
+        table = Counter((op, ",".join(types)) for _, op, types in nodes)
+        print(f"{args.file}: {len(nodes)} nodes")
+        for (op, types), n in sorted(table.items()):
+            print(f"  {op:16s} -> {types:12s} x{n}")
+        write_json(args.json, [{"name": n, "op": op, "outputs": t} for n, op, t in nodes])
+        return 0
+    program = IntProgram.load(args.file)
+    ops = Counter(n.op for n in program.nodes)
+    print(f"{args.file}: intvit program, {len(program.nodes)} nodes, {len(program.tensors)} "
+          f"tensors ({program.nbytes() / 2**20:.2f} MiB)")
+    model = program.meta["model"]
+    quant = program.meta["quant"]
+    print(f"  model: {model.get('name', '?')}, input {program.input_shape}, "
+          f"{program.num_classes} classes; gelu {quant['gelu']}, softmax {quant['softmax']}, "
+          f"layernorm {quant['layernorm']}")
+    print("  ops: " + ", ".join(f"{op} x{n}" for op, n in ops.most_common()))
+    dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in program.tensors.values())
+    print("  tensor dtypes: " + ", ".join(f"{d} x{n}" for d, n in dtypes.most_common()))
+    write_json(args.json, program.graph())
+    return 0
+
+

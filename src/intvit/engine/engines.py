@@ -1,0 +1,92 @@
+"""The engines that run an integer program, by name: ``int`` (PyTorch integer ops),
+``onnx`` (ONNX Runtime on :func:`~.onnx_export.to_onnx`'s graph) and ``tvm`` (that
+graph compiled by Apache TVM). Each maps float images to int64 logits and checks its
+input the same way; ``exact_logits`` gives the float64 logits (integer times scale)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .program import IntProgram
+from .runtime import IntRuntime, check_images
+
+
+class Engine:
+    """Base: ``engine(images) -> int64 logits (B, classes)``."""
+
+    name = ""
+
+    def __init__(self, program: IntProgram) -> None:
+        self.program = program
+        self.scale = program.tensors["output.scale"].to(torch.float64)
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(self.program, images)
+        return self.run(images.to(torch.float32).contiguous())
+
+    def exact_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self(images).to(torch.float64) * self.scale
+
+
+class IntEngine(Engine):
+    name = "int"
+
+    def __init__(self, program: IntProgram, threads: int | None = None, debug: bool = False
+                 ) -> None:
+        super().__init__(program)
+        self.runtime = IntRuntime(program, debug=debug)
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        return self.runtime(images)
+
+
+class OnnxEngine(Engine):
+    name = "onnx"
+
+    def __init__(self, program: IntProgram, threads: int | None = 2, debug: bool = False
+                 ) -> None:
+        import onnxruntime as ort
+
+        from .onnx_export import to_onnx
+        super().__init__(program)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(to_onnx(program).SerializeToString(), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.session.run(["logits"], {self.program.input: images.numpy()})[0]
+        return torch.from_numpy(np.asarray(logits))
+
+
+class TvmEngine(Engine):
+    name = "tvm"
+
+    def __init__(self, program: IntProgram, threads: int | None = 2, debug: bool = False
+                 ) -> None:
+        from .onnx_export import to_onnx
+        from .tvm_backend import TvmModule
+        super().__init__(program)
+        self.module = TvmModule(to_onnx(program), threads=threads or 2)
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.module(images.numpy())[0]))
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {
+    "int": IntEngine, "onnx": OnnxEngine, "tvm": TvmEngine}
+
+
+def make_engine(kind: str, program: IntProgram, threads: int | None = 2,
+                debug: bool = False) -> Engine:
+    if kind not in ENGINES:
+        raise ValueError(f"unknown engine {kind!r}; engines: {', '.join(ENGINES)}")
+    return ENGINES[kind](program, threads=threads, debug=debug)

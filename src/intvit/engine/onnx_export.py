@@ -1,0 +1,339 @@
+"""An :class:`IntProgram` as an ONNX graph (opset 17) whose body is integer-only.
+
+Between the input quantization (float ``Div``/``Add``/``Floor``/``Clip``/``Cast``) and
+the output dequantization (``Cast`` and float ``Mul``), every value is an integer. How
+each program op maps to ONNX, given ONNX Runtime's kernels:
+
+* **linear / matmul**: ``MatMulInteger`` with uint8 activations and int8 weights (the
+  fast kernel): a signed 8-bit activation ``a`` enters as ``a + 128`` with zero point
+  128, an unsigned one (softmax probabilities) as itself with zero point 0. Operands
+  wider than 8 bits use an int64 ``MatMul`` instead. The int32 product widens to int64.
+* **floor division by ``2^k``** (requantization, variance shift): ``BitShift`` is
+  unsigned-only and integer ``Div`` truncates toward zero, so ``floor(t / 2^k)`` is
+  ``(t - Mod(t, 2^k)) / 2^k`` with ``Mod``'s floor semantics (``fmod=0``): the division
+  is exact. Divisions of non-negative values use ``Div`` directly.
+* **tables** (GELU, the softmax exponentials, powers of two): ``Gather``.
+* **isqrt** (LayerNorm): the bit length as the count of powers of two not above the
+  value (one broadcast comparison and a sum), the start ``2^ceil(n/2)`` by ``Gather``,
+  then :data:`~intvit.arith.isqrt.MAX_NEWTON_STEPS` unrolled Newton steps
+  ``r = min(r, (r + v / r) / 2)``: extra steps leave a converged root unchanged, so the
+  result equals the early-exit loop of :func:`intvit.arith.isqrt`.
+
+Outputs: ``logits`` (int64, the integer logits) and ``logits_float`` (float32).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from ..approx.rows import NUMERATOR_IVIT
+from ..arith.isqrt import MAX_NEWTON_STEPS
+from .program import IntProgram, Node, ProgramError
+
+OPSET = 17
+INT64 = TensorProto.INT64
+
+
+class GraphWriter:
+    """Accumulates ONNX nodes and initializers with unique names."""
+
+    def __init__(self, program: IntProgram) -> None:
+        self.program = program
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: dict[str, onnx.TensorProto] = {}
+        self.count = 0
+        self.prefix = ""
+
+    def name(self, hint: str = "t") -> str:
+        self.count += 1
+        return f"{self.prefix}{hint}_{self.count}"
+
+    def const(self, value, dtype=np.int64, hint: str = "c") -> str:
+        array = np.asarray(value, dtype=dtype)
+        name = self.name(hint)
+        self.inits[name] = numpy_helper.from_array(array, name)
+        return name
+
+    def tensor(self, name: str) -> str:
+        """A program tensor as an initializer (integers as int64, bools and floats as is)."""
+        if name not in self.inits:
+            t = self.program.tensors[name]
+            if t.dtype == torch.bool:
+                array = t.numpy()
+            elif t.dtype.is_floating_point:
+                array = t.to(torch.float32).numpy()
+            else:
+                array = t.to(torch.int64).numpy()
+            self.inits[name] = numpy_helper.from_array(array, name)
+        return name
+
+    def op(self, op_type: str, inputs: list[str], **attrs) -> str:
+        out = self.name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    # --- integer helpers -----------------------------------------------------------------
+    def floor_div_pow2(self, t: str, power: str) -> str:
+        """``floor(t / P)`` for ``P = 2^k`` (a constant tensor), exact for negatives."""
+        rest = self.op("Mod", [t, power], fmod=0)
+        return self.op("Div", [self.op("Sub", [t, rest]), power])
+
+    def requantize(self, x: str, m_name: str, e_name: str) -> str:
+        """``floor((x m + 2^(e-1)) / 2^e)`` with the program's (m, e) tensors."""
+        m = self.program.tensors[m_name].to(torch.int64)
+        e = self.program.tensors[e_name].to(torch.int64)
+        power = (torch.ones_like(e) << e)
+        product = self.op("Mul", [x, self.const(m.numpy(), hint="m")])
+        t = self.op("Add", [product, self.const((power >> 1).numpy(), hint="half")])
+        return self.floor_div_pow2(t, self.const(power.numpy(), hint="pow2"))
+
+    def clip(self, x: str, lo: int, hi: int) -> str:
+        return self.op("Clip", [x, self.const(lo), self.const(hi)])
+
+    def int_matmul(self, a: str, b: str, a_bits: int, b_bits: int, a_unsigned: bool) -> str:
+        if b_bits > 8 or (a_bits > 8 and not (a_unsigned and a_bits <= 9)):
+            return self.op("MatMul", [a, b])
+        if a_unsigned:
+            a8, zero = self.op("Cast", [a], to=TensorProto.UINT8), 0
+        else:
+            a8, zero = self.op("Cast", [self.op("Add", [a, self.const(128)])],
+                               to=TensorProto.UINT8), 128
+        b8 = self.op("Cast", [b], to=TensorProto.INT8)
+        acc = self.op("MatMulInteger", [a8, b8, self.const(zero, np.uint8, "zp")])
+        return self.op("Cast", [acc], to=INT64)
+
+    def weight(self, name: str) -> str:
+        """A (out, in) weight as the (in, out) int8 right operand of MatMulInteger."""
+        key = f"{name}.T"
+        if key not in self.inits:
+            t = self.program.tensors[name]
+            dtype = np.int8 if t.dtype == torch.int8 else np.int64
+            self.inits[key] = numpy_helper.from_array(
+                np.ascontiguousarray(t.numpy().T.astype(dtype)), key)
+        return key
+
+    def isqrt(self, v: str) -> str:
+        powers = self.const([1 << k for k in range(63)], hint="pow2_table")
+        bits = self.op("ReduceSum", [self.op("Cast", [self.op("GreaterOrEqual", [
+            self.op("Unsqueeze", [v, self.const([-1])]), powers])], to=INT64),
+            self.const([-1])], keepdims=0)
+        half = self.op("Div", [self.op("Add", [bits, self.const(1)]), self.const(2)])
+        root = self.op("Gather", [powers, half])
+        one, two = self.const(1), self.const(2)
+        for _ in range(MAX_NEWTON_STEPS):
+            quotient = self.op("Div", [v, self.op("Max", [root, one])])
+            step = self.op("Div", [self.op("Add", [root, quotient]), two])
+            root = self.op("Min", [root, step])
+        return root
+
+
+LOWER: dict[str, Callable[[GraphWriter, Node, list[str]], str]] = {}
+
+
+def onnx_op(name: str):
+    def register(fn):
+        LOWER[name] = fn
+        return fn
+    return register
+
+
+def _p(w: GraphWriter, node: Node, role: str) -> str:
+    return w.tensor(node.params[role])
+
+
+@onnx_op("quantize")
+def _quantize(w, node, x):
+    scaled = w.op("Div", [x[0], _p(w, node, "scale")])
+    rounded = w.op("Floor", [w.op("Add", [scaled, w.const(0.5, np.float32)])])
+    a = node.attrs
+    clipped = w.op("Clip", [rounded, w.const(float(a["lo"]), np.float32),
+                            w.const(float(a["hi"]), np.float32)])
+    return w.op("Cast", [clipped], to=INT64)
+
+
+@onnx_op("linear")
+def _linear(w, node, x):
+    a = node.attrs
+    acc = w.int_matmul(x[0], w.weight(node.params["weight"]), a["in_bits"], a["weight_bits"],
+                       False)
+    return w.op("Add", [acc, _p(w, node, "bias")]) if "bias" in node.params else acc
+
+
+@onnx_op("matmul")
+def _matmul(w, node, x):
+    a = node.attrs
+    return w.int_matmul(x[0], x[1], a["a_bits"], a["b_bits"], a.get("a_unsigned", False))
+
+
+@onnx_op("requantize")
+def _requantize(w, node, x):
+    out = w.requantize(x[0], node.params["m"], node.params["e"])
+    if len(x) > 1:
+        out = w.op("Add", [out, w.requantize(x[1], node.params["residual_m"],
+                                             node.params["residual_e"])])
+    return w.clip(out, node.attrs["lo"], node.attrs["hi"])
+
+
+@onnx_op("lookup")
+def _lookup(w, node, x):
+    return w.op("Gather", [_p(w, node, "table"), w.op("Sub", [x[0], w.const(node.attrs["lo"])])])
+
+
+@onnx_op("softmax")
+def _softmax(w, node, x):
+    a, axes = node.attrs, w.const([-1])
+    table = _p(w, node, "exp_table")
+    d = w.op("Sub", [x[0], w.op("ReduceMax", [x[0]], axes=[-1], keepdims=1)])
+    size = w.program.tensors[node.params["exp_table"]].shape[0]
+    e = w.op("Gather", [table, w.op("Add", [d, w.const(size - 1)])])
+    total = w.op("Max", [w.op("ReduceSum", [e, axes], keepdims=1), w.const(1)])
+    factor = w.op("Div", [w.const(a["numerator"]), total])
+    p = w.op("Mul", [e, factor])
+    return w.clip(w.requantize(p, node.params["m"], node.params["e"]), a["lo"], a["hi"])
+
+
+@onnx_op("layernorm")
+def _layernorm(w, node, x):
+    a, axes = node.attrs, w.const([-1])
+    length = w.program.tensors[node.params["beta"]].shape[0]
+    total = w.op("ReduceSum", [x[0], axes], keepdims=1)
+    mean = _round_div(w, total, length)
+    y = w.op("Sub", [x[0], mean])
+    if a["var_shift"]:
+        y = w.floor_div_pow2(y, w.const(1 << a["var_shift"]))
+    var = w.op("ReduceSum", [w.op("Mul", [y, y]), axes], keepdims=1)
+    std = w.op("Max", [w.isqrt(var), w.const(1)])
+    factor = w.op("Div", [w.const(NUMERATOR_IVIT), std])
+    z = w.floor_div_pow2(w.op("Mul", [y, factor]), w.const(2))
+    out = w.op("Add", [w.requantize(z, node.params["m"], node.params["e"]), _p(w, node, "beta")])
+    return w.clip(out, a["lo"], a["hi"])
+
+
+def _round_div(w: GraphWriter, x: str, d: int) -> str:
+    """``floor(x / d + 1/2) = floor((x + floor(d/2)) / d)`` for integer ``x`` and ``d > 0``."""
+    t = w.op("Add", [x, w.const(d // 2)])
+    divisor = w.const(d)
+    return w.op("Div", [w.op("Sub", [t, w.op("Mod", [t, divisor], fmod=0)]), divisor])
+
+
+@onnx_op("sum")
+def _sum(w, node, x):
+    return w.op("ReduceSum", [x[0], w.const([node.attrs["axis"]])], keepdims=0)
+
+
+@onnx_op("reshape")
+def _reshape(w, node, x):
+    return w.op("Reshape", [x[0], w.const(node.attrs["shape"])])
+
+
+@onnx_op("transpose")
+def _transpose(w, node, x):
+    return w.op("Transpose", [x[0]], perm=node.attrs["perm"])
+
+
+@onnx_op("take")
+def _take(w, node, x):
+    return w.op("Gather", [x[0], w.const(node.attrs["index"])], axis=node.attrs["axis"])
+
+
+@onnx_op("slice")
+def _slice(w, node, x):
+    a = node.attrs
+    return w.op("Slice", [x[0], w.const([a["start"]]), w.const([a["end"]]), w.const([a["axis"]])])
+
+
+@onnx_op("concat")
+def _concat(w, node, x):
+    return w.op("Concat", x, axis=node.attrs["axis"])
+
+
+@onnx_op("broadcast")
+def _broadcast(w, node, x):
+    c_shape = list(w.program.tensors[node.inputs[0]].shape)
+    batch = w.op("Slice", [w.op("Shape", [x[1]]), w.const([0]), w.const([1])])
+    shape = w.op("Concat", [batch, w.const(c_shape[1:])], axis=0)
+    return w.op("Expand", [x[0], shape])
+
+
+@onnx_op("roll")
+def _roll(w, node, x):
+    out = x[0]
+    for shift, dim, size in zip(node.attrs["shifts"], node.attrs["dims"], node.attrs["sizes"]):
+        out = _roll_dim(w, out, shift, dim, size)
+    return out
+
+
+def _roll_dim(w: GraphWriter, x: str, shift: int, dim: int, size: int) -> str:
+    """``torch.roll`` along one static dimension: the last ``shift`` entries move first."""
+    shift %= size
+    if shift == 0:
+        return x
+    tail = w.op("Slice", [x, w.const([size - shift]), w.const([size]), w.const([dim])])
+    head = w.op("Slice", [x, w.const([0]), w.const([size - shift]), w.const([dim])])
+    return w.op("Concat", [tail, head], axis=dim)
+
+
+@onnx_op("pad")
+def _pad(w, node, x):
+    pads = node.attrs["pads"]
+    flat = [before for before, _ in pads] + [after for _, after in pads]
+    return w.op("Pad", [x[0], w.const(flat), w.const(0)], mode="constant")
+
+
+@onnx_op("where")
+def _where(w, node, x):
+    return w.op("Where", [x[1], w.const(node.attrs["fill"]), x[0]])
+
+
+@onnx_op("dequantize")
+def _dequantize(w, node, x):
+    return w.op("Mul", [w.op("Cast", [x[0]], to=TensorProto.FLOAT), _p(w, node, "scale")])
+
+
+def to_onnx(program: IntProgram) -> onnx.ModelProto:
+    """The program as an ONNX model: input ``images`` (float32, batch symbolic),
+    outputs ``logits`` (int64) and ``logits_float`` (float32)."""
+    program.check()
+    w = GraphWriter(program)
+    env = {program.input: program.input}
+    float_output = None
+    for node in program.nodes:
+        inputs = [env[i] if i in env else w.tensor(i) for i in node.inputs]
+        w.prefix = f"{node.module or node.op}/"
+        env[node.output] = LOWER[node.op](w, node, inputs)
+        if node.op == "dequantize":
+            float_output = env[node.output]
+    if float_output is None:
+        raise ProgramError("the program has no dequantize node for its float logits")
+    nodes = w.nodes + [
+        helper.make_node("Identity", [env[program.output]], ["logits"], name="output/logits"),
+        helper.make_node("Identity", [float_output], ["logits_float"],
+                         name="output/logits_float")]
+    c, h, wd = program.input_shape
+    classes = program.num_classes
+    graph = helper.make_graph(
+        nodes, "intvit",
+        [helper.make_tensor_value_info(program.input, TensorProto.FLOAT, ["batch", c, h, wd])],
+        [helper.make_tensor_value_info("logits", INT64, ["batch", classes]),
+         helper.make_tensor_value_info("logits_float", TensorProto.FLOAT, ["batch", classes])],
+        list(w.inits.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="intvit")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def op_types(model: onnx.ModelProto) -> list[tuple[str, str, list[str]]]:
+    """Every node's name, op type and output element types (after shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: TensorProto.DataType.Name(v.type.tensor_type.elem_type)
+             for v in [*inferred.graph.value_info, *inferred.graph.output,
+                       *inferred.graph.input]}
+    return [(n.name, n.op_type, [types.get(o, "?") for o in n.output])
+            for n in inferred.graph.node]

@@ -1,0 +1,273 @@
+"""The integer engine: export, bit-exact engines for every family and model, the
+program file's guards, the ONNX graph's integer-only body, golden vectors, the CLI."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL, randomize
+
+from intvit.cli import main
+from intvit.engine import IntProgram, ProgramError, export_program
+from intvit.engine.engines import make_engine
+from intvit.engine.golden import check_golden, write_golden
+from intvit.engine.onnx_export import op_types, to_onnx
+from intvit.engine.runtime import IntRuntime
+from intvit.models import build_quant_model, model_config
+from intvit.models.checkpoint import save_checkpoint
+from intvit.quant import Mode, QuantConfig
+
+FAMILIES = {"ivit": dict(gelu="ivit", softmax="ivit", layernorm="ivit"),
+            "ibert": dict(gelu="ibert", softmax="ibert", layernorm="ibert"),
+            "ppoly": dict(gelu="ppoly", softmax="ppoly", layernorm="ivit"),
+            "mixed": dict(gelu="ibert", softmax="ppoly_seg_8", layernorm="ibert")}
+SEVEN = ["deit_tiny", "deit_small", "deit_base", "vit_small", "vit_base", "swin_tiny",
+         "swin_small"]
+
+
+def images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def calibrated(cfg, quant: dict, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_quant_model(cfg, QuantConfig(**quant))
+    randomize(model)
+    model.set_mode(Mode.CALIBRATE)
+    with torch.no_grad():
+        model(images(16, cfg.img_size, seed=1))
+    return model.eval()
+
+
+def small(name: str):
+    """A model of the named family's widths and heads, shrunk to a few tokens and blocks."""
+    cfg = replace(model_config(name), num_classes=10)
+    if cfg.arch == "swin":  # 16x16 patches: stage 0 has shifted 7x7 windows, padded
+        return replace(cfg, img_size=64, depths=(2, 1, 1, 1))
+    return replace(cfg, img_size=32, depth=1)
+
+
+def all_engines(program: IntProgram) -> dict:
+    kinds = ["int", "onnx"] + (["tvm"] if tvm_available() else [])
+    return {k: make_engine(k, program) for k in kinds}
+
+
+def tvm_available() -> bool:
+    try:
+        from intvit.engine.tvm_backend import tvm_available as available
+    except ModuleNotFoundError:  # TEMP
+        return False
+    return available()
+
+
+def assert_engines_agree(model, x: torch.Tensor) -> IntProgram:
+    program = export_program(model)
+    expected = model.forward_int(x).value
+    for kind, engine in all_engines(program).items():
+        got = engine(x)
+        assert got.dtype == torch.int64, kind
+        assert torch.equal(got, expected), f"{kind} differs in {int((got != expected).sum())}"
+    return program
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_gives_identical_logits_on_every_engine(family):
+    cfg = model_config("custom", **SMALL)
+    assert_engines_agree(calibrated(cfg, FAMILIES[family]), images(12, seed=3))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_on_swin_with_shifted_padded_windows(family):
+    cfg = model_config("custom", arch="swin", img_size=24, patch_size=2, embed_dim=16,
+                       depths=(2, 2), heads=(1, 2), window_size=5, num_classes=10)
+    assert_engines_agree(calibrated(cfg, FAMILIES[family]), images(6, 24, seed=3))
+
+
+@pytest.mark.parametrize("name", SEVEN)
+def test_each_model_family_small(name):
+    cfg = small(name)
+    assert_engines_agree(calibrated(cfg, FAMILIES["ivit"]), images(3, cfg.img_size, seed=3))
+
+
+def test_full_size_deit_tiny_is_bit_exact():
+    model = calibrated(model_config("deit_tiny"), FAMILIES["ivit"])
+    x = images(2, 224, seed=4)
+    program = export_program(model, x)
+    expected = model.forward_int(x).value
+    for kind in ("int", "onnx"):
+        assert torch.equal(make_engine(kind, program)(x), expected), kind
+    fp32 = 4 * sum(p.numel() for p in model.parameters())
+    assert 0.24 < program.nbytes() / fp32 < 0.30  # int8 weights: about a quarter
+
+
+def test_debug_mode_checks_int32_and_declared_widths():
+    model = calibrated(model_config("custom", **SMALL), FAMILIES["ivit"])
+    program = export_program(model)
+    x = images(4, seed=5)
+    assert torch.equal(IntRuntime(program, debug=True)(x), IntRuntime(program)(x))
+    node = next(n for n in program.nodes if n.op == "linear")
+    program.tensors[node.params["weight"]] = torch.full_like(
+        program.tensors[node.params["weight"]], 127)
+    program.tensors[node.params["bias"]] = torch.full_like(
+        program.tensors[node.params["bias"]], 2**31 - 1)
+    with pytest.raises(ArithmeticError, match="linear"):
+        IntRuntime(program, debug=True)(x)
+
+
+@pytest.fixture(scope="module")
+def program_file(tmp_path_factory):
+    model = calibrated(model_config("custom", **SMALL), FAMILIES["ibert"])
+    path = tmp_path_factory.mktemp("program") / "model.safetensors"
+    export_program(model).save(path)
+    return model, path
+
+
+def test_program_round_trips(program_file):
+    model, path = program_file
+    program = IntProgram.load(path)
+    x = images(5, seed=6)
+    assert torch.equal(IntRuntime(program)(x), model.forward_int(x).value)
+    floats = sorted(k for k, t in program.tensors.items() if t.dtype.is_floating_point)
+    assert floats == ["input.scale", "output.scale"]
+    weights = [program.tensors[n.params["weight"]] for n in program.nodes if n.op == "linear"]
+    assert weights and all(w.dtype == torch.int8 for w in weights)
+
+
+def test_truncated_corrupted_and_foreign_files_are_clear_errors(program_file, tmp_path):
+    _, path = program_file
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ProgramError, match="truncated or corrupted"):
+        IntProgram.load(tmp_path / "cut.safetensors")
+    flipped = bytearray(data)
+    flipped[-10] ^= 0xFF
+    (tmp_path / "flip.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(ProgramError, match="checksum"):
+        IntProgram.load(tmp_path / "flip.safetensors")
+    model, _ = program_file
+    save_checkpoint(tmp_path / "ck.safetensors", model)
+    with pytest.raises(ProgramError, match="not an intvit program"):
+        IntProgram.load(tmp_path / "ck.safetensors")
+    with pytest.raises(ProgramError, match="no program"):
+        IntProgram.load(tmp_path / "missing.safetensors")
+
+
+def test_version_mismatch_is_a_clear_error(program_file, tmp_path, monkeypatch):
+    import intvit.engine.program as program_module
+    _, path = program_file
+    monkeypatch.setattr(program_module, "VERSION", 99)
+    with pytest.raises(ProgramError, match="version 1; this intvit reads version 99"):
+        IntProgram.load(path)
+
+
+@pytest.mark.parametrize("kind", ["int", "onnx"])
+def test_bad_inputs_are_clear_errors(program_file, kind):
+    _, path = program_file
+    engine = make_engine(kind, IntProgram.load(path))
+    with pytest.raises(ProgramError, match=r"shape \(B, 3, 32, 32\)"):
+        engine(torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ProgramError, match="float images"):
+        engine(torch.zeros(2, 3, 32, 32, dtype=torch.int64))
+    with pytest.raises(ProgramError, match="NaN"):
+        engine(torch.full((1, 3, 32, 32), float("nan")))
+
+
+def test_float_reference_families_are_refused():
+    model = calibrated(model_config("custom", **SMALL), dict(gelu="ivit", softmax="float",
+                                                            layernorm="ivit"))
+    with pytest.raises(ProgramError, match="not integer-only"):
+        export_program(model)
+
+
+def test_a_model_without_quantization_is_refused():
+    model = build_quant_model(model_config("custom", **SMALL), QuantConfig(enabled=False))
+    with pytest.raises(ProgramError, match="quantization off"):
+        export_program(model)
+
+
+def test_onnx_body_is_integer_only(program_file):
+    _, path = program_file
+    program = IntProgram.load(path)
+    nodes = op_types(to_onnx(program))
+    ends = {n.module + "/" for n in program.nodes if n.op in ("quantize", "dequantize")}
+    ends.add("output/")
+    float_types = {"FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16"}
+    in_body = [(name, op, types) for name, op, types in nodes
+               if not any(name.startswith(prefix) for prefix in ends)]
+    assert len(in_body) > 0.9 * len(nodes)
+    assert not [n for n in in_body if float_types & set(n[2])]
+    assert "?" not in {t for _, _, types in nodes for t in types}
+    ops = {op for _, op, _ in in_body}
+    assert "MatMulInteger" in ops and "MatMul" not in ops
+
+
+def test_golden_vectors_replay_and_catch_a_changed_value(program_file, tmp_path):
+    _, path = program_file
+    program = IntProgram.load(path)
+    out = write_golden(program, images(2, seed=7), tmp_path / "golden", progress=False)
+    report = check_golden(out, progress=False)
+    assert report.ok and report.nodes == len(program.nodes)
+    from safetensors.torch import load_file, save_file
+    target = sorted((out / "nodes").glob("*_softmax.safetensors"))[0]
+    tensors = load_file(str(target))
+    tensors["output"] = tensors["output"].clone()
+    tensors["output"].view(-1)[0] += 1
+    save_file(tensors, str(target))
+    report = check_golden(out, progress=False)
+    assert len(report.mismatches) == 1 and "softmax" in report.mismatches[0]
+
+
+def test_cli_export_inspect_verify_eval(program_file, tmp_path, capsys):
+    model, _ = program_file
+    ck = save_checkpoint(tmp_path / "ck.safetensors", model)
+    prog, graph = tmp_path / "p.safetensors", tmp_path / "p.onnx"
+    assert main(["export", "--checkpoint", str(ck), "--out", str(prog)]) == 0
+    assert main(["export", "--checkpoint", str(ck), "--out", str(graph)]) == 0
+    assert main(["export", "--checkpoint", str(ck), "--format", "golden", "--out",
+                 str(tmp_path / "golden")]) == 0
+    assert main(["inspect", str(prog)]) == 0
+    assert main(["inspect", str(graph)]) == 0
+    out = capsys.readouterr().out
+    assert "MatMulInteger" in out and "intvit program" in out
+    assert main(["verify", "--checkpoint", str(ck), "--engines", "model,int,onnx",
+                 "--limit", "20", "--json", str(tmp_path / "v.json")]) == 0
+    assert "0 of 200 logits differ" in capsys.readouterr().out
+    assert main(["verify", "--golden", str(tmp_path / "golden")]) == 0
+    results = {}
+    for engine in ("model", "int", "onnx"):
+        source = ["--checkpoint", str(ck)] if engine == "model" else ["--program", str(prog)]
+        assert main(["eval", *source, "--engine", engine, "--data", "synthetic",
+                     "--val-limit", "24", "--json", str(tmp_path / f"{engine}.json")]) == 0
+        import json
+        results[engine] = json.loads((tmp_path / f"{engine}.json").read_text())
+    assert results["model"]["top1"] == results["int"]["top1"] == results["onnx"]["top1"]
+    assert main(["eval", "--engine", "int", "--data", "synthetic"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_onnx_floor_division_and_requantize_match_torch_on_extremes():
+    """The ONNX emulation of arithmetic shifts against torch, on negative and large values."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from intvit.arith import requantize
+    from intvit.engine.onnx_export import GraphWriter
+    from intvit.engine.program import IntProgram as P
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randint(-2**31, 2**31, (4000,), generator=gen),
+                   torch.tensor([-2**31, 2**31 - 1, -1, 0, 1, -2, 2])])
+    m = torch.randint(2**30, 2**31, (x.numel(),), generator=gen)
+    e = torch.randint(0, 63, (x.numel(),), generator=gen).clamp(1, 62)
+    program = P([], {"m": m, "e": e}, {})
+    w = GraphWriter(program)
+    out = w.requantize("x", "m", "e")
+    graph = helper.make_graph(w.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.INT64,
+                                                                          [x.numel()])],
+                              [helper.make_tensor_value_info(out, TensorProto.INT64, [x.numel()])],
+                              list(w.inits.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    got = ort.InferenceSession(model.SerializeToString())
+    got = got.run(None, {"x": x.numpy()})[0]
+    assert np.array_equal(got, requantize(x, m, e, 32).numpy())
