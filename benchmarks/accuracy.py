@@ -32,6 +32,7 @@ except ImportError:  # running from a checkout without installing
 import torch
 
 from intvit.analysis.search import search
+from intvit.analysis.tables import replace_between
 from intvit.data import DataConfig, build_loader
 from intvit.evaluation import evaluate
 from intvit.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
@@ -146,7 +147,8 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.update_readme:
-        update_readme(Path(__file__).resolve().parents[1] / "README.md", table)
+        replace_between(Path(__file__).resolve().parents[1] / "README.md", README_START,
+                        README_END, table)
     return 0
 
 
@@ -166,15 +168,6 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{row['layernorm']} | {ptq:.2f} | {ptq - base:+.2f} | {qat:.2f} | "
                      f"{qat - base:+.2f} |")
     return "\n".join(lines)
-
-
-def update_readme(path: Path, table: str) -> None:
-    text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{path} has no {README_START} ... {README_END} markers")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    path.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
 
 
 if __name__ == "__main__":

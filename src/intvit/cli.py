@@ -431,6 +431,9 @@ module_command("export", "export a quantized checkpoint as an integer program, a
                "or golden test vectors", ".engine.commands", "export_arguments", "run_export")
 module_command("verify", "check that engines give identical integer logits (or replay golden "
                "vectors)", ".engine.commands", "verify_arguments", "run_verify")
+module_command("bench", "latency of the integer engines against PyTorch FP32, ONNX Runtime "
+               "FP32 and ONNX Runtime's dynamic int8 (speed-ups measured in one run)",
+               ".engine.bench")
 module_command("inspect", "describe an integer program or an exported ONNX graph (ops, "
                "dtypes, sizes)", ".engine.commands", "inspect_arguments", "run_inspect")
 

@@ -1,7 +1,10 @@
 """The main job on a built-in default: analyze the approximations, train a small ViT on
 Fashion-MNIST in float (cached), quantize it (PTQ), fine-tune it (QAT) and evaluate the
-integer model after each step. Falls back to the synthetic set where Fashion-MNIST is
-not installed (``apt-get install dataset-fashion-mnist``)."""
+integer model after each step; then export the trained model as an integer program and
+an ONNX graph, check that every engine gives the model's integer logits on the
+validation images, and time the engines against the float baselines. Falls back to the
+synthetic set where Fashion-MNIST is not installed (``apt-get install
+dataset-fashion-mnist``)."""
 
 from __future__ import annotations
 
@@ -41,26 +44,57 @@ def run_demo(out: Path, quant: QuantConfig) -> dict[str, Any]:
     if info.get("train") == fp32.as_dict() and info.get("epoch") == fp32.epochs:
         print(f"using the cached float baseline {cached}")
     else:
-        print(f"1/3 training the float baseline on {data} ({fp32.epochs} epochs)")
+        print(f"1/4 training the float baseline on {data} ({fp32.epochs} epochs)")
         run_training(fp32)
     data_cfg = DataConfig(data=data, img_size=28, in_chans=1, **DATA)
     val = build_loader(data_cfg, "val")
     results = {"data": data, "fp32": evaluate(make_model(ModelSource(checkpoint=str(cached)),
                                                          None)[0], val).as_dict()}
 
-    print("2/3 post-training quantization (calibration only)")
+    print("2/4 post-training quantization (calibration only)")
     model, _ = make_model(ModelSource(checkpoint=str(cached)), quant)
     calibrate(model, build_loader(data_cfg, "train"), 8)
     results["ptq"] = evaluate(model, val).as_dict()
     ptq_path = save_checkpoint(out / "ptq.safetensors", model, {"metrics": results["ptq"]})
 
-    print("3/3 quantization-aware training (1 epoch)")
+    print("3/4 quantization-aware training (1 epoch)")
     qat = TrainConfig(data=data, checkpoint=str(ptq_path), epochs=1, lr=1e-4,
                       output_dir=str(out / "qat"), **DATA)
-    results["qat"] = evaluate(make_model(ModelSource(checkpoint=run_training(qat)["checkpoint"]),
-                                         None)[0], val).as_dict()
+    trained = make_model(ModelSource(checkpoint=run_training(qat)["checkpoint"]), None)[0]
+    results["qat"] = evaluate(trained, val).as_dict()
+
+    print("4/4 export, engine parity, latency")
+    results["engines"] = deploy(trained, val, out)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def deploy(model, val, out: Path) -> dict[str, Any]:
+    """Export ``model``, compare the engines' integer logits with the eval-mode model's
+    on the validation images, and time them (batch 1 and 8) against its float twin."""
+    import onnx
+
+    from .engine import export_program
+    from .engine.bench import markdown, time_engines
+    from .engine.commands import compare_engines
+    from .engine.engines import make_engine
+    from .engine.onnx_export import to_onnx
+    from .engine.tvm_backend import tvm_available
+    from .models.registry import float_twin
+
+    program = export_program(model)
+    program.save(out / "model.int.safetensors")
+    onnx.save(to_onnx(program), str(out / "model.onnx"))
+    kinds = ["int", "onnx"] + (["tvm"] if tvm_available() else [])
+    engines = {"model": lambda x: model.forward_int(x).value}
+    engines |= {kind: make_engine(kind, program) for kind in kinds}
+    parity = compare_engines(engines, (images for images, _ in val))
+    rows = time_engines("demo ViT", float_twin(model), model, program, [1, 8], kinds,
+                        n_threads=2, warmup=3, repeats=20, workdir=out / "latency")
+    latency = markdown(rows, "Latency of the demo model (2 threads, median of 20 runs):")
+    (out / "latency.md").write_text(latency + "\n")
+    return {"program": str(out / "model.int.safetensors"), "onnx": str(out / "model.onnx"),
+            "parity": parity, "latency": [vars(r) for r in rows], "latency_table": latency}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -70,4 +104,9 @@ def table(results: dict[str, Any]) -> str:
                        ("qat", "QAT int8 (integer model)")):
         r = results[key]
         rows.append(f"| {label} | {r['top1']:.2f} | {r['top1'] - base:+.2f} | {r['loss']:.4f} |")
+    if "engines" in results:
+        for name, c in results["engines"]["parity"].items():
+            rows.append(f"\nengine {name} vs the eval-mode model: {c['differing_logits']} of "
+                        f"{c['logits']} integer logits differ ({c['images']} images)")
+        rows.append("\n" + results["engines"]["latency_table"])
     return "\n".join(rows)

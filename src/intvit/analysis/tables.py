@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .errors import OpAnalysis
 
 COLUMNS = ("variant", "max abs err", "mean abs err", "rms err", "mul", "shift", "add",
@@ -30,3 +32,15 @@ def markdown_table(analysis: OpAnalysis) -> str:
         lines.append("| " + " | ".join(_row(name, result)) + " |")
     return "\n".join(lines) + "\n"
 
+
+
+def replace_between(path: str | Path, start: str, end: str, text: str) -> None:
+    """Put ``text`` into the file at ``path`` between the marker lines ``start`` and
+    ``end`` (generated tables in the README)."""
+    path = Path(path)
+    content = path.read_text()
+    if start not in content or end not in content:
+        raise ValueError(f"{path} has no {start} ... {end} markers")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .width import declare, signed_bits
+from .width import active, declare, signed_bits
 
 MANTISSA_BITS = 31
 MAX_EXPONENT = 62
@@ -82,7 +82,9 @@ def requantize(x: torch.Tensor, m: torch.Tensor | int, e: torch.Tensor | int,
     m = torch.as_tensor(m, dtype=torch.int64)
     e = torch.as_tensor(e, dtype=torch.int64)
     declare(x, x_bits, f"{what}.in")
-    m_max = int(m.abs().max()) if m.numel() else 0
-    product = declare(x * m, signed_bits(m_max << (x_bits - 1)), f"{what}.requant")
+    product = x * m
+    if active():
+        m_max = int(m.abs().max()) if m.numel() else 0
+        declare(product, signed_bits(m_max << (x_bits - 1)), f"{what}.requant")
     half = (torch.ones_like(e) << e) >> 1
     return (product + half) >> e

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import torch
 
+from .width import validating
+
 MAX_NEWTON_STEPS = 8
 
 
 def bit_length(x: torch.Tensor) -> torch.Tensor:
     """Number of bits of each non-negative int64 element (0 for 0)."""
-    if x.numel() and int(x.min()) < 0:
+    if validating() and x.numel() and int(x.min()) < 0:
         raise ValueError("bit_length needs non-negative integers")
     length = torch.zeros_like(x)
     rest = x.clone()
@@ -38,13 +40,17 @@ def bit_length(x: torch.Tensor) -> torch.Tensor:
 
 
 def isqrt(x: torch.Tensor) -> torch.Tensor:
-    """``floor(sqrt(x))`` for each non-negative int64 element, exactly."""
+    """``floor(sqrt(x))`` for each non-negative int64 element, exactly. Eagerly the loop
+    stops once no element moves; compiled it runs all ``MAX_NEWTON_STEPS`` (a converged
+    root stays put, so the result is the same)."""
     if x.dtype != torch.int64:
         raise TypeError(f"isqrt needs an int64 tensor, got {x.dtype}")
     root = torch.ones_like(x) << ((bit_length(x) + 1) >> 1)
     for _ in range(MAX_NEWTON_STEPS):
         step = (root + x // root.clamp_min(1)) >> 1
-        if not bool((step < root).any()):
+        if validating() and not bool((step < root).any()):
             return root
         root = torch.minimum(root, step)
-    raise AssertionError("isqrt did not converge; the start bound is wrong")
+    if validating():
+        raise AssertionError("isqrt did not converge; the start bound is wrong")
+    return root

@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import torch
 
+from .width import validating
+
 MAX_SHIFT = 62
 
 
 def _check_shift(k: int | torch.Tensor) -> None:
     if isinstance(k, torch.Tensor):
+        if not validating():
+            return
         if k.numel() and (int(k.min()) < 0 or int(k.max()) > MAX_SHIFT):
             raise ValueError(f"shift amounts must lie in [0, {MAX_SHIFT}]")
     elif not 0 <= k <= MAX_SHIFT:
@@ -37,6 +41,8 @@ def _check_shift(k: int | torch.Tensor) -> None:
 
 
 def _check_divisor(d: int | torch.Tensor) -> None:
+    if isinstance(d, torch.Tensor) and not validating():
+        return
     positive = bool((d > 0).all()) if isinstance(d, torch.Tensor) else d > 0
     if not positive:
         raise ValueError("divisors must be positive integers")

@@ -90,6 +90,20 @@ def record_widths(log: WidthLog | None = None) -> Iterator[WidthLog]:
         _logs.pop()
 
 
+def active() -> bool:
+    """Whether declarations are checked or recorded now: a declaration whose width needs
+    a reduction over constants (a requantizer's multiplier) computes it only then."""
+    return _checking or bool(_logs)
+
+
+def validating() -> bool:
+    """Whether the arithmetic validates its operands at run time (shift amounts, divisors,
+    signs): always, except inside ``torch.compile``, whose graphs hold no data-dependent
+    Python branches. The compiled engine runs programs that the eager path validated
+    on export; its debug mode runs eagerly."""
+    return not torch.compiler.is_compiling()
+
+
 def declare(t: torch.Tensor, bits: int, what: str, max_abs: int | None = None
             ) -> torch.Tensor:
     """Declare that every value of ``t`` fits ``bits`` signed bits (and, when given, the

@@ -64,7 +64,7 @@ def _linear(x, *, weight, bias=None, in_bits, weight_bits):
 
 @op("matmul")
 def _matmul(a, b, *, a_bits, b_bits, a_unsigned=False):
-    return matmul_int(a, b, a_bits, b_bits)
+    return matmul_int(a, b, a_bits, b_bits, a_unsigned)
 
 
 @op("requantize")

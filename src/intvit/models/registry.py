@@ -139,5 +139,17 @@ def load_float_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) ->
     model.load_state_dict(given, strict=False)
 
 
+def float_twin(model: nn.Module) -> nn.Module:
+    """The timm float model with this model's weights (for float baselines)."""
+    twin = create_timm(model.cfg)
+    own = {k: v for k, v in model.state_dict().items() if not is_quant_state(k)}
+    missing, unused = twin.load_state_dict(own, strict=False)
+    missing = [k for k in missing if not k.endswith(DERIVED_BUFFERS)]
+    if missing or unused:
+        raise ModelError(f"the timm twin does not match: missing {missing[:8]}, unused "
+                         f"{unused[:8]}")
+    return twin.eval()
+
+
 def is_quant_state(key: str) -> bool:
     return key.endswith((".low", ".high")) or key.endswith(DERIVED_BUFFERS)

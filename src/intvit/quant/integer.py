@@ -32,16 +32,20 @@ def linear_int(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """``x W^T + b`` over the last dimension; ``weight`` (out, in) and ``bias`` hold
     integers (any dtype)."""
     flat = x.reshape(-1, x.shape[-1])
-    acc = int_matmul(flat, weight.to(torch.int64).T, in_bits, weight_bits, "linear")
+    if weight.dtype.is_floating_point:
+        weight = weight.to(torch.int64)
+    acc = int_matmul(flat, weight.T, in_bits, weight_bits, "linear")
     if bias is not None:
         acc = acc + bias.to(torch.int64)
     acc = declare(acc, ACC_BITS, "linear.out")
     return acc.reshape(*x.shape[:-1], -1)
 
 
-def matmul_int(a: torch.Tensor, b: torch.Tensor, a_bits: int, b_bits: int) -> torch.Tensor:
+def matmul_int(a: torch.Tensor, b: torch.Tensor, a_bits: int, b_bits: int,
+               a_unsigned: bool = False) -> torch.Tensor:
     """``a @ b`` of two quantized activations (attention scores and context)."""
-    return declare(int_matmul(a, b, a_bits, b_bits, "attention"), ACC_BITS, "attention.out")
+    return declare(int_matmul(a, b, a_bits, b_bits, "attention", a_unsigned), ACC_BITS,
+                   "attention.out")
 
 
 def requantize_sum(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, lo: int, hi: int,

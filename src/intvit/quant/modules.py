@@ -166,7 +166,8 @@ class QuantMatMul(QuantModule):
         scale = a.scale * b.scale * extra_scale
         if self.mode is Mode.FAKE:
             return QT((a.value @ b.value) * extra_scale, scale)
-        return QT(matmul_int(a.value, b.value, self.a_bits, self.b_bits), scale)
+        return QT(matmul_int(a.value, b.value, self.a_bits, self.b_bits, self.unsigned_a),
+                  scale)
 
 
 class _KernelModule(QuantModule):

@@ -1,0 +1,189 @@
+"""``intvit bench``: batch-1 and batch-8 latency of the integer engines against the
+float baselines, each as a speed-up over PyTorch FP32 eager measured in the same run.
+
+Per model (random weights of a trained model's magnitude, calibrated on random images:
+latency does not depend on the values), the rows are PyTorch FP32 eager, ONNX Runtime
+FP32, ONNX Runtime's dynamic int8 quantization of the float model (float non-linears),
+and intvit's engines on the exported integer program. Every time is the median of
+``--repeats`` runs after ``--warmup`` runs, with ``--threads`` threads everywhere. The
+integer engines' logits are compared with the eval-mode model's (``exact``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..analysis.tables import replace_between
+from ..models.init import trained_scale_init
+from ..models.registry import (build_quant_model, config_from_timm, create_timm,
+                               load_float_weights, model_config)
+from ..quant import Mode, QuantConfig
+from .engines import ENGINES, make_engine
+from .export import export_program, probe_images
+from .timing import measure, threads
+
+MODELS = ("deit_tiny", "deit_small", "deit_base", "swin_tiny")
+BASELINES = ("torch_fp32", "ort_fp32", "ort_int8_dynamic")
+# Targets of the engine issue: speed-up of the fastest integer engine at batch 1.
+TARGETS = {"deit_tiny": 2.5, "deit_small": 3.0, "deit_base": 3.0}
+README_START, README_END = "<!-- latency:start -->", "<!-- latency:end -->"
+
+
+@dataclass
+class Row:
+    model: str
+    batch: int
+    engine: str
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    speedup: float = 0.0
+    exact: bool | None = None
+    setup_s: float = 0.0
+
+
+def quantized_twin(name: str, family: str, seed: int = 0):
+    """A timm float model with trained-magnitude random weights and the intvit model with
+    the same weights, calibrated on random images."""
+    cfg = model_config(name)
+    float_model = trained_scale_init(create_timm(cfg), seed=seed + 1).eval()
+    qcfg = QuantConfig(gelu=family, softmax=family,
+                       layernorm=family if family != "ppoly" else "ivit")
+    model = build_quant_model(config_from_timm(float_model, cfg.timm_name), qcfg)
+    load_float_weights(model, float_model.state_dict())
+    model.set_mode(Mode.CALIBRATE)
+    with torch.no_grad():
+        model(probe_images(model, 8, seed))
+    return float_model, model.eval()
+
+
+def bench_model(name: str, batches: list[int], engines: list[str], family: str, n_threads: int,
+                warmup: int, repeats: int, workdir: Path) -> list[Row]:
+    with threads(n_threads):
+        float_model, model = quantized_twin(name, family)
+    return time_engines(name, float_model, model, export_program(model), batches, engines,
+                        n_threads, warmup, repeats, workdir / name)
+
+
+def time_engines(label: str, float_model: torch.nn.Module, model, program, batches: list[int],
+                 engines: list[str], n_threads: int, warmup: int, repeats: int,
+                 workdir: Path) -> list[Row]:
+    """Time the float baselines of ``float_model`` (a timm model) and the integer engines
+    on ``program`` (exported from ``model``), per batch size; speed-ups against PyTorch
+    FP32 eager of the same batch."""
+    from .baselines import float_baselines
+
+    rows: list[Row] = []
+    with threads(n_threads):
+        built = {}
+        for kind in engines:
+            start = time.perf_counter()
+            built[kind] = (make_engine(kind, program, threads=n_threads),
+                           time.perf_counter() - start)
+        for batch in batches:
+            images = probe_images(model, batch, seed=batch)
+            with torch.no_grad():
+                expected = model.forward_int(images).value
+            start = time.perf_counter()
+            runs = float_baselines(float_model, batch, n_threads, workdir=workdir)
+            setup = time.perf_counter() - start
+            batch_rows = [Row(label, batch, name, **_timing(fn, warmup, repeats), setup_s=setup)
+                          for name, fn in runs.items()]
+            for kind, (engine, setup) in built.items():
+                exact = torch.equal(engine(images), expected)
+                batch_rows.append(Row(label, batch, kind, **_timing(lambda: engine(images),
+                                                                    warmup, repeats),
+                                      exact=exact, setup_s=setup))
+            base = next(r.median_ms for r in batch_rows if r.engine == "torch_fp32")
+            for row in batch_rows:
+                row.speedup = base / row.median_ms
+            rows += batch_rows
+    return rows
+
+
+def _timing(fn, warmup: int, repeats: int) -> dict[str, float]:
+    t = measure(fn, warmup=warmup, repeats=repeats)
+    return dict(median_ms=t.median_ms, p10_ms=t.p10_ms, p90_ms=t.p90_ms)
+
+
+def markdown(rows: list[Row], header: str) -> str:
+    lines = [header, "",
+             "| model | batch | engine | median ms | speed-up vs PyTorch FP32 | bit-exact |",
+             "|---|---:|---|---:|---:|---|"]
+    for r in rows:
+        exact = "" if r.exact is None else ("yes" if r.exact else "**NO**")
+        lines.append(f"| {r.model} | {r.batch} | {r.engine} | {r.median_ms:.2f} | "
+                     f"{r.speedup:.2f}x | {exact} |")
+    return "\n".join(lines + ["", *verdicts(rows)])
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    """One line per target: the fastest integer engine at batch 1 against its goal and
+    against ONNX Runtime's dynamic int8."""
+    lines = []
+    for model, goal in TARGETS.items():
+        mine = [r for r in rows if r.model == model and r.batch == 1 and r.engine in ENGINES]
+        dynamic = [r for r in rows if r.model == model and r.batch == 1
+                   and r.engine == "ort_int8_dynamic"]
+        if not mine or not dynamic:
+            continue
+        best = max(mine, key=lambda r: r.speedup)
+        met = best.speedup >= goal and best.median_ms < dynamic[0].median_ms
+        lines.append(f"- {model}, batch 1: fastest integer engine `{best.engine}` "
+                     f"{best.speedup:.2f}x FP32 (goal {goal}x), {best.median_ms:.2f} ms vs "
+                     f"{dynamic[0].median_ms:.2f} ms for ORT dynamic int8: "
+                     f"{'met' if met else '**missed**'}")
+    return lines
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma-separated (default {','.join(MODELS)})")
+    p.add_argument("--batch-sizes", default="1,8")
+    p.add_argument("--engines", default=",".join(ENGINES),
+                   help=f"integer engines to time (default {','.join(ENGINES)})")
+    p.add_argument("--family", default="ivit", help="approximation family (default ivit)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--update-readme", metavar="README", nargs="?", const="README.md",
+                   help="write the table between the README's latency markers")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import write_json
+
+    models = [m for m in args.models.split(",") if m]
+    batches = [int(b) for b in args.batch_sizes.split(",") if b]
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        raise ValueError(f"unknown engines {unknown}; engines: {', '.join(ENGINES)}")
+    start = time.perf_counter()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in tqdm(models, desc="bench"):
+            rows += bench_model(name, batches, engines, args.family, args.threads,
+                                args.warmup, args.repeats, Path(tmp))
+    header = (f"`intvit bench --models {','.join(models)} --batch-sizes "
+              f"{','.join(map(str, batches))} --engines {','.join(engines)}` "
+              f"({args.family} approximations, {args.threads} threads, median of "
+              f"{args.repeats} runs after {args.warmup}; {(time.perf_counter() - start) / 60:.1f}"
+              f" min in all, {torch.__version__} torch)")
+    table = markdown(rows, header)
+    print(table)
+    write_json(args.json, {"header": header, "rows": [asdict(r) for r in rows]})
+    if args.update_readme:
+        replace_between(args.update_readme, README_START, README_END, table)
+    return 0 if all(r.exact is not False for r in rows) else 1
+
+
