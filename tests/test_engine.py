@@ -54,10 +54,7 @@ def all_engines(program: IntProgram) -> dict:
 
 
 def tvm_available() -> bool:
-    try:
-        from intvit.engine.tvm_backend import tvm_available as available
-    except ModuleNotFoundError:  # TEMP
-        return False
+    from intvit.engine.tvm_backend import tvm_available as available
     return available()
 
 

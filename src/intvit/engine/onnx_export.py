@@ -9,9 +9,17 @@ each program op maps to ONNX, given ONNX Runtime's kernels:
   128, an unsigned one (softmax probabilities) as itself with zero point 0. Operands
   wider than 8 bits use an int64 ``MatMul`` instead. The int32 product widens to int64.
 * **floor division by ``2^k``** (requantization, variance shift): ``BitShift`` is
-  unsigned-only and integer ``Div`` truncates toward zero, so ``floor(t / 2^k)`` is
-  ``(t - Mod(t, 2^k)) / 2^k`` with ``Mod``'s floor semantics (``fmod=0``): the division
-  is exact. Divisions of non-negative values use ``Div`` directly.
+  unsigned-only and integer ``Div`` truncates toward zero. Every value shifted here lies
+  in ``[-2^62, 2^63 - 2^62)`` (a requantization product is at most 63 signed bits, plus
+  its rounding constant), so with ``B = 2^62``
+
+      floor(t / 2^k) = uint64(t + B) >> k  -  B / 2^k        (1 <= k <= 62)
+
+  where ``t + B`` is formed in uint64 (the cast wraps a negative ``t`` to ``t + 2^64``,
+  and the add wraps it back into ``[0, 2^64)``), the shift is a logical one, and
+  ``B / 2^k`` is an exact integer. For a requantization the rounding constant
+  ``2^(k-1)`` joins ``B`` in the same add. Shifts by 0 are the identity.
+  Divisions of non-negative values (row sums, Newton steps) use ``Div`` directly.
 * **tables** (GELU, the softmax exponentials, powers of two): ``Gather``.
 * **isqrt** (LayerNorm): the bit length as the count of powers of two not above the
   value (one broadcast comparison and a sum), the start ``2^ceil(n/2)`` by ``Gather``,
@@ -78,19 +86,31 @@ class GraphWriter:
         return out
 
     # --- integer helpers -----------------------------------------------------------------
-    def floor_div_pow2(self, t: str, power: str) -> str:
-        """``floor(t / P)`` for ``P = 2^k`` (a constant tensor), exact for negatives."""
-        rest = self.op("Mod", [t, power], fmod=0)
-        return self.op("Div", [self.op("Sub", [t, rest]), power])
+    def floor_shift(self, t: str, shift: torch.Tensor | int, add: torch.Tensor | int = 0
+                    ) -> str:
+        """``floor((t + add) / 2^shift)`` (``shift`` scalar or per channel, in [0, 62]),
+        exact for negative ``t`` (see the module docstring)."""
+        shift = torch.as_tensor(shift, dtype=torch.int64)
+        add = torch.as_tensor(add, dtype=torch.int64)
+        if not bool((shift > 0).all()):
+            if bool((shift == 0).all()):
+                return self.op("Add", [t, self.const(add.numpy())]) if bool(add.any()) else t
+            raise ProgramError("a per-channel shift mixes 0 with positive amounts")
+        bias = 1 << 62
+        wrapped = self.op("Cast", [t], to=TensorProto.UINT64)
+        offset = self.const((add + bias).numpy().astype(np.uint64), np.uint64, "bias")
+        shifted = self.op("BitShift", [self.op("Add", [wrapped, offset]),
+                                       self.const(shift.numpy().astype(np.uint64), np.uint64,
+                                                  "shift")], direction="RIGHT")
+        return self.op("Sub", [self.op("Cast", [shifted], to=INT64),
+                               self.const((bias >> shift).numpy(), hint="unbias")])
 
     def requantize(self, x: str, m_name: str, e_name: str) -> str:
         """``floor((x m + 2^(e-1)) / 2^e)`` with the program's (m, e) tensors."""
         m = self.program.tensors[m_name].to(torch.int64)
         e = self.program.tensors[e_name].to(torch.int64)
-        power = (torch.ones_like(e) << e)
         product = self.op("Mul", [x, self.const(m.numpy(), hint="m")])
-        t = self.op("Add", [product, self.const((power >> 1).numpy(), hint="half")])
-        return self.floor_div_pow2(t, self.const(power.numpy(), hint="pow2"))
+        return self.floor_shift(product, e, (torch.ones_like(e) << e) >> 1)
 
     def clip(self, x: str, lo: int, hi: int) -> str:
         return self.op("Clip", [x, self.const(lo), self.const(hi)])
@@ -205,11 +225,11 @@ def _layernorm(w, node, x):
     mean = _round_div(w, total, length)
     y = w.op("Sub", [x[0], mean])
     if a["var_shift"]:
-        y = w.floor_div_pow2(y, w.const(1 << a["var_shift"]))
+        y = w.floor_shift(y, a["var_shift"])
     var = w.op("ReduceSum", [w.op("Mul", [y, y]), axes], keepdims=1)
     std = w.op("Max", [w.isqrt(var), w.const(1)])
     factor = w.op("Div", [w.const(NUMERATOR_IVIT), std])
-    z = w.floor_div_pow2(w.op("Mul", [y, factor]), w.const(2))
+    z = w.floor_shift(w.op("Mul", [y, factor]), 1)
     out = w.op("Add", [w.requantize(z, node.params["m"], node.params["e"]), _p(w, node, "beta")])
     return w.clip(out, a["lo"], a["hi"])
 
