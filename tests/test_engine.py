@@ -92,8 +92,8 @@ def test_full_size_deit_tiny_is_bit_exact():
     x = images(2, 224, seed=4)
     program = export_program(model, x)
     expected = model.forward_int(x).value
-    for kind in ("int", "onnx"):
-        assert torch.equal(make_engine(kind, program)(x), expected), kind
+    for kind, engine in all_engines(program).items():
+        assert torch.equal(engine(x), expected), kind
     fp32 = 4 * sum(p.numel() for p in model.parameters())
     assert 0.24 < program.nbytes() / fp32 < 0.30  # int8 weights: about a quarter
 
@@ -258,6 +258,7 @@ def test_onnx_floor_division_and_requantize_match_torch_on_extremes():
     e = torch.randint(0, 63, (x.numel(),), generator=gen).clamp(1, 62)
     program = P([], {"m": m, "e": e}, {})
     w = GraphWriter(program)
+    w.types["x"] = TensorProto.INT64
     out = w.requantize("x", "m", "e")
     graph = helper.make_graph(w.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.INT64,
                                                                           [x.numel()])],

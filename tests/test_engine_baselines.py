@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from intvit.engine.baselines import INPUT_NAME, float_baselines, ort_session
+from intvit.engine.baselines import INPUT_NAME, export_float_onnx, ort_dynamic_int8, ort_session
 from intvit.engine.timing import Timing, measure, threads
 
 
@@ -20,9 +20,15 @@ def outputs(workdir) -> dict[str, np.ndarray]:
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
                               embed_dim=64, depth=2, num_heads=2, num_classes=10)
-    runs = float_baselines(model, 3, workdir=workdir)
-    return {"torch_fp32": runs["torch_fp32"]().numpy(),
-            **{name: runs[name]()[0] for name in ("ort_fp32", "ort_int8_dynamic")}}
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fp32 = export_float_onnx(model, images, workdir / "model_fp32.onnx")
+    int8 = ort_dynamic_int8(fp32, workdir / "model_int8_dynamic.onnx")
+    feed = {INPUT_NAME: images.numpy()}
+    with torch.no_grad():
+        reference = model.eval()(images).numpy()
+    return {"torch_fp32": reference,
+            "ort_fp32": ort_session(fp32).run(None, feed)[0],
+            "ort_int8_dynamic": ort_session(int8).run(None, feed)[0]}
 
 
 def test_baselines_shapes(outputs):

@@ -402,8 +402,14 @@ def run_demo(args: argparse.Namespace) -> int:
     results = demo(out, quant_config(args))
     from .analysis.report import REPORT_FILE, build_report, discover
 
+    found = discover(out)
+    engines = results["engines"]
+    found["extra_tables"] = found.get("extra_tables", {}) | {
+        "Engine parity: integer logits that differ from the eval-mode model's":
+            [dict(engine=name, **counts) for name, counts in engines["parity"].items()],
+        "Latency (ms; speed-up against PyTorch FP32 eager)": engines["latency"]}
     report = build_report(out / REPORT_FILE, title=f"intvit demo: {out}", run_dir=out,
-                          **discover(out))
+                          **found)
     print(f"\n{table(results)}\n\nreport: {report} (open it in a browser)\n"
           f"results: {out}/results.json, checkpoints: {out}/, plots: {out}/analysis/")
     return 0

@@ -1,16 +1,14 @@
-"""Float baselines for the latency benchmark: eager PyTorch, ONNX Runtime FP32 and ONNX Runtime
-dynamic int8, each a zero-argument callable on a fixed input (time them with `timing.measure`)."""
+"""Float baselines for the latency benchmark: a timm model exported to ONNX (FP32), ONNX
+Runtime's dynamic int8 quantization of it, and ONNX Runtime sessions to run both."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from .timing import threads as torch_threads
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -47,28 +45,3 @@ def ort_dynamic_int8(path_in: str | Path, path_out: str | Path) -> Path:
     path_out = Path(path_out)
     quantize_dynamic(Path(path_in), path_out, weight_type=QuantType.QInt8)
     return path_out
-
-
-def float_baselines(model: torch.nn.Module, batch: int, threads: int = 2, *,
-                    workdir: str | Path) -> dict[str, Callable[[], object]]:
-    """Callables "torch_fp32" (eager, inference mode, `threads` torch threads), "ort_fp32" and
-    "ort_int8_dynamic" (`threads` intra-op threads) running a timm float `model` on one fixed
-    random batch of `batch` images; the ONNX files are written into `workdir`."""
-    embed = model.patch_embed
-    example = torch.randn(batch, embed.proj.in_channels, *embed.img_size,
-                          generator=torch.Generator().manual_seed(0))
-    workdir = Path(workdir)
-    fp32 = export_float_onnx(model, example, workdir / "model_fp32.onnx")
-    int8 = ort_dynamic_int8(fp32, workdir / "model_int8_dynamic.onnx")
-    feed = {INPUT_NAME: example.numpy()}
-
-    def run_torch() -> torch.Tensor:
-        with torch_threads(threads), torch.inference_mode():
-            return model(example)
-
-    def run_ort(session: ort.InferenceSession) -> Callable[[], object]:
-        return lambda: session.run(None, feed)
-
-    return {"torch_fp32": run_torch,
-            "ort_fp32": run_ort(ort_session(fp32, threads)),
-            "ort_int8_dynamic": run_ort(ort_session(int8, threads))}

@@ -4,15 +4,19 @@ float baselines, each as a speed-up over PyTorch FP32 eager measured in the same
 Per model (random weights of a trained model's magnitude, calibrated on random images:
 latency does not depend on the values), the rows are PyTorch FP32 eager, ONNX Runtime
 FP32, ONNX Runtime's dynamic int8 quantization of the float model (float non-linears),
-and intvit's engines on the exported integer program. Every time is the median of
-``--repeats`` runs after ``--warmup`` runs, with ``--threads`` threads everywhere. The
+and intvit's engines on the exported integer program. Every row is timed in a fresh
+process (``python -m intvit.engine.bench SPEC``), so that no engine's thread pool (OpenMP
+threads spinning after PyTorch ops, ONNX Runtime's spinning workers) slows another: the
+median of ``--repeats`` runs after ``--warmup`` runs, with ``--threads`` threads. The
 integer engines' logits are compared with the eval-mode model's (``exact``).
 """
 
 from __future__ import annotations
 
 import argparse
-
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -76,42 +80,86 @@ def bench_model(name: str, batches: list[int], engines: list[str], family: str, 
 def time_engines(label: str, float_model: torch.nn.Module, model, program, batches: list[int],
                  engines: list[str], n_threads: int, warmup: int, repeats: int,
                  workdir: Path) -> list[Row]:
-    """Time the float baselines of ``float_model`` (a timm model) and the integer engines
-    on ``program`` (exported from ``model``), per batch size; speed-ups against PyTorch
-    FP32 eager of the same batch."""
-    from .baselines import float_baselines
+    """Time the float baselines of ``float_model`` (a timm model of ``model.cfg``) and the
+    integer engines on ``program`` (exported from ``model``), per batch size, each in its
+    own process; speed-ups against PyTorch FP32 eager of the same batch."""
+    from safetensors.torch import save_file
 
+    from .baselines import export_float_onnx, ort_dynamic_int8
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = {"program": str(program.save(workdir / "program.safetensors")),
+             "weights": str(workdir / "float.safetensors"),
+             "ort_fp32": str(workdir / "model_fp32.onnx"),
+             "ort_int8_dynamic": str(workdir / "model_int8_dynamic.onnx")}
+    save_file({k: v.contiguous() for k, v in float_model.state_dict().items()},
+              files["weights"])
+    example = probe_images(model, 1)
+    export_float_onnx(float_model, example, files["ort_fp32"])
+    ort_dynamic_int8(files["ort_fp32"], files["ort_int8_dynamic"])
     rows: list[Row] = []
-    with threads(n_threads):
-        built = {}
-        for kind in engines:
-            start = time.perf_counter()
-            built[kind] = (make_engine(kind, program, threads=n_threads),
-                           time.perf_counter() - start)
-        for batch in batches:
-            images = probe_images(model, batch, seed=batch)
-            with torch.no_grad():
-                expected = model.forward_int(images).value
-            start = time.perf_counter()
-            runs = float_baselines(float_model, batch, n_threads, workdir=workdir)
-            setup = time.perf_counter() - start
-            batch_rows = [Row(label, batch, name, **_timing(fn, warmup, repeats), setup_s=setup)
-                          for name, fn in runs.items()]
-            for kind, (engine, setup) in built.items():
-                exact = torch.equal(engine(images), expected)
-                batch_rows.append(Row(label, batch, kind, **_timing(lambda: engine(images),
-                                                                    warmup, repeats),
-                                      exact=exact, setup_s=setup))
-            base = next(r.median_ms for r in batch_rows if r.engine == "torch_fp32")
-            for row in batch_rows:
-                row.speedup = base / row.median_ms
-            rows += batch_rows
+    for batch in batches:
+        images = probe_images(model, batch, seed=batch)
+        with torch.no_grad():
+            expected = model.forward_int(images).value
+        inputs = workdir / f"inputs_{batch}.safetensors"
+        save_file({"images": images.contiguous(), "expected": expected.contiguous()},
+                  str(inputs))
+        batch_rows = []
+        for kind in [*BASELINES, *engines]:
+            spec = dict(files, kind=kind, inputs=str(inputs), config=model.cfg.as_dict(),
+                        threads=n_threads, warmup=warmup, repeats=repeats)
+            batch_rows.append(Row(label, batch, kind, **run_worker(spec)))
+        base = next(r.median_ms for r in batch_rows if r.engine == "torch_fp32")
+        for row in batch_rows:
+            row.speedup = base / row.median_ms
+        rows += batch_rows
     return rows
 
 
-def _timing(fn, warmup: int, repeats: int) -> dict[str, float]:
-    t = measure(fn, warmup=warmup, repeats=repeats)
-    return dict(median_ms=t.median_ms, p10_ms=t.p10_ms, p90_ms=t.p90_ms)
+def run_worker(spec: dict) -> dict:
+    """Time one row in a fresh Python process; its last output line is the result."""
+    done = subprocess.run([sys.executable, "-m", "intvit.engine.bench", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"timing {spec['kind']} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def worker(spec: dict) -> dict:
+    """Set up one engine or baseline, check its logits where it is integer, time it."""
+    from safetensors.torch import load_file
+
+    from ..models.config import ModelConfig
+    from .baselines import INPUT_NAME, ort_session
+    from .program import IntProgram
+
+    torch.set_num_threads(spec["threads"])
+    data = load_file(spec["inputs"])
+    images, kind, exact = data["images"], spec["kind"], None
+    start = time.perf_counter()
+    if kind == "torch_fp32":
+        net = create_timm(ModelConfig(**spec["config"])).eval()
+        net.load_state_dict(load_file(spec["weights"]))
+
+        def fn():
+            with torch.inference_mode():
+                return net(images)
+    elif kind in BASELINES:
+        session, feed = ort_session(spec[kind], spec["threads"]), {INPUT_NAME: images.numpy()}
+
+        def fn():
+            return session.run(None, feed)
+    else:
+        engine = make_engine(kind, IntProgram.load(spec["program"]), threads=spec["threads"])
+        exact = torch.equal(engine(images), data["expected"])
+
+        def fn():
+            return engine(images)
+    setup = time.perf_counter() - start
+    t = measure(fn, warmup=spec["warmup"], repeats=spec["repeats"])
+    return dict(median_ms=t.median_ms, p10_ms=t.p10_ms, p90_ms=t.p90_ms, exact=exact,
+                setup_s=setup)
 
 
 def markdown(rows: list[Row], header: str) -> str:
@@ -187,3 +235,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(r.exact is not False for r in rows) else 1
 
 
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(json.loads(sys.argv[1]))))

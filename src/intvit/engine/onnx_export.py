@@ -1,8 +1,11 @@
 """An :class:`IntProgram` as an ONNX graph (opset 17) whose body is integer-only.
 
 Between the input quantization (float ``Div``/``Add``/``Floor``/``Clip``/``Cast``) and
-the output dequantization (``Cast`` and float ``Mul``), every value is an integer. How
-each program op maps to ONNX, given ONNX Runtime's kernels:
+the output dequantization (``Cast`` and float ``Mul``), every value is an integer. The
+values passed between program nodes are int32 (the runtime's debug mode proves that
+every node output fits); inside a node, a step that needs more (a requantization
+product, a wide variance) widens to int64 and the node's result narrows back. How each
+program op maps to ONNX, given ONNX Runtime's kernels:
 
 * **linear / matmul**: ``MatMulInteger`` with uint8 activations and int8 weights (the
   fast kernel): a signed 8-bit activation ``a`` enters as ``a + 128`` with zero point
@@ -44,16 +47,18 @@ from ..arith.isqrt import MAX_NEWTON_STEPS
 from .program import IntProgram, Node, ProgramError
 
 OPSET = 17
-INT64 = TensorProto.INT64
+INT32, INT64 = TensorProto.INT32, TensorProto.INT64
 
 
 class GraphWriter:
-    """Accumulates ONNX nodes and initializers with unique names."""
+    """Accumulates ONNX nodes and initializers with unique names, tracking each value's
+    element type so that constants and casts match (ONNX does not promote types)."""
 
     def __init__(self, program: IntProgram) -> None:
         self.program = program
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, onnx.TensorProto] = {}
+        self.types: dict[str, int] = {}
         self.count = 0
         self.prefix = ""
 
@@ -61,35 +66,57 @@ class GraphWriter:
         self.count += 1
         return f"{self.prefix}{hint}_{self.count}"
 
-    def const(self, value, dtype=np.int64, hint: str = "c") -> str:
-        array = np.asarray(value, dtype=dtype)
-        name = self.name(hint)
+    def _init(self, name: str, array: np.ndarray) -> str:
         self.inits[name] = numpy_helper.from_array(array, name)
+        self.types[name] = helper.np_dtype_to_tensor_dtype(array.dtype)
         return name
 
-    def tensor(self, name: str) -> str:
-        """A program tensor as an initializer (integers as int64, bools and floats as is)."""
-        if name not in self.inits:
-            t = self.program.tensors[name]
-            if t.dtype == torch.bool:
-                array = t.numpy()
-            elif t.dtype.is_floating_point:
-                array = t.to(torch.float32).numpy()
-            else:
-                array = t.to(torch.int64).numpy()
-            self.inits[name] = numpy_helper.from_array(array, name)
-        return name
+    def const(self, value, dtype=np.int64, hint: str = "c", like: str | None = None) -> str:
+        """A constant; ``like`` gives it the element type of that value."""
+        if like is not None:
+            dtype = helper.tensor_dtype_to_np_dtype(self.types[like])
+        return self._init(self.name(hint), np.asarray(value, dtype=dtype))
+
+    def tensor(self, name: str, dtype: int | None = None) -> str:
+        """A program tensor as an initializer: integers as int32 where they fit (else
+        int64), or as ``dtype``; bools and floats as they are."""
+        t = self.program.tensors[name]
+        if t.dtype == torch.bool or t.dtype.is_floating_point:
+            key, array = name, t.numpy() if t.dtype == torch.bool else t.to(torch.float32).numpy()
+        else:
+            if dtype is None:
+                fits = not t.numel() or int(t.abs().max()) <= torch.iinfo(torch.int32).max
+                dtype = INT32 if fits else INT64
+            key = f"{name}.{TensorProto.DataType.Name(dtype).lower()}"
+            array = t.to(torch.int32 if dtype == INT32 else torch.int64).numpy()
+        return key if key in self.inits else self._init(key, array)
 
     def op(self, op_type: str, inputs: list[str], **attrs) -> str:
         out = self.name(op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        if op_type == "Cast":
+            self.types[out] = attrs["to"]
+        elif op_type in ("MatMulInteger",):
+            self.types[out] = INT32
+        elif op_type == "Shape":
+            self.types[out] = INT64
+        elif op_type in ("GreaterOrEqual", "Greater", "Less", "Equal"):
+            self.types[out] = TensorProto.BOOL
+        elif op_type == "Where":
+            self.types[out] = self.types[inputs[1]]
+        else:
+            self.types[out] = self.types[inputs[0]]
         return out
+
+    def cast(self, x: str, to: int) -> str:
+        return x if self.types[x] == to else self.op("Cast", [x], to=to)
 
     # --- integer helpers -----------------------------------------------------------------
     def floor_shift(self, t: str, shift: torch.Tensor | int, add: torch.Tensor | int = 0
                     ) -> str:
-        """``floor((t + add) / 2^shift)`` (``shift`` scalar or per channel, in [0, 62]),
-        exact for negative ``t`` (see the module docstring)."""
+        """``floor((t + add) / 2^shift)`` in int64 (``shift`` scalar or per channel, in
+        [0, 62]), exact for negative ``t`` (see the module docstring)."""
+        t = self.cast(t, INT64)
         shift = torch.as_tensor(shift, dtype=torch.int64)
         add = torch.as_tensor(add, dtype=torch.int64)
         if not bool((shift > 0).all()):
@@ -106,45 +133,48 @@ class GraphWriter:
                                self.const((bias >> shift).numpy(), hint="unbias")])
 
     def requantize(self, x: str, m_name: str, e_name: str) -> str:
-        """``floor((x m + 2^(e-1)) / 2^e)`` with the program's (m, e) tensors."""
+        """``floor((x m + 2^(e-1)) / 2^e)`` in int64 with the program's (m, e) tensors."""
         m = self.program.tensors[m_name].to(torch.int64)
         e = self.program.tensors[e_name].to(torch.int64)
-        product = self.op("Mul", [x, self.const(m.numpy(), hint="m")])
+        product = self.op("Mul", [self.cast(x, INT64), self.const(m.numpy(), hint="m")])
         return self.floor_shift(product, e, (torch.ones_like(e) << e) >> 1)
 
     def clip(self, x: str, lo: int, hi: int) -> str:
-        return self.op("Clip", [x, self.const(lo), self.const(hi)])
+        return self.op("Clip", [x, self.const(lo, like=x), self.const(hi, like=x)])
 
     def int_matmul(self, a: str, b: str, a_bits: int, b_bits: int, a_unsigned: bool) -> str:
+        """An exact integer product with an int32 result (the accumulators are declared
+        32 bits wide)."""
         if b_bits > 8 or (a_bits > 8 and not (a_unsigned and a_bits <= 9)):
-            return self.op("MatMul", [a, b])
+            return self.cast(self.op("MatMul", [self.cast(a, INT64), self.cast(b, INT64)]),
+                             INT32)
         if a_unsigned:
-            a8, zero = self.op("Cast", [a], to=TensorProto.UINT8), 0
+            a8, zero = self.cast(a, TensorProto.UINT8), 0
         else:
-            a8, zero = self.op("Cast", [self.op("Add", [a, self.const(128)])],
-                               to=TensorProto.UINT8), 128
-        b8 = self.op("Cast", [b], to=TensorProto.INT8)
-        acc = self.op("MatMulInteger", [a8, b8, self.const(zero, np.uint8, "zp")])
-        return self.op("Cast", [acc], to=INT64)
+            a8 = self.cast(self.op("Add", [a, self.const(128, like=a)]), TensorProto.UINT8)
+            zero = 128
+        b8 = self.cast(b, TensorProto.INT8)
+        return self.op("MatMulInteger", [a8, b8, self.const(zero, np.uint8, "zp")])
 
     def weight(self, name: str) -> str:
-        """A (out, in) weight as the (in, out) int8 right operand of MatMulInteger."""
+        """A (out, in) weight as the (in, out) right operand of MatMulInteger (int8) or
+        of an int64 MatMul."""
         key = f"{name}.T"
-        if key not in self.inits:
-            t = self.program.tensors[name]
-            dtype = np.int8 if t.dtype == torch.int8 else np.int64
-            self.inits[key] = numpy_helper.from_array(
-                np.ascontiguousarray(t.numpy().T.astype(dtype)), key)
-        return key
+        if key in self.inits:
+            return key
+        t = self.program.tensors[name]
+        dtype = np.int8 if t.dtype == torch.int8 else np.int64
+        return self._init(key, np.ascontiguousarray(t.numpy().T.astype(dtype)))
 
     def isqrt(self, v: str) -> str:
-        powers = self.const([1 << k for k in range(63)], hint="pow2_table")
-        bits = self.op("ReduceSum", [self.op("Cast", [self.op("GreaterOrEqual", [
-            self.op("Unsqueeze", [v, self.const([-1])]), powers])], to=INT64),
+        """``floor(sqrt(v))`` in ``v``'s type (int32 or int64, ``v >= 0``)."""
+        width = 31 if self.types[v] == INT32 else 63
+        powers = self.const([1 << k for k in range(width)], hint="pow2_table", like=v)
+        bits = self.op("ReduceSum", [self.cast(self.op("GreaterOrEqual", [
+            self.op("Unsqueeze", [v, self.const([-1])]), powers]), self.types[v]),
             self.const([-1])], keepdims=0)
-        half = self.op("Div", [self.op("Add", [bits, self.const(1)]), self.const(2)])
-        root = self.op("Gather", [powers, half])
-        one, two = self.const(1), self.const(2)
+        one, two = self.const(1, like=v), self.const(2, like=v)
+        root = self.op("Gather", [powers, self.op("Div", [self.op("Add", [bits, one]), two])])
         for _ in range(MAX_NEWTON_STEPS):
             quotient = self.op("Div", [v, self.op("Max", [root, one])])
             step = self.op("Div", [self.op("Add", [root, quotient]), two])
@@ -162,8 +192,12 @@ def onnx_op(name: str):
     return register
 
 
-def _p(w: GraphWriter, node: Node, role: str) -> str:
-    return w.tensor(node.params[role])
+def _p(w: GraphWriter, node: Node, role: str, dtype: int | None = None) -> str:
+    return w.tensor(node.params[role], dtype)
+
+
+def _fits_int32(bound: int) -> bool:
+    return bound <= torch.iinfo(torch.int32).max
 
 
 @onnx_op("quantize")
@@ -173,7 +207,7 @@ def _quantize(w, node, x):
     a = node.attrs
     clipped = w.op("Clip", [rounded, w.const(float(a["lo"]), np.float32),
                             w.const(float(a["hi"]), np.float32)])
-    return w.op("Cast", [clipped], to=INT64)
+    return w.cast(clipped, INT32)
 
 
 @onnx_op("linear")
@@ -181,7 +215,7 @@ def _linear(w, node, x):
     a = node.attrs
     acc = w.int_matmul(x[0], w.weight(node.params["weight"]), a["in_bits"], a["weight_bits"],
                        False)
-    return w.op("Add", [acc, _p(w, node, "bias")]) if "bias" in node.params else acc
+    return w.op("Add", [acc, _p(w, node, "bias", INT32)]) if "bias" in node.params else acc
 
 
 @onnx_op("matmul")
@@ -201,18 +235,20 @@ def _requantize(w, node, x):
 
 @onnx_op("lookup")
 def _lookup(w, node, x):
-    return w.op("Gather", [_p(w, node, "table"), w.op("Sub", [x[0], w.const(node.attrs["lo"])])])
+    index = w.op("Sub", [x[0], w.const(node.attrs["lo"], like=x[0])])
+    return w.op("Gather", [_p(w, node, "table"), index])
 
 
 @onnx_op("softmax")
 def _softmax(w, node, x):
     a, axes = node.attrs, w.const([-1])
-    table = _p(w, node, "exp_table")
     d = w.op("Sub", [x[0], w.op("ReduceMax", [x[0]], axes=[-1], keepdims=1)])
     size = w.program.tensors[node.params["exp_table"]].shape[0]
-    e = w.op("Gather", [table, w.op("Add", [d, w.const(size - 1)])])
-    total = w.op("Max", [w.op("ReduceSum", [e, axes], keepdims=1), w.const(1)])
-    factor = w.op("Div", [w.const(a["numerator"]), total])
+    e = w.op("Gather", [_p(w, node, "exp_table"), w.op("Add", [d, w.const(size - 1, like=d)])])
+    if not _fits_int32(a["numerator"]):
+        e = w.cast(e, INT64)
+    total = w.op("Max", [w.op("ReduceSum", [e, axes], keepdims=1), w.const(1, like=e)])
+    factor = w.op("Div", [w.const(a["numerator"], like=e), total])
     p = w.op("Mul", [e, factor])
     return w.clip(w.requantize(p, node.params["m"], node.params["e"]), a["lo"], a["hi"])
 
@@ -222,28 +258,32 @@ def _layernorm(w, node, x):
     a, axes = node.attrs, w.const([-1])
     length = w.program.tensors[node.params["beta"]].shape[0]
     total = w.op("ReduceSum", [x[0], axes], keepdims=1)
-    mean = _round_div(w, total, length)
-    y = w.op("Sub", [x[0], mean])
+    y = w.op("Sub", [x[0], _round_div(w, total, length)])
+    y_max = ((1 << a["in_bits"]) - 1 + (1 << a["var_shift"]) - 1) >> a["var_shift"]
     if a["var_shift"]:
-        y = w.floor_shift(y, a["var_shift"])
+        y = w.cast(w.floor_shift(y, a["var_shift"]), INT32)
+    if not _fits_int32(length * y_max * y_max):
+        y = w.cast(y, INT64)
     var = w.op("ReduceSum", [w.op("Mul", [y, y]), axes], keepdims=1)
-    std = w.op("Max", [w.isqrt(var), w.const(1)])
-    factor = w.op("Div", [w.const(NUMERATOR_IVIT), std])
+    std = w.op("Max", [w.isqrt(var), w.const(1, like=var)])
+    factor = w.op("Div", [w.const(NUMERATOR_IVIT, like=std), std])
     z = w.floor_shift(w.op("Mul", [y, factor]), 1)
-    out = w.op("Add", [w.requantize(z, node.params["m"], node.params["e"]), _p(w, node, "beta")])
+    out = w.op("Add", [w.requantize(z, node.params["m"], node.params["e"]),
+                       _p(w, node, "beta", INT64)])
     return w.clip(out, a["lo"], a["hi"])
 
 
 def _round_div(w: GraphWriter, x: str, d: int) -> str:
     """``floor(x / d + 1/2) = floor((x + floor(d/2)) / d)`` for integer ``x`` and ``d > 0``."""
-    t = w.op("Add", [x, w.const(d // 2)])
-    divisor = w.const(d)
+    t = w.op("Add", [x, w.const(d // 2, like=x)])
+    divisor = w.const(d, like=x)
     return w.op("Div", [w.op("Sub", [t, w.op("Mod", [t, divisor], fmod=0)]), divisor])
 
 
 @onnx_op("sum")
 def _sum(w, node, x):
-    return w.op("ReduceSum", [x[0], w.const([node.attrs["axis"]])], keepdims=0)
+    values = x[0] if node.attrs["bits"] <= 32 else w.cast(x[0], INT64)
+    return w.op("ReduceSum", [values, w.const([node.attrs["axis"]])], keepdims=0)
 
 
 @onnx_op("reshape")
@@ -269,7 +309,7 @@ def _slice(w, node, x):
 
 @onnx_op("concat")
 def _concat(w, node, x):
-    return w.op("Concat", x, axis=node.attrs["axis"])
+    return w.op("Concat", [w.cast(v, INT32) for v in x], axis=node.attrs["axis"])
 
 
 @onnx_op("broadcast")
@@ -302,17 +342,17 @@ def _roll_dim(w: GraphWriter, x: str, shift: int, dim: int, size: int) -> str:
 def _pad(w, node, x):
     pads = node.attrs["pads"]
     flat = [before for before, _ in pads] + [after for _, after in pads]
-    return w.op("Pad", [x[0], w.const(flat), w.const(0)], mode="constant")
+    return w.op("Pad", [x[0], w.const(flat), w.const(0, like=x[0])], mode="constant")
 
 
 @onnx_op("where")
 def _where(w, node, x):
-    return w.op("Where", [x[1], w.const(node.attrs["fill"]), x[0]])
+    return w.op("Where", [x[1], w.const(node.attrs["fill"], like=x[0]), x[0]])
 
 
 @onnx_op("dequantize")
 def _dequantize(w, node, x):
-    return w.op("Mul", [w.op("Cast", [x[0]], to=TensorProto.FLOAT), _p(w, node, "scale")])
+    return w.op("Mul", [w.cast(x[0], TensorProto.FLOAT), _p(w, node, "scale")])
 
 
 def to_onnx(program: IntProgram) -> onnx.ModelProto:
@@ -321,17 +361,22 @@ def to_onnx(program: IntProgram) -> onnx.ModelProto:
     program.check()
     w = GraphWriter(program)
     env = {program.input: program.input}
+    w.types[program.input] = TensorProto.FLOAT
     float_output = None
     for node in program.nodes:
         inputs = [env[i] if i in env else w.tensor(i) for i in node.inputs]
         w.prefix = f"{node.module or node.op}/"
-        env[node.output] = LOWER[node.op](w, node, inputs)
+        out = LOWER[node.op](w, node, inputs)
         if node.op == "dequantize":
-            float_output = env[node.output]
+            float_output = out
+        elif w.types[out] != TensorProto.BOOL:
+            out = w.cast(out, INT32)  # values between nodes are int32
+        env[node.output] = out
     if float_output is None:
         raise ProgramError("the program has no dequantize node for its float logits")
     nodes = w.nodes + [
-        helper.make_node("Identity", [env[program.output]], ["logits"], name="output/logits"),
+        helper.make_node("Cast", [env[program.output]], ["logits"], to=INT64,
+                         name="output/logits"),
         helper.make_node("Identity", [float_output], ["logits_float"],
                          name="output/logits_float")]
     c, h, wd = program.input_shape
