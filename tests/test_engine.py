@@ -269,3 +269,19 @@ def test_onnx_floor_division_and_requantize_match_torch_on_extremes():
     got = ort.InferenceSession(model.SerializeToString())
     got = got.run(None, {"x": x.numpy()})[0]
     assert np.array_equal(got, requantize(x, m, e, 32).numpy())
+
+
+def test_bench_times_every_row_in_its_own_process(tmp_path):
+    from intvit.engine.bench import markdown, time_engines, verdicts
+    from intvit.models.registry import float_twin
+    model = calibrated(model_config("custom", **SMALL), FAMILIES["ivit"])
+    rows = time_engines("small", float_twin(model), model, export_program(model), [2],
+                        ["int", "onnx"], n_threads=1, warmup=0, repeats=2, workdir=tmp_path)
+    assert [r.engine for r in rows] == ["torch_fp32", "ort_fp32", "ort_int8_dynamic", "int",
+                                        "onnx"]
+    assert rows[0].speedup == 1.0 and all(r.median_ms > 0 for r in rows)
+    assert [r.exact for r in rows] == [None, None, None, True, True]
+    table = markdown(rows, "header")
+    assert "| small | 2 | onnx |" in table
+    tiny = [replace(r, model="deit_tiny", batch=1) for r in rows]
+    assert "deit_tiny, batch 1" in verdicts(tiny)[0]
