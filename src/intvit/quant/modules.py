@@ -109,19 +109,20 @@ def quant_linear(mode: Mode, a: QT, weight: torch.Tensor, bias: torch.Tensor | N
     """``x W^T + b`` in any mode; ``weight`` is 2-D (out, in)."""
     if mode in (Mode.FLOAT, Mode.CALIBRATE):
         return QT(F.linear(a.value, weight, bias))
+    if mode is Mode.INT:
+        w_q, b_q, scale = frozen_linear(weight, bias, a.scale, weight_bits)
+        return QT(linear_int(a.value, w_q, b_q, in_bits, weight_bits), scale)
     w_q, w_s = quantize_weight(weight, weight_bits)
     scale = a.scale * w_s
     b_q = quantize_bias(bias, scale) if bias is not None else None
-    if mode is Mode.FAKE:
-        fq_bias = ste(b_q * scale, bias) if b_q is not None else None
-        return QT(F.linear(a.value, ste(w_q * w_s[:, None], weight), fq_bias), scale)
-    return QT(linear_int(a.value, w_q, b_q, in_bits, weight_bits), scale)
+    fq_bias = ste(b_q * scale, bias) if b_q is not None else None
+    return QT(F.linear(a.value, ste(w_q * w_s[:, None], weight), fq_bias), scale)
 
 
 def frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None, in_scale: torch.Tensor,
                   weight_bits: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """What :func:`quant_linear` computes in INT mode before its matmul: the integer
-    weight (int8 for 8-bit weights), the int32 bias, and the output scale."""
+    """The integer constants of a linear layer at an input scale: the integer weight
+    (int8 for 8-bit weights), the int32 bias, and the output scale (INT mode and export)."""
     w_q, w_s = quantize_weight(weight.detach(), weight_bits)
     scale = in_scale * w_s
     b_q = quantize_bias(bias, scale) if bias is not None else None
