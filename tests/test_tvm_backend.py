@@ -300,3 +300,68 @@ def test_missing_tvm_names_the_extra(monkeypatch):
     assert not tvm_available()
     with pytest.raises(ImportError, match=r"pip install intvit\[tvm\]"):
         TvmModule(all_ops_model())
+
+
+def newton_model(iterations: int = 8) -> onnx.ModelProto:
+    """An elementwise requantization chain big enough to run in parallel, a row reduction,
+    and an integer square root by unrolled Newton steps with two-input Max/Min (which TVM's
+    importer spells as a reduction over a stack, and whose inlined values each consumer
+    reads several times)."""
+    i64 = np.int64
+    inits = [_const("c3", 3, i64), _const("c5", -5000, i64), _const("lo", -100000, i64),
+             _const("hi", 100000, i64), _const("seven", 7, i64), _const("one", 1, i64),
+             _const("two", 2, i64), _const("axes", [-1], i64)]
+    n = oh.make_node
+    nodes = [n("Cast", ["x"], ["x64"], to=TP.INT64), n("Mul", ["x64", "c3"], ["m"]),
+             n("Add", ["m", "c5"], ["a"]), n("Clip", ["a", "lo", "hi"], ["c"]),
+             n("Div", ["c", "seven"], ["d"]), n("Mul", ["d", "d"], ["sq"]),
+             n("Max", ["sq", "one"], ["y0"])]
+    for i in range(iterations):
+        y = f"y{i}"
+        nodes += [n("Max", [y, "one"], [f"p{i}"]), n("Div", ["sq", f"p{i}"], [f"q{i}"]),
+                  n("Add", [y, f"q{i}"], [f"s{i}"]), n("Div", [f"s{i}", "two"], [f"h{i}"]),
+                  n("Min", [y, f"h{i}"], [f"y{i + 1}"])]
+    nodes += [n("ReduceSum", [f"y{iterations}", "axes"], ["rs"], keepdims=1),
+              n("Sub", [f"y{iterations}", "rs"], ["out"]),
+              n("Cast", ["d"], ["d32"], to=TP.INT32)]
+    shape = ["batch", 8, 600]
+    outputs = [oh.make_tensor_value_info("out", TP.INT64, shape),
+               oh.make_tensor_value_info("d32", TP.INT32, shape)]
+    return _model(nodes, [oh.make_tensor_value_info("x", TP.INT32, shape)], outputs, inits)
+
+
+def test_scheduling_pass_parallelizes_fuses_and_stays_exact():
+    import tvm
+    from tvm import tirx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = newton_model()
+    mod, folded = tvm_backend.fold_stacked_min_max(from_onnx(model, keep_params_in_input=False))
+    assert folded == 17  # every two-input Max/Min became maximum/minimum
+    target = tvm.target.Target(tvm_backend.host_target(2))
+    with target:
+        scheduled = tvm.transform.Sequential(tvm_backend.fusion_passes(target))(mod)
+    funcs = {gv.name_hint: f for gv, f in scheduled.functions_items()
+             if isinstance(f, tirx.PrimFunc)}
+    assert funcs and all(bool(f.attrs["tirx.is_scheduled"]) for f in funcs.values())
+    text = {name: f.script() for name, f in funcs.items()}
+    # the requantization chain: one parallel loop nest, no intermediate buffers
+    chain = [t for name, t in text.items() if "multiply_add" in name]
+    assert chain and all("T.parallel" in t and "alloc_buffer" not in t for t in chain)
+    # the row reduction runs in parallel over the rows
+    assert any("T.parallel" in t and "T.axis.reduce" in t for t in text.values())
+    # the Newton steps are fused into one kernel (not one or two per step), which keeps
+    # as buffers the values that inlining would copy too often
+    newton = [t for t in text.values() if t.count("T.sblock(") > 5]
+    assert len(newton) == 1 and "T.parallel" in newton[0]
+    assert len(funcs) <= 6, sorted(funcs)
+
+    session = _ort(model)
+    module = TvmModule(model, threads=2)
+    plain = TvmModule(model, threads=2, schedule=False)
+    rng = np.random.default_rng(4)
+    for batch in (1, 3):
+        x = rng.integers(-40000, 40000, (batch, 8, 600), dtype=np.int32)
+        expected = _assert_equal(module, session, x)
+        assert all(np.array_equal(a, b) for a, b in zip(plain(x), expected))
+        assert expected[1].min() < 0 < expected[1].max() and np.abs(expected[0]).max() > 2**20

@@ -162,6 +162,7 @@ def export_program(model: QuantModel, images: torch.Tensor | None = None,
     images = probe_images(model) if images is None else images
     b = Builder(model, images.to(torch.float32))
     logits = lower(b, model)
+    b.check_complete()
     cfg = model.cfg
     meta = {"model": cfg.as_dict(), "quant": model.qcfg.as_dict(),
             "input_shape": [cfg.in_chans, cfg.img_size, cfg.img_size],

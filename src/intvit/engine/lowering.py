@@ -70,8 +70,8 @@ class Builder:
     """Adds nodes to a program, running each on the probe images as it goes."""
 
     def __init__(self, model: QuantModel, images: torch.Tensor) -> None:
-        self.model = model
         self.calls = capture(model, images)
+        self.visited: set[nn.Module] = set()
         self.names = {m: name for name, m in model.named_modules()}
         self.nodes: list[Node] = []
         self.tensors: dict[str, torch.Tensor] = {}
@@ -110,7 +110,14 @@ class Builder:
         if module not in self.calls:
             raise ProgramError(f"module {self.names.get(module)} did not run in the model's "
                                "forward; the lowering does not match this model")
+        self.visited.add(module)
         return self.calls[module]
+
+    def check_complete(self) -> None:
+        """Every quantized module that ran in the model must be in the program."""
+        missing = sorted(self.names[m] for m in set(self.calls) - self.visited)
+        if missing:
+            raise ProgramError(f"the lowering left out {', '.join(missing)} (an intvit bug)")
 
     def checked(self, module: nn.Module, value: str) -> str:
         expected = self.call(module).output.value

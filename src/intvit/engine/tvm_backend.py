@@ -16,27 +16,69 @@ What the TVM path does
    wrapping int32. ``b`` is packed into 16x4 tiles (zero padded to K % 4 == 0 and
    N % 16 == 0) with its column sums: in numpy at compile time for constant weights, by
    two small TIR functions at run time for activation-by-activation products (attention).
+   When K % 4 != 0 the zero-padding copy of ``a`` is loop-partitioned at K, so its main
+   loop is a branch-free copy (the probabilities @ values product, K = 197: 3-5x faster).
    The kernel is compiled as its own module and called from Relax through
    ``call_dps_packed`` (see :func:`_vnni_matmul_global` for why). Anything it does not
    recognise stays on TVM's generic lowering: slow, still exact.
-3. **Build**: ``tvm.compile`` with the CPU backend's Relax pipeline
-   (``relax.get_default_pipeline``: legalize, FoldConstant, operator fusion;
-   ``tvm.compile``'s own "default" for CPU targets does neither folding nor fusion) for an
-   LLVM target of this host (``mcpu`` from LLVM's host detection, e.g. ``znver5``,
-   ``num-cores = threads``), run by the Relax VM.
+3. **CPU schedules** (``TvmModule(schedule=True)``, the default): TVM's CPU pipeline leaves
+   every fused elementwise/reduction kernel unscheduled: one loop nest *per op*, each
+   writing a full intermediate buffer, on one core (that was ~60% of the time at batch 1).
+   Three cheap, exact rewrites fix that:
 
-Numbers on this 2-core AVX-512 VNNI EPYC: a 53-node test graph compiles in ~1.5 s (plus
-~2 s to import TVM), the full integer DeiT-Tiny graph (~3200 nodes, 74 MatMulIntegers) in
-~16 s, and then runs a 224x224 image in ~36 ms against ONNX Runtime's ~100 ms on the same
-graph (~480 ms without the offload).
+   * :func:`fold_stacked_min_max` (Relax, before legalization): the importer spells a
+     two-input ``Max``/``Min`` as a reduction over a ``stack``; it becomes
+     ``maximum``/``minimum``, so fusion no longer stops there (the unrolled Newton steps of
+     the integer square root: 425 kernel launches per image -> fused into the LayerNorm).
+   * :func:`mark_gathers_injective` (before ``FuseOps``): table lookups (``take``, from
+     ``Gather``) are marked injective instead of opaque, so they fuse with their
+     elementwise neighbours.
+   * :func:`schedule_cpu_kernels` (after ``FuseTIR``): per PrimFunc, inline producers into
+     consumers unless that copies more than :data:`MAX_INLINE_GROWTH` expression nodes
+     (values read several times, as in the Newton chain, would otherwise grow
+     exponentially), then fuse the leading spatial loops of each remaining block and mark
+     them ``parallel`` (reductions: over the rows; the innermost loop stays serial for
+     LLVM's vectorizer, which emits AVX-512) when the nest has at least
+     :data:`MIN_PARALLEL_WORK` iterations at batch 1. Only loop structure changes and
+     producers are substituted into consumers, so every value is the same expression
+     evaluated in the same order. ``tvm.s_tir.dlight`` has no CPU rule for plain
+     elementwise kernels (only ``GEMV`` and a softmax-like ``Reduction``).
+
+   DeiT-Tiny: 1107 kernel launches per image -> 409.
+4. **Build**: ``tvm.compile`` with the CPU backend's Relax pipeline (library dispatch,
+   legalize, FoldConstant, operator fusion, then the passes above, see
+   :func:`cpu_pipeline`; ``tvm.compile``'s own "default" for CPU targets does neither
+   folding nor fusion) for an LLVM target of this host (``mcpu`` from LLVM's host detection,
+   e.g. ``znver5``, ``num-cores = threads``), run by the Relax VM.
+
+Numbers on this 2-core AVX-512 VNNI EPYC (TVM_NUM_THREADS=2; a shared machine, so
+ratios within one run): a 53-node test graph compiles in ~1.5 s (plus ~2 s to import TVM),
+the full integer DeiT-Tiny graph (~3200 nodes, 74 MatMulIntegers) in ~15 s. DeiT-Tiny,
+one 224x224 image: ~4.5 ms on a quiet machine (unscheduled: ~17 ms; PyTorch FP32 eager
+timm ~16 ms); batch 8: ~35-40 ms (unscheduled ~210 ms; PyTorch FP32 ~104 ms). At batch 1
+about 45% of the time is the VNNI matmuls, 30% the elementwise/LUT kernels (int64
+arithmetic: 8 lanes per vector), 8% packing the attention operands.
+
+Threads and PyTorch in one process
+----------------------------------
+TVM's pool (``TVM_NUM_THREADS`` workers, the calling thread being one) pins its workers
+to cores (``TVM_BIND_THREADS``, default on) and spins ``TVM_THREAD_POOL_SPIN_COUNT``
+iterations before sleeping; PyTorch's OpenMP threads spin too. On 2 cores two spinning
+pools halve each other, and any other busy process does the same (measured here: 2-3x).
+A caller that runs both in one process should run them one after the other (not from
+concurrent threads), and set ``OMP_WAIT_POLICY=PASSIVE`` (before importing torch) so that
+PyTorch's idle threads sleep; on a machine shared with other jobs, ``TVM_BIND_THREADS=0``
+lets the OS move TVM's worker off a busy core. Benchmarks should time TVM and PyTorch in
+alternation and keep the fastest of several rounds.
 
 Limits
 ------
 * Bit-exactness against ONNX Runtime is tested (``tests/test_tvm_backend.py``) for the ops
   the integer exporter emits: int32/int64 Add/Sub/Mul, truncating integer Div, floor Mod
   (``fmod=0``), Clip/Max/Min, Gather, ReduceMax/ReduceSum, Where, comparisons, the layout
-  ops and the float32 quantize/dequantize ends. TVM's Gather does not check bounds:
-  out-of-range indices read out of bounds where ONNX Runtime raises.
+  ops and the float32 quantize/dequantize ends, with and without the CPU schedules.
+  TVM's Gather does not check bounds: out-of-range indices read out of bounds where ONNX
+  Runtime raises.
 * When TVM cannot import or compile a graph with symbolic dims (its ONNX frontend rejects
   e.g. ``Reshape`` to a runtime-computed tensor shape, or ``Expand`` of a symbolic-batch
   tensor to a constant shape), the module compiles one executable per input shape on
@@ -45,8 +87,9 @@ Limits
 * TVM's CPU thread pool is process-wide and sized once, at its first parallel launch, from
   ``TVM_NUM_THREADS``; the constructor sets that variable to ``threads``, so in a process
   running several modules the first run's thread count wins.
-* Only the VNNI kernels are scheduled by hand; TVM leaves the fused elementwise and
-  reduction kernels unscheduled (serial loops that LLVM vectorizes where it can).
+* The parallel/serial decision uses extents at batch 1 (symbolic dims count as 1): small
+  kernels stay serial at every batch size. Kernels are parallel over rows with static
+  chunks; a tensor with fewer rows than threads uses fewer threads.
 
 Requires ``pip install intvit[tvm]`` (``apache-tvm==0.27.0``, ``apache-tvm-ffi==0.1.14.post0``;
 ``apache-tvm-ffi`` 0.1.15 crashes TVM 0.27).
@@ -437,6 +480,85 @@ def _const_extent(extent) -> int:
     return int(value) if value is not None else 1
 
 
+MAX_INLINE_GROWTH = 64  # expression nodes an inlining may duplicate
+
+
+def _walk_expr(node, buffer=None) -> tuple[int, int]:
+    """(expression nodes in ``node`` counted as a tree, loads of ``buffer`` in it)."""
+    import tvm_ffi
+    from tvm.ir.expr import Expr
+    counts = [0, 0]
+
+    def visit(n):
+        if not isinstance(n, Expr):
+            return None
+        counts[0] += 1
+        if buffer is not None and type(n).__name__ in ("TensorLoad", "BufferLoad"):
+            source = getattr(n, "source", None)
+            if source is None:
+                source = getattr(n, "buffer", None)
+            if source is not None and source.same_as(buffer):
+                counts[1] += 1
+                return tvm_ffi.WalkResult.SKIP  # its indices: small
+        return None
+
+    tvm_ffi.structural_walk(node, [(object, visit)], order="pre")
+    return counts[0], counts[1]
+
+
+def _inline_cheap(sch, infos):
+    """Inline spatial blocks into their consumers (``compute_inline``) or consumers into
+    their producer (``reverse_compute_inline``) as long as that duplicates at most
+    :data:`MAX_INLINE_GROWTH` expression nodes: a value its consumers read k times is
+    copied k times, which grows exponentially along chains such as the unrolled Newton
+    iterations of an integer square root. Returns the blocks left."""
+    from tvm import tirx
+
+    def growth(producer, consumers) -> int | None:
+        body = sch.get(producer).body
+        if not isinstance(body, tirx.BufferStore):
+            return None
+        size = _walk_expr(body.value)[0]
+        loads = sum(_walk_expr(sch.get(c).body, body.buffer)[1] for c in consumers)
+        return size * (loads - 1)
+
+    output_blocks = [sch.get(b) for b in sch.get_output_blocks(sch.get_sblock("root"))]
+
+    def writes_output(block) -> bool:
+        stmt = sch.get(block)
+        return any(stmt.same_as(b) for b in output_blocks)
+
+    left = []
+    for info in infos:  # producers first: each consumer sees its inlined producers
+        block = info.block_rv
+        if info.is_injective() and not writes_output(block):
+            consumers = list(sch.get_consumers(block))
+            g = growth(block, consumers) if consumers else None
+            if g is not None and g <= MAX_INLINE_GROWTH:
+                try:
+                    sch.compute_inline(block)
+                    continue
+                except Exception:  # noqa: BLE001 - TVM raises ScheduleError subclasses
+                    pass
+        left.append(info)
+    result = []
+    for info in left:  # an elementwise tail (e.g. after a reduction) into its producer
+        block = info.block_rv
+        if info.is_injective() and writes_output(block):
+            producers = list(sch.get_producers(block))
+            if (len(producers) == 1 and len(list(sch.get_consumers(producers[0]))) == 1
+                    and not writes_output(producers[0])):
+                g = growth(producers[0], [block])
+                if g is not None and g <= MAX_INLINE_GROWTH:
+                    try:
+                        sch.reverse_compute_inline(block)
+                        continue
+                    except Exception:  # noqa: BLE001
+                        pass
+        result.append(info)
+    return result
+
+
 def schedule_cpu_func(func, min_parallel_work: int = MIN_PARALLEL_WORK):
     """A multi-threaded schedule of one legalized (possibly fused) PrimFunc, or None when
     the function does not fit the simple pattern below (it then stays as TVM made it).
@@ -451,12 +573,12 @@ def schedule_cpu_func(func, min_parallel_work: int = MIN_PARALLEL_WORK):
     the same expression in the same order: results are bit-identical."""
     from tvm import s_tir
     from tvm.s_tir.dlight.analysis import get_sblock_info, normalize_prim_func
-    from tvm.s_tir.dlight.base import try_inline
-    sch = s_tir.Schedule(func)
+    # Failed primitives raise; rendering the IR into each message would cost seconds.
+    sch = s_tir.Schedule(func, error_render_level="none")
     infos = normalize_prim_func(sch)
     if infos is None:
         return None
-    infos = try_inline(sch, infos)
+    infos = _inline_cheap(sch, infos)
     for info in infos:
         block = info.block_rv
         info = get_sblock_info(sch, block)
@@ -475,7 +597,10 @@ def schedule_cpu_func(func, min_parallel_work: int = MIN_PARALLEL_WORK):
             work *= _const_extent(sch.get(loop).extent)
         if work < min_parallel_work:
             continue
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        try:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        except Exception:  # noqa: BLE001 - e.g. a loop TVM cannot prove data-parallel
+            pass
     return sch.mod["main"]
 
 
@@ -492,7 +617,10 @@ def schedule_cpu_kernels(min_parallel_work: int = MIN_PARALLEL_WORK):
             if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and bool(
                     func.attrs.get("tirx.is_scheduled", False)):
                 continue
-            new = schedule_cpu_func(func, min_parallel_work)
+            try:
+                new = schedule_cpu_func(func, min_parallel_work)
+            except Exception:  # noqa: BLE001 - keep TVM's unscheduled (correct) kernel
+                new = None
             if new is not None:
                 updates[gv] = new.with_attr("tirx.is_scheduled", True)
         for gv, func in updates.items():
@@ -500,6 +628,64 @@ def schedule_cpu_kernels(min_parallel_work: int = MIN_PARALLEL_WORK):
         return mod
 
     return _pass
+
+
+def fold_stacked_min_max(mod):
+    """Rewrite ``max(stack([a, b, ...], axis=0), axis=0)`` (how TVM's ONNX importer spells
+    an n-ary ``Max``/``Min``) as ``maximum(maximum(a, b), ...)``: the same values, but
+    elementwise instead of a reduction, so that operator fusion joins it to its neighbours
+    (the unrolled Newton iterations of an integer square root otherwise cost two kernel
+    launches each). Returns the new module and the number of rewrites."""
+    import tvm.ir as tvm_ir
+    import tvm_ffi
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class Folder(PyExprMutator):
+        def __init__(self, module) -> None:
+            super().__init__(module)
+            self.count = 0
+
+        def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm_ir.Op) and call.op.name in ("relax.max", "relax.min")):
+                return call
+            axis = call.attrs.axis
+            if axis is None or len(axis) != 1 or int(axis[0]) != 0 or bool(call.attrs.keepdims):
+                return call
+            stacked = call.args[0]
+            if isinstance(stacked, relax.Var):
+                stacked = self.lookup_binding(stacked)
+            if not (isinstance(stacked, relax.Call) and isinstance(stacked.op, tvm_ir.Op)
+                    and stacked.op.name == "relax.stack" and int(stacked.attrs.axis) == 0):
+                return call
+            items = stacked.args[0]
+            if isinstance(items, relax.Var):
+                items = self.lookup_binding(items)
+            if not isinstance(items, relax.Tuple):
+                return call
+            shapes = [getattr(f.ty, "shape", None) for f in items.fields]
+            out_shape = getattr(call.ty, "shape", None)
+            if out_shape is None or any(
+                    s is None or not tvm_ffi.structural_equal(s, out_shape) for s in shapes):
+                return call
+            op = relax.op.maximum if call.op.name == "relax.max" else relax.op.minimum
+            if len(items.fields) < 2:
+                return call
+            result = items.fields[0]
+            for field in items.fields[1:-1]:
+                result = self.builder_.emit(op(result, field))
+            self.count += 1
+            # Returned, not emitted: a var-to-var binding would stop operator fusion.
+            return op(result, items.fields[-1])
+
+    folder = Folder(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            folder.builder_.update_func(gv, folder.visit_expr(func))
+    new_mod = folder.builder_.get()
+    return relax.transform.DeadCodeElimination()(new_mod), folder.count
 
 
 def mark_gathers_injective():
@@ -530,25 +716,32 @@ def mark_gathers_injective():
     return _pass
 
 
+def fusion_passes(target, schedule: bool = True) -> list:
+    """The CPU backend's library dispatch, legalization and fusion passes
+    (``tvm.relax.backend.cpu_generic``); with ``schedule``, :func:`mark_gathers_injective`
+    before fusion and :func:`schedule_cpu_kernels` after it."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    passes = list(cpu.library_dispatch_passes(target))
+    for p in cpu.legalize_passes(target):
+        passes.append(p)
+        if schedule and str(p.info.name) == "AnnotateTIROpPattern":
+            passes.append(mark_gathers_injective())
+    if schedule:
+        passes.append(schedule_cpu_kernels())
+    return passes
+
+
 def cpu_pipeline(target, schedule: bool = True):
     """The CPU backend's Relax pipeline (``relax.get_default_pipeline``) with
-    :func:`schedule_cpu_kernels` between fusion and the lowering to the VM."""
+    :func:`fusion_passes` (``schedule``: the kernels scheduled for several threads)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     @tvm.transform.module_pass(opt_level=0, name="IntvitCPUPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            passes = cpu.library_dispatch_passes(target)
-            if schedule:
-                for p in cpu.legalize_passes(target):
-                    passes.append(p)
-                    if "AnnotateTIROpPattern" in str(p.info.name):
-                        passes.append(mark_gathers_injective())
-                passes.append(schedule_cpu_kernels())
-            else:
-                passes += cpu.legalize_passes(target)
-            passes += cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+            passes = (fusion_passes(target, schedule) + cpu.dataflow_lower_passes(target)
+                      + cpu.finalize_passes(target))
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
@@ -631,11 +824,13 @@ class TvmModule:
         count = 0
         if _has_vnni(self.target):
             mod, count = offload_matmul_integer(mod, self.target)
+        if self.schedule:
+            mod, _ = fold_stacked_min_max(mod)
         # tvm.compile's "default" Relax pipeline for CPU targets skips FoldConstant and
         # operator fusion; the CPU backend's own pipeline has both.
         executable = tvm.compile(mod, target=self.target,
                                  relax_pipeline=cpu_pipeline(self.target, self.schedule))
-        self.executable = executable  # the last one built (for profiling)
+        self.executable = executable  # the last one built (e.g. to profile its kernels)
         main = relax.VirtualMachine(executable, self._device)["main"]
         self.compile_seconds += time.perf_counter() - start
         self.offloaded_matmuls = count
