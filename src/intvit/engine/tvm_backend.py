@@ -54,8 +54,8 @@ What the TVM path does
 Numbers on this 2-core AVX-512 VNNI EPYC (TVM_NUM_THREADS=2; a shared machine, so
 ratios within one run): a 53-node test graph compiles in ~1.5 s (plus ~2 s to import TVM),
 the full integer DeiT-Tiny graph (~3200 nodes, 74 MatMulIntegers) in ~15 s. DeiT-Tiny,
-one 224x224 image: ~4.5 ms on a quiet machine (unscheduled: ~17 ms; PyTorch FP32 eager
-timm ~16 ms); batch 8: ~35-40 ms (unscheduled ~210 ms; PyTorch FP32 ~104 ms). At batch 1
+one 224x224 image: ~4.4 ms on a quiet machine (unscheduled: ~17 ms; PyTorch FP32 eager
+timm ~16.6 ms); batch 8: ~36 ms (unscheduled ~210 ms; PyTorch FP32 ~104-113 ms). At batch 1
 about 45% of the time is the VNNI matmuls, 30% the elementwise/LUT kernels (int64
 arithmetic: 8 lanes per vector), 8% packing the attention operands.
 
@@ -63,13 +63,16 @@ Threads and PyTorch in one process
 ----------------------------------
 TVM's pool (``TVM_NUM_THREADS`` workers, the calling thread being one) pins its workers
 to cores (``TVM_BIND_THREADS``, default on) and spins ``TVM_THREAD_POOL_SPIN_COUNT``
-iterations before sleeping; PyTorch's OpenMP threads spin too. On 2 cores two spinning
-pools halve each other, and any other busy process does the same (measured here: 2-3x).
-A caller that runs both in one process should run them one after the other (not from
-concurrent threads), and set ``OMP_WAIT_POLICY=PASSIVE`` (before importing torch) so that
-PyTorch's idle threads sleep; on a machine shared with other jobs, ``TVM_BIND_THREADS=0``
-lets the OS move TVM's worker off a busy core. Benchmarks should time TVM and PyTorch in
-alternation and keep the fastest of several rounds.
+iterations before sleeping; PyTorch's OpenMP threads spin too. On 2 cores a spinning pool
+slows the other one down, and any other busy process does the same: with one core taken
+by another job, this module went from 4.4 to 7-9 ms and PyTorch FP32 eager from 17 ms to
+0.7-1.4 s (its OpenMP barriers spin against the lost core); OMP_WAIT_POLICY=PASSIVE was
+reported to take TVM (unscheduled) from 25 to 19 ms. A caller that runs both in one
+process should run them one after the other (never from concurrent threads) and set
+``OMP_WAIT_POLICY=PASSIVE`` before importing torch so that PyTorch's idle threads sleep;
+on a machine shared with other jobs ``TVM_BIND_THREADS=0`` lets the OS move TVM's worker
+off a busy core (neither setting is measured in a controlled way yet). Benchmarks should
+time TVM and PyTorch in alternation and keep the fastest of several rounds.
 
 Limits
 ------
