@@ -103,6 +103,8 @@ def test_debug_mode_checks_int32_and_declared_widths():
     program = export_program(model)
     x = images(4, seed=5)
     assert torch.equal(IntRuntime(program, debug=True)(x), IntRuntime(program)(x))
+    with pytest.raises(ValueError, match="int engine"):
+        make_engine("onnx", program, debug=True)
     node = next(n for n in program.nodes if n.op == "linear")
     program.tensors[node.params["weight"]] = torch.full_like(
         program.tensors[node.params["weight"]], 127)

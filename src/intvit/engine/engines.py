@@ -37,8 +37,7 @@ class Engine:
 class IntEngine(Engine):
     name = "int"
 
-    def __init__(self, program: IntProgram, threads: int | None = None, debug: bool = False
-                 ) -> None:
+    def __init__(self, program: IntProgram, debug: bool = False) -> None:
         super().__init__(program)
         self.runtime = IntRuntime(program, debug=debug)
 
@@ -49,8 +48,7 @@ class IntEngine(Engine):
 class OnnxEngine(Engine):
     name = "onnx"
 
-    def __init__(self, program: IntProgram, threads: int | None = 2, debug: bool = False
-                 ) -> None:
+    def __init__(self, program: IntProgram, threads: int | None = 2) -> None:
         import onnxruntime as ort
 
         from .onnx_export import to_onnx
@@ -70,8 +68,7 @@ class OnnxEngine(Engine):
 class TvmEngine(Engine):
     name = "tvm"
 
-    def __init__(self, program: IntProgram, threads: int | None = 2, debug: bool = False
-                 ) -> None:
+    def __init__(self, program: IntProgram, threads: int | None = 2) -> None:
         from .onnx_export import to_onnx
         from .tvm_backend import TvmModule
         super().__init__(program)
@@ -87,6 +84,13 @@ ENGINES: dict[str, Callable[..., Engine]] = {
 
 def make_engine(kind: str, program: IntProgram, threads: int | None = 2,
                 debug: bool = False) -> Engine:
+    """An engine by name. ``threads`` sizes ONNX Runtime's and TVM's pools (the int engine
+    runs on PyTorch's); ``debug`` (overflow checks) exists for the int engine only."""
     if kind not in ENGINES:
         raise ValueError(f"unknown engine {kind!r}; engines: {', '.join(ENGINES)}")
-    return ENGINES[kind](program, threads=threads, debug=debug)
+    if kind == "int":
+        return IntEngine(program, debug=debug)
+    if debug:
+        raise ValueError("overflow checks run on the int engine (its arithmetic is the one "
+                         "the others compile); use --engine int --debug-overflow")
+    return ENGINES[kind](program, threads=threads)
