@@ -123,7 +123,8 @@ class Kernel(ABC):
     def __call__(self, q: torch.Tensor, tabulated: bool = False) -> torch.Tensor:
         """``q_in -> q_out``. ``tabulated`` answers from tables of the elementwise parts
         (built once by :meth:`compute` over their whole domain, so the result is the
-        same integers); training uses it for speed, evaluation the arithmetic."""
+        same integers); the quantized model and the exported program use it, the
+        analysis and the reference tests the arithmetic."""
         if q.dtype.is_floating_point or q.dtype.is_complex or q.dtype == torch.bool:
             raise TypeError(
                 f"{self.op} kernels take integer tensors, got {q.dtype}; quantize first "
