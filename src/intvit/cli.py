@@ -365,7 +365,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def _eval_engine(args: argparse.Namespace) -> int:
     """``eval --engine int|onnx|tvm``: the integer program on a dataset."""
     from .data import build_loader
-    from .engine.commands import load_program
+    from .engine.commands import load_program, program_data
     from .engine.engines import make_engine
     from .evaluation import evaluate
 
@@ -373,10 +373,8 @@ def _eval_engine(args: argparse.Namespace) -> int:
         raise ValueError("--io-stats records the model's layers: use --engine model")
     program = load_program(args)
     engine = make_engine(args.engine, program, debug=args.debug_overflow)
-    c, size, _ = program.input_shape
-    data = DataConfig(data=args.data, img_size=size, in_chans=c, batch_size=args.batch_size,
-                      workers=args.workers, seed=args.seed, train_limit=args.train_limit,
-                      val_limit=args.val_limit)
+    data = program_data(program, args.data, batch_size=args.batch_size, workers=args.workers,
+                        seed=args.seed, train_limit=args.train_limit, val_limit=args.val_limit)
     result = evaluate(engine, build_loader(data, "val"), desc=f"eval ({args.engine})")
     print(f"engine {args.engine}: {result.summary()}")
     write_json(args.json, {k: v for k, v in result.as_dict().items() if k != "images"}

@@ -140,13 +140,18 @@ def run_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def program_data(program: IntProgram, data: str, **fields):
+    """The data configuration of a dataset at the program's input size and channels."""
+    from ..data import DataConfig
+    c, size, _ = program.input_shape
+    return DataConfig(data=data, img_size=size, in_chans=c, **fields)
+
+
 def validation_batches(program: IntProgram, data: str, limit: int, batch_size: int):
     """The first ``limit`` validation images of a dataset, at the program's input size."""
-    from ..data import DataConfig, build_loader
-    c, h, _ = program.input_shape
-    cfg = DataConfig(data=data, img_size=h, in_chans=c, batch_size=batch_size,
-                     val_limit=limit)
-    return build_loader(cfg, "val")
+    from ..data import build_loader
+    return build_loader(program_data(program, data, batch_size=batch_size, val_limit=limit),
+                        "val")
 
 
 def inspect_arguments(p: argparse.ArgumentParser) -> None:

@@ -41,8 +41,8 @@ class IntEngine(Engine):
         super().__init__(program)
         self.runtime = IntRuntime(program, debug=debug)
 
-    def run(self, images: torch.Tensor) -> torch.Tensor:
-        return self.runtime(images)
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.runtime(images)  # the runtime checks its input itself
 
 
 class OnnxEngine(Engine):
