@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from . import fileio
 from .approx import OPS, REGISTRY, UnknownApproximation
 from .data import DataConfig
 from .quant import POINTS, BitWidths, QuantConfig
@@ -26,9 +27,9 @@ def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser],
 
 
 def write_json(path: str | None, payload: object) -> None:
+    """``--json FILE``: write ``payload`` there (atomically); no file named, no write."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        fileio.write_json(path, payload)
 
 
 def bits_arg(text: str) -> int:

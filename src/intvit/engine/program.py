@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
-from ..models.checkpoint import atomic_write
+from ..fileio import atomic_write
 
 FORMAT = "intvit-program"
 VERSION = 1

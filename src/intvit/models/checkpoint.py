@@ -12,8 +12,6 @@ An intvit checkpoint is a safetensors file whose metadata holds
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from ..fileio import atomic_write
 from ..quant import QuantConfig
 from .config import ModelConfig
 from .registry import ModelError, build_quant_model
@@ -31,19 +30,6 @@ FORMAT, VERSION = "intvit", 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit; the message says why."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, info: dict[str, Any] | None = None
@@ -146,6 +132,6 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read training state {path}: {err}") from None
 
 
-__all__ = ["CheckpointError", "ModelError", "atomic_write", "load_checkpoint",
+__all__ = ["CheckpointError", "ModelError", "load_checkpoint",
            "load_train_state", "read_metadata", "read_weights_file", "save_checkpoint",
            "save_train_state"]
