@@ -7,9 +7,12 @@ every node output fits); inside a node, a step that needs more (a requantization
 product, a wide variance) widens to int64 and the node's result narrows back. How each
 program op maps to ONNX, given ONNX Runtime's kernels:
 
-* **linear / matmul**: ``MatMulInteger`` with uint8 activations and int8 weights (the
-  fast kernel): a signed 8-bit activation ``a`` enters as ``a + 128`` with zero point
-  128, an unsigned one (softmax probabilities) as itself with zero point 0. Operands
+* **linear / matmul**: ``MatMulInteger``, in the two spellings that ONNX Runtime
+  computes exactly on every CPU: int8 x int8 for a signed 8-bit activation, and
+  uint8 x uint8 for an unsigned one (softmax probabilities ``0..255``), whose signed
+  right operand ``b`` enters as ``b + 128`` with zero point 128. The uint8 x int8
+  spelling is avoided: on x86 CPUs without VNNI its kernel sums pairs of products in
+  saturating int16 (``vpmaddubsw``), which is not exact for full-range operands. Operands
   wider than 8 bits use an int64 ``MatMul`` instead. The int32 product widens to int64.
 * **floor division by ``2^k``** (requantization, variance shift): ``BitShift`` is
   unsigned-only and integer ``Div`` truncates toward zero. Every value shifted here lies
@@ -148,13 +151,13 @@ class GraphWriter:
         if b_bits > 8 or (a_bits > 8 and not (a_unsigned and a_bits <= 9)):
             return self.cast(self.op("MatMul", [self.cast(a, INT64), self.cast(b, INT64)]),
                              INT32)
-        if a_unsigned:
-            a8, zero = self.cast(a, TensorProto.UINT8), 0
-        else:
-            a8 = self.cast(self.op("Add", [a, self.const(128, like=a)]), TensorProto.UINT8)
-            zero = 128
-        b8 = self.cast(b, TensorProto.INT8)
-        return self.op("MatMulInteger", [a8, b8, self.const(zero, np.uint8, "zp")])
+        if not a_unsigned:
+            return self.op("MatMulInteger", [self.cast(a, TensorProto.INT8),
+                                             self.cast(b, TensorProto.INT8)])
+        b8 = self.cast(self.op("Add", [b, self.const(128, like=b)]), TensorProto.UINT8)
+        return self.op("MatMulInteger", [self.cast(a, TensorProto.UINT8), b8,
+                                         self.const(0, np.uint8, "zp"),
+                                         self.const(128, np.uint8, "zp")])
 
     def weight(self, name: str) -> str:
         """A (out, in) weight as the (in, out) right operand of MatMulInteger (int8) or
