@@ -6,11 +6,15 @@ What the TVM path does
    Relax module (initializers become constants). Inputs whose dims are named (``"batch"``)
    become symbolic Relax shape variables, so one compiled module serves every batch size.
 2. **MatMulInteger offload** (when the target CPU has AVX-512 VNNI): the importer turns
-   ``MatMulInteger(a_u8, b_i8, zp)`` into ``matmul(astype(a, i32) - zp, astype(b, i32))``,
+   ``MatMulInteger(a, b, za, zb)`` into ``matmul(astype(a, i32) - za, astype(b, i32) - zb)``,
    which TVM lowers to an unscheduled, single-threaded int32 triple loop (5.8 ms for
    197x192 @ 192x576; ONNX Runtime: 0.05 ms). :func:`offload_matmul_integer` finds that
-   pattern (uint8 ``a``, int8 ``b``, a constant scalar zero point on ``a``, none on ``b``,
-   static K and N, ``b`` either 2-D or batched like ``a``) and replaces it with a
+   pattern in the spellings the exporter writes (int8 x int8 for signed activations,
+   uint8 x uint8 with ``zb = 128`` for softmax probabilities) and in uint8 x int8 with a
+   constant scalar ``za``, with static K and N and ``b`` either 2-D or batched like ``a``.
+   It first brings the operands to the kernel's u8 x s8 form, exactly: a signed ``a``
+   becomes ``a + 128`` (uint8) with ``za = 128``, an unsigned ``b`` becomes ``b - 128``
+   (int8; for constant weights in numpy at compile time). Then it calls a
    hand-scheduled TIR kernel tensorized with ``vpdpbusd`` (u8 x s8 summed in groups of 4
    into i32, no saturation): ``a @ b - zp * colsum(b)``, which equals ``(a - zp) @ b`` in
    wrapping int32. ``b`` is packed into 16x4 tiles (zero padded to K % 4 == 0 and
@@ -244,11 +248,14 @@ def _colsum_func(k: int, n: int, zero_point: int):
     return te.create_prim_func([b, scaled]).with_attr("op_pattern", 8)
 
 
-def _vnni_matmul_func(k: int, n: int, shared_b: bool):
+def _vnni_matmul_func(k: int, n: int, shared_b: bool, tensorize: bool = True):
     """Scheduled PrimFunc ``a[batch, M, K] u8, packed b, correction -> out[batch, M, N] i32``
-    with ``out = a @ b - correction``; ``shared_b``: one ``b`` for every batch entry."""
+    with ``out = a @ b - correction``; ``shared_b``: one ``b`` for every batch entry.
+    ``tensorize=False`` keeps the 16x4 tile as a plain int32 loop (no ``vpdpbusd``): the
+    same values on any CPU."""
     from tvm import s_tir, te, tirx
-    _register_vnni_intrin()
+    if tensorize:
+        _register_vnni_intrin()
     kp, np_ = -(-k // 4) * 4, -(-n // 16) * 16
     batch, m = te.var("batch", "int64"), te.var("m", "int64")
     b_batch = 1 if shared_b else batch
@@ -283,7 +290,8 @@ def _vnni_matmul_func(k: int, n: int, shared_b: bool):
     sch.reorder(t, io, jo, ko, ii, jm, ji, ki)
     sch.parallel(sch.fuse(t, io))
     init = sch.decompose_reduction(block, ko)
-    sch.tensorize(ji, VNNI_INTRIN)
+    if tensorize:
+        sch.tensorize(ji, VNNI_INTRIN)
     sch.vectorize(sch.get_loops(init)[-1])
     for name in ("a_pad", "out"):
         loops = sch.get_loops(sch.get_sblock(name))
@@ -297,9 +305,10 @@ _kernel_lock = threading.Lock()
 _kernels: dict[tuple, Any] = {}  # keeps the compiled kernel modules alive
 
 
-def _vnni_matmul_global(k: int, n: int, shared_b: bool, target) -> str:
-    """Compile the VNNI matmul for (k, n, shared_b) on ``target`` as its own module and
-    register it as a global packed function; returns its name.
+def _vnni_matmul_global(k: int, n: int, shared_b: bool, target, tensorize: bool = True
+                        ) -> str:
+    """Compile the VNNI matmul for (k, n, shared_b, tensorize) on ``target`` as its own
+    module and register it as a global packed function; returns its name.
 
     It is compiled apart from the Relax module on purpose: TVM 0.27 lowers a TIR module
     that also holds a host function (the ``shape_func`` Relax emits for symbolic shapes)
@@ -307,12 +316,13 @@ def _vnni_matmul_global(k: int, n: int, shared_b: bool, target) -> str:
     memory and makes this kernel 2-3x slower."""
     import tvm
     import tvm_ffi
-    key = (k, n, shared_b, str(target))
+    key = (k, n, shared_b, str(target), tensorize)
     with _kernel_lock:
         if key not in _kernels:
             name = (f"intvit.vnni_matmul.{k}x{n}.{'shared' if shared_b else 'batched'}."
                     f"{len(_kernels)}")
-            func = _vnni_matmul_func(k, n, shared_b).with_attr("global_symbol", "kernel")
+            func = _vnni_matmul_func(k, n, shared_b, tensorize).with_attr("global_symbol",
+                                                                          "kernel")
             executable = tvm.compile(tvm.IRModule({"kernel": func}), target=target)
             kernel = executable["kernel"]
             tvm_ffi.register_global_func(name, kernel, override=True)
@@ -332,11 +342,13 @@ def _pack_b_numpy(b: np.ndarray, zero_point: int) -> tuple[np.ndarray, np.ndarra
     return np.ascontiguousarray(packed), correction
 
 
-def offload_matmul_integer(mod, target=None):
+def offload_matmul_integer(mod, target=None, tensorize: bool = True):
     """Rewrite every ``MatMulInteger`` pattern of ``mod["main"]`` that the VNNI kernels
     support (see the module docstring) into calls of those kernels; returns the new module
     and the number of matmuls rewritten. ``target`` (default: the current target) must be
-    an LLVM target of a CPU with AVX-512 VNNI."""
+    an LLVM target of a CPU with AVX-512 VNNI; with ``tensorize=False`` (any LLVM target)
+    the kernels keep their tiles as plain int32 loops, which checks the rewrite's
+    arithmetic (operand shifts, packing, column sums) on a CPU without VNNI."""
     import tvm
     import tvm.ir as tvm_ir
     import tvm_ffi
@@ -383,28 +395,35 @@ def offload_matmul_integer(mod, target=None):
                 self.kernels[key] = self.builder_.add_func(func, name)
             return self.kernels[key]
 
+        def operand(self, expr):
+            """``astype(x, i32) [- astype(zp, i32)]`` -> (x, zp) for a constant scalar zp
+            (0 when absent), or None."""
+            expr = bound(self, expr)
+            zero_point = 0
+            if call_of(expr, "relax.subtract"):
+                zp = bound(self, expr.args[1])
+                if call_of(zp, "relax.astype"):
+                    zp = bound(self, zp.args[0])
+                if not isinstance(zp, tvm_ir.Constant) or zp.value.numpy().size != 1:
+                    return None
+                zero_point = int(zp.value.numpy().reshape(()))
+                expr = bound(self, expr.args[0])
+            if not call_of(expr, "relax.astype"):
+                return None
+            return expr.args[0], zero_point
+
         def match(self, call):
             if not call_of(call, "relax.matmul") or str(call.attrs.out_dtype) != "int32":
                 return None
-            lhs, rhs = bound(self, call.args[0]), bound(self, call.args[1])
-            zero_point = 0
-            if call_of(lhs, "relax.subtract"):
-                zp = bound(self, lhs.args[1])
-                if call_of(zp, "relax.astype"):
-                    zp = bound(self, zp.args[0])
-                if not isinstance(zp, tvm_ir.Constant):
-                    return None
-                value = zp.value.numpy()
-                if value.size != 1:
-                    return None
-                zero_point = int(value.reshape(()))
-                lhs = bound(self, lhs.args[0])
-            if not (call_of(lhs, "relax.astype") and call_of(rhs, "relax.astype")):
+            lhs, rhs = self.operand(call.args[0]), self.operand(call.args[1])
+            if lhs is None or rhs is None:
                 return None
-            a, b = lhs.args[0], rhs.args[0]
-            if dtype_of(a) != "uint8" or dtype_of(b) != "int8":
+            (a, a_zp), (b, b_zp) = lhs, rhs
+            spelling = (dtype_of(a), dtype_of(b), b_zp)
+            if spelling not in (("uint8", "int8", 0), ("int8", "int8", 0),
+                                ("uint8", "uint8", 128)):
                 return None
-            if not 0 <= zero_point <= 255:
+            if a_zp != 0 and dtype_of(a) != "uint8" or not 0 <= a_zp <= 255:
                 return None
             a_shape, b_shape = shape_of(a), shape_of(b)
             if a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2:
@@ -421,7 +440,26 @@ def offload_matmul_integer(mod, target=None):
                 shared = False
             else:
                 return None
-            return a, b, a_shape, b_shape, int(k), int(n), zero_point, shared
+            return a, b, a_shape, b_shape, int(k), int(n), a_zp, shared
+
+        def to_kernel_dtypes(self, a, b, zero_point):
+            """The exact u8 x s8 form of the operands: a signed ``a`` becomes ``a + 128``
+            (uint8) with zero point 128, an unsigned ``b`` (zero point 128) becomes
+            ``b - 128`` (int8); a constant ``b`` is shifted now."""
+            bb = self.builder_
+            if dtype_of(a) == "int8":
+                a = bb.emit(relax.op.astype(relax.op.add(
+                    relax.op.astype(a, "int16"), relax.const(128, "int16")), "uint8"))
+                zero_point = 128
+            if dtype_of(b) == "uint8":
+                b_const = bound(self, b)
+                if isinstance(b_const, tvm_ir.Constant):
+                    b = relax.const((b_const.value.numpy().astype(np.int16) - 128
+                                     ).astype(np.int8))
+                else:
+                    b = bb.emit(relax.op.astype(relax.op.subtract(
+                        relax.op.astype(b, "int16"), relax.const(128, "int16")), "int8"))
+            return a, b, zero_point
 
         def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
             call = super().visit_call_(call)
@@ -429,6 +467,7 @@ def offload_matmul_integer(mod, target=None):
             if found is None:
                 return call
             a, b, a_shape, b_shape, k, n, zp, shared = found
+            a, b, zp = self.to_kernel_dtypes(a, b, zp)
             bb = self.builder_
             lead = a_shape[:-2]
             batch = lead[0] if lead else tirx.const(1, "int64")
@@ -453,7 +492,7 @@ def offload_matmul_integer(mod, target=None):
                     [b_batch, np_ // 16, kp // 4, 16, 4], "int8")))
                 corr = bb.emit(relax.call_tir(colsum, [b3], relax.TensorType(
                     [b_batch, n], "int32")))
-            kernel = _vnni_matmul_global(k, n, shared, target)
+            kernel = _vnni_matmul_global(k, n, shared, target, tensorize)
             out = relax.call_dps_packed(kernel, [a3, packed, corr], relax.TensorType(
                 [batch, m, n], "int32"))
             self.count += 1
