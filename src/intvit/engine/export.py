@@ -16,7 +16,6 @@ from ..arith import qrange, signed_bits
 from ..models.base import QuantModel
 from ..models.swin import QuantSwinTransformer
 from ..models.vit import QuantVisionTransformer
-from ..quant import Mode
 from .lowering import Builder
 from .program import IntProgram, ProgramError
 
@@ -72,8 +71,7 @@ def residual_block(b: Builder, block, x: str, attend: Callable[[str], str]) -> s
 
 def lower_vit(b: Builder, model: QuantVisionTransformer) -> str:
     x = patch_tokens(b, model, "images")
-    scale = b.call(model.patch_act).output.scale
-    cls = b.constant("cls_token", model.class_token(scale, Mode.INT))
+    cls = b.constant("cls_token", model.frozen_cls.cpu())
     x = b.node("concat", [b.node("broadcast", [cls, x]), x], axis=1)
     x = b.act(model.pos_act, x)
     for block in model.blocks:

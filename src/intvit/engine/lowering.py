@@ -1,11 +1,12 @@
 """Lowering a quantized model (eval mode) to an :class:`~.program.IntProgram`.
 
 The model runs once in ``Mode.INT`` on probe images with hooks on its quantized
-modules, which record each module's input scales and output integers. A family's
+modules, which record each module's output integers; that run freezes every module's
+integer constants (:class:`~intvit.quant.modules.FrozenConstants`). A family's
 lowering (:data:`LOWERINGS`, keyed by model class) then walks the model's structure
-with a :class:`Builder`: each quantized module becomes nodes whose constants the
-module computes itself (:meth:`QuantAct.multiplier`, :meth:`QuantLinear.frozen`, its
-prepared kernel), each index move a structural node. The builder runs every node on
+with a :class:`Builder`: each quantized module becomes nodes holding the very constants
+the eval-mode model holds (its ``frozen_*`` buffers: dyadic pairs, int8 weights, int32
+biases, kernel tables), each index move a structural node. The builder runs every node on
 the probe as it adds it and compares each module's result with the integers the model
 produced: a lowering that differs from the model fails at export, naming the module.
 """
@@ -18,12 +19,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..approx.base import MAX_TABLE_BITS, Kernel
-from ..approx.ivit import IntLayerNormKernel
-from ..approx.rows import SoftmaxKernel
-from ..arith import qrange, signed_bits
+from ..arith import qrange
 from ..models.base import QuantModel
 from ..quant import QuantAct, QuantModule
+from ..quant.frozen import compact
 from .ops import OPS, as_value
 from .program import Node, ProgramError
 
@@ -54,16 +53,6 @@ def capture(model: QuantModel, images: torch.Tensor) -> dict[nn.Module, Call]:
         for handle in handles:
             handle.remove()
     return calls
-
-
-def compact(t: torch.Tensor) -> torch.Tensor:
-    """An integer tensor in the narrowest of int8/int16/int32/int64 that holds it."""
-    t = t.detach().to(torch.int64)
-    top = int(t.abs().max()) if t.numel() else 0
-    for dtype in (torch.int8, torch.int16, torch.int32):
-        if signed_bits(top) <= torch.iinfo(dtype).bits:
-            return t.to(dtype).contiguous()
-    return t.contiguous()
 
 
 class Builder:
@@ -142,30 +131,29 @@ class Builder:
         """A requantizer; its residual, if the model passed one that is not a value of the
         program (a position embedding, a relative position bias), becomes a constant."""
         call, name = self.call(module), self.names[module]
-        a = call.args[0]
+        frozen = module.frozen_tensors()
         lo, hi = qrange(module.bits, module.signed)
-        if a.scale is None:
+        if "m" not in frozen:
             return self.checked(module, self.node(
-                "quantize", [x], name,
-                {"scale": ("input.scale", module.scale().to(torch.float32).reshape(()))},
+                "quantize", [x], name, {"scale": ("input.scale", frozen["scale"].cpu())},
                 lo=lo, hi=hi))
-        m, e = module.multiplier(a.scale)
-        params = {"m": compact(m), "e": compact(e)}
+        params = {"m": compact(frozen["m"]), "e": compact(frozen["e"])}
         inputs = [x]
         res = call.kwargs.get("residual")
         if res is not None:
             inputs.append(residual if residual is not None
                           else self.constant(f"{name}.residual", compact(res.value)))
-            rm, re = module.multiplier(res.scale)
-            params.update(residual_m=compact(rm), residual_e=compact(re))
+            params.update(residual_m=compact(frozen["residual_m"]),
+                          residual_e=compact(frozen["residual_e"]))
         elif residual is not None:
             raise ProgramError(f"{name} has no residual in the model")
         return self.checked(module, self.node("requantize", inputs, name, params, lo=lo, hi=hi))
 
     def linear(self, module: nn.Module, x: str) -> str:
         name = self.names[module]
-        weight, bias, _ = module.frozen(self.call(module).args[0].scale)
-        params = {"weight": weight} | ({"bias": bias} if bias is not None else {})
+        self.call(module)
+        frozen = module.frozen_tensors()
+        params = {k: frozen[k].cpu() for k in ("weight", "bias") if k in frozen}
         return self.checked(module, self.node("linear", [x], name, params,
                                               in_bits=module.in_bits,
                                               weight_bits=module.weight_bits))
@@ -182,44 +170,14 @@ class Builder:
             raise ProgramError(f"{name} uses {module.op} '{module.approx.name}', a float "
                                "reference that is not integer-only; export a model whose "
                                "GELU, Softmax and LayerNorm use ivit, ibert or ppoly")
-        lower = next((f for cls, f in KERNEL_LOWERINGS.items() if isinstance(kernel, cls)),
-                     lower_elementwise)
-        op, params, attrs = lower(kernel)
-        attrs["approx"] = module.approx.name
-        return self.checked(module, self.node(op, [x], name, params, **attrs))
+        if module.frozen_op is None:
+            raise ProgramError(f"{name}: {module.op} with {kernel.in_bits}-bit inputs "
+                               "cannot be tabulated")
+        params = {k: v.cpu() for k, v in module.frozen_tensors().items() if k != "scale"}
+        attrs = dict(module.frozen_attrs, approx=module.approx.name)
+        return self.checked(module, self.node(module.frozen_op, [x], name, params, **attrs))
 
     def output(self, head: nn.Module, logits: str) -> str:
         scale = self.call(head).output.scale.to(torch.float32).reshape(-1)
         self.node("dequantize", [logits], self.names[head], {"scale": ("output.scale", scale)})
         return logits
-
-
-def lower_elementwise(kernel: Kernel) -> tuple[str, dict, dict]:
-    if kernel.spec.rowwise or kernel.in_bits > MAX_TABLE_BITS:
-        raise ProgramError(f"{kernel.op} with {kernel.in_bits}-bit inputs cannot be tabulated")
-    lo = kernel.spec.domain(kernel.in_bits)[0]
-    return "lookup", {"table": compact(kernel.table)}, dict(lo=lo, function=kernel.op)
-
-
-def lower_softmax(kernel: SoftmaxKernel) -> tuple[str, dict, dict]:
-    if kernel.in_bits >= MAX_TABLE_BITS:
-        raise ProgramError(f"softmax with {kernel.in_bits}-bit inputs: its exponentials "
-                           f"cannot be tabulated (at most {MAX_TABLE_BITS - 1} bits)")
-    lo, hi = kernel.out_range
-    params = {"exp_table": compact(kernel.exp_table), "m": compact(kernel.m),
-              "e": compact(kernel.e)}
-    return "softmax", params, dict(e_max=kernel.e_max, numerator=kernel.numerator, lo=lo,
-                                   hi=hi)
-
-
-def lower_layernorm(kernel: IntLayerNormKernel) -> tuple[str, dict, dict]:
-    lo, hi = kernel.out_range
-    params = {"m": compact(kernel.m), "e": compact(kernel.e), "beta": compact(kernel.beta)}
-    return "layernorm", params, dict(in_bits=kernel.in_bits, var_shift=kernel.var_shift(),
-                                     lo=lo, hi=hi)
-
-
-KERNEL_LOWERINGS: dict[type, Callable[[Any], tuple[str, dict, dict]]] = {
-    SoftmaxKernel: lower_softmax,
-    IntLayerNormKernel: lower_layernorm,
-}

@@ -30,8 +30,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..approx.rows import layernorm_int, softmax_from_table
 from ..arith import declare
+from ..quant.frozen import KERNEL_OPS
 from ..quant.integer import linear_int, matmul_int, quantize_input, requantize_sum
 
 OPS: dict[str, Callable[..., torch.Tensor]] = {}
@@ -72,19 +72,7 @@ def _requantize(x, residual=None, *, m, e, lo, hi, residual_m=None, residual_e=N
     return requantize_sum(x, m, e, lo, hi, residual, residual_m, residual_e)
 
 
-@op("lookup")
-def _lookup(x, *, table, lo, function="", approx=""):
-    return table.to(torch.int64)[x - lo]
-
-
-@op("softmax")
-def _softmax(x, *, exp_table, m, e, e_max, numerator, lo, hi, approx=""):
-    return softmax_from_table(x, exp_table.to(torch.int64), e_max, numerator, m, e, lo, hi)
-
-
-@op("layernorm")
-def _layernorm(x, *, m, e, beta, in_bits, var_shift, lo, hi, approx=""):
-    return layernorm_int(x, in_bits, var_shift, m, e, beta.to(torch.int64), lo, hi)
+OPS.update(KERNEL_OPS)  # lookup, softmax, layernorm: the eval-mode model's functions
 
 
 @op("sum")

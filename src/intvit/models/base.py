@@ -10,10 +10,28 @@ import torch
 from torch import nn
 
 from ..quant import QT, Mode, set_mode
+from ..quant.modules import FrozenConstants
 
 
-class QuantModel(nn.Module):
+def _thaw_after_load(module: nn.Module, incompatible_keys) -> None:
+    module.thaw()
+
+
+class QuantModel(FrozenConstants):
+    """The model's own INT-mode constants (a class token, a position embedding) are
+    frozen like a quantized module's; :meth:`thaw` drops every module's (on
+    ``train()``/``eval()`` and after ``load_state_dict``)."""
+
     mode: Mode = Mode.FLOAT
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_load_state_dict_post_hook(_thaw_after_load)
+
+    def thaw(self) -> None:
+        for module in self.modules():
+            if isinstance(module, FrozenConstants):
+                FrozenConstants.thaw(module)
 
     def set_mode(self, mode: Mode) -> None:
         if not self.qcfg.enabled and mode in (Mode.FAKE, Mode.INT):
@@ -26,6 +44,7 @@ class QuantModel(nn.Module):
         off, both run the float model. Calibration: :func:`intvit.quant.calibration`."""
         super().train(mode)
         self.set_mode(Mode.FAKE if mode else Mode.INT)
+        self.thaw()
         return self
 
     def forward_features(self, images: torch.Tensor) -> QT:

@@ -48,7 +48,7 @@ from torch import nn
 from ..arith import declare, qrange, signed_bits
 from ..quant import (QT, Mode, QuantConfig, QuantLayerNorm, QuantMatMul, QuantPatchConv,
                      QuantSoftmax)
-from ..quant.modules import quantize_tensor
+from ..quant.modules import FrozenConstants, quantize_tensor
 from .base import QuantModel
 from .config import ModelConfig
 from .vit import Mlp, _Builder
@@ -110,8 +110,9 @@ def shifted_window_mask(resolution: tuple[int, int], window: tuple[int, int],
     return torch.where(diff != 0, FLOAT_MASK, 0.0)
 
 
-class WindowAttention(nn.Module):
-    """W-MSA / SW-MSA with a learned relative position bias (timm's names)."""
+class WindowAttention(FrozenConstants):
+    """W-MSA / SW-MSA with a learned relative position bias (timm's names). INT mode
+    freezes the integer bias and the boolean window mask on the first call."""
 
     def __init__(self, dim: int, heads: int, window: tuple[int, int], qkv_bias: bool,
                  shifted: bool, make: _Builder) -> None:
@@ -138,6 +139,8 @@ class WindowAttention(nn.Module):
     def _bias(self, mode: Mode) -> QT:
         """The relative position bias (heads, N, N): float, or quantized at the scale
         of the logits' requantizer."""
+        if mode is Mode.INT and self.is_frozen:
+            return QT(self.frozen_bias, self.frozen_bias_scale)
         table = self.relative_position_bias_table
         if mode in (Mode.FAKE, Mode.INT):
             scale = self.scores_act.scale()
@@ -156,7 +159,8 @@ class WindowAttention(nn.Module):
         x = logits.value.reshape(-1, n_win, self.heads, n, n)
         if self.scores_act.mode in (Mode.FLOAT, Mode.CALIBRATE):
             return QT((x + mask[None, :, None]).reshape(-1, self.heads, n, n)), None
-        masked = (mask < 0)[None, :, None].expand_as(x).reshape(-1, self.heads, n, n)
+        region = self.frozen_region if self.is_frozen else (mask < 0)[None, :, None]
+        masked = region.expand_as(x).reshape(-1, self.heads, n, n)
         sentinel = qrange(self.softmax.in_bits)[0]
         if self.scores_act.mode is Mode.INT:
             fill = torch.full_like(logits.value, sentinel)
@@ -171,7 +175,11 @@ class WindowAttention(nn.Module):
         parts = qkv.value.reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = (QT(t, qkv.scale) for t in parts.unbind(0))
         scores = self.scores(q, QT(k.value.transpose(-2, -1), k.scale), self.head_dim ** -0.5)
-        logits, masked = self._mask(self.scores_act(scores, residual=self._bias(mode)), mask)
+        bias = self._bias(mode)
+        if mode is Mode.INT and not self.is_frozen:
+            region = None if mask is None else (mask < 0)[None, :, None]
+            self.freeze(bias=bias.value, bias_scale=bias.scale, region=region)
+        logits, masked = self._mask(self.scores_act(scores, residual=bias), mask)
         attn = self.softmax(logits)
         if masked is not None:
             attn = QT(torch.where(masked, torch.zeros_like(attn.value), attn.value), attn.scale)
@@ -308,8 +316,6 @@ class QuantSwinTransformer(QuantModel):
         self.head.fc = make.linear(dims[-1], cfg.num_classes, bits.block_input)
         self.set_mode(Mode.FLOAT if not qcfg.enabled else Mode.FAKE)
 
-
-
     def _pool(self, x: QT) -> QT:
         """Average over the tokens: an integer sum whose scale carries the ``1/N``,
         requantized by ``pool_act``."""
@@ -319,7 +325,8 @@ class QuantSwinTransformer(QuantModel):
         if self.mode is Mode.INT:
             top = -qrange(self.norm.out_bits)[0]
             total = declare(tokens.sum(dim=1), signed_bits(n * top), "avgpool.sum")
-            return self.pool_act(QT(total, x.scale / n))
+            # a frozen requantizer holds its multiplier: no scale to compute
+            return self.pool_act(QT(total, None if self.pool_act.is_frozen else x.scale / n))
         return self.pool_act(QT(tokens.mean(dim=1), None if x.scale is None else x.scale / n))
 
     def forward_features(self, images: torch.Tensor) -> QT:

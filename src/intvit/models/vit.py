@@ -117,8 +117,6 @@ class QuantVisionTransformer(QuantModel):
         self.head = make.linear(dim, cfg.num_classes, bits.block_input)
         self.set_mode(Mode.FLOAT if not qcfg.enabled else Mode.FAKE)
 
-
-
     def class_token(self, scale: torch.Tensor | None, mode: Mode) -> torch.Tensor:
         """The (1, 1, D) class token; quantized at the patch scale in FAKE/INT modes."""
         if mode in (Mode.FAKE, Mode.INT):
@@ -127,14 +125,26 @@ class QuantVisionTransformer(QuantModel):
 
     def _tokens(self, patches: QT) -> QT:
         """Prepend the class token (at the patch scale) and add the position embedding
-        (an 8-bit tensor of its own scale), requantizing the sum."""
-        cls = self.class_token(patches.scale, self.mode).expand(patches.value.shape[0], -1, -1)
-        pos = QT(self.pos_embed)
-        if self.mode in (Mode.FAKE, Mode.INT):
-            pos_scale = (self.pos_embed.detach().abs().max() / qrange(8)[1]).clamp_min(1e-12)
-            pos = QT(quantize_tensor(self.pos_embed, pos_scale, 8, self.mode), pos_scale)
+        (an 8-bit tensor of its own scale), requantizing the sum. INT mode freezes both
+        integer tensors on the first call."""
+        if self.mode is Mode.INT:
+            if not self.is_frozen:
+                pos = self.quantized_pos_embed()
+                self.freeze(cls=self.class_token(patches.scale, Mode.INT), pos=pos.value,
+                            pos_scale=pos.scale)
+            cls, pos = self.frozen_cls, QT(self.frozen_pos, self.frozen_pos_scale)
+        else:
+            cls = self.class_token(patches.scale, self.mode)
+            pos = QT(self.pos_embed) if self.mode is not Mode.FAKE else \
+                self.quantized_pos_embed()
+        cls = cls.expand(patches.value.shape[0], -1, -1)
         tokens = QT(torch.cat([cls, patches.value], dim=1), patches.scale)
         return self.pos_act(tokens, residual=pos)
+
+    def quantized_pos_embed(self) -> QT:
+        """The position embedding as 8-bit integers (FAKE: their values) and its scale."""
+        pos_scale = (self.pos_embed.detach().abs().max() / qrange(8)[1]).clamp_min(1e-12)
+        return QT(quantize_tensor(self.pos_embed, pos_scale, 8, self.mode), pos_scale)
 
     def forward_features(self, images: torch.Tensor) -> QT:
         x = self.input_act(QT(images))

@@ -21,12 +21,44 @@ from torch import nn
 
 from ..approx import build
 from ..arith import dyadic, qrange, round_half_up
+from .frozen import KERNEL_OPS, FreezeError, freeze_kernel
 from .integer import ACC_BITS, linear_int, matmul_int, quantize_input, requantize_sum
 from .observer import RangeObserver
 from .qtensor import QT, Mode, ste, to_integers
 
 
-class QuantModule(nn.Module):
+FROZEN = "frozen_"
+
+
+class FrozenConstants(nn.Module):
+    """Integer constants frozen for ``Mode.INT``.
+
+    The first INT-mode call of a module derives its constants from its input scale (in
+    float, once) and keeps them as non-persistent buffers (``frozen_*``: on the module's
+    device, moved with it, not in checkpoints); later calls use them and compute no
+    scale at all, so the eval-mode body is integer ops only. :meth:`thaw` drops them:
+    a model does so on every ``train()``/``eval()`` switch and after
+    ``load_state_dict``, so changed weights or ranges are frozen afresh."""
+
+    is_frozen: bool = False
+
+    def freeze(self, **tensors: torch.Tensor | None) -> None:
+        for name, tensor in tensors.items():
+            self.register_buffer(FROZEN + name, tensor, persistent=False)
+        self.is_frozen = True
+
+    def thaw(self) -> None:
+        for name in [n for n in self._buffers if n.startswith(FROZEN)]:
+            del self._buffers[name]
+        self.is_frozen = False
+
+    def frozen_tensors(self) -> dict[str, torch.Tensor]:
+        """The frozen constants by role (empty until the first INT-mode call)."""
+        return {n[len(FROZEN):]: t for n, t in self._buffers.items()
+                if n.startswith(FROZEN) and t is not None}
+
+
+class QuantModule(FrozenConstants):
     """Base: a ``mode`` attribute that :func:`set_mode` sets on a whole model."""
 
     mode: Mode = Mode.FLOAT
@@ -91,13 +123,28 @@ class QuantAct(QuantModule):
         if self.mode is Mode.FAKE:
             x = a.value if residual is None else a.value + residual.value
             return QT(ste(round_half_up(x / s).clamp(lo, hi) * s, x), s)
-        if a.scale is None:  # the model input: the one float-to-integer step
-            return QT(quantize_input(a.value, s, lo, hi), s)
-        m, e = self.multiplier(a.scale)
+        if not self.is_frozen:
+            self.freeze_for(a.scale, None if residual is None else residual.scale)
+        f = self.frozen_tensors()
+        if "m" not in f:  # the model input: the one float-to-integer step
+            return QT(quantize_input(a.value, f["scale"], lo, hi), f["scale"])
         if residual is None:
-            return QT(requantize_sum(a.value, m, e, lo, hi), s)
-        rm, re = self.multiplier(residual.scale)
-        return QT(requantize_sum(a.value, m, e, lo, hi, residual.value, rm, re), s)
+            return QT(requantize_sum(a.value, f["m"], f["e"], lo, hi), f["scale"])
+        return QT(requantize_sum(a.value, f["m"], f["e"], lo, hi, residual.value,
+                                 f["residual_m"], f["residual_e"]), f["scale"])
+
+    def freeze_for(self, in_scale: torch.Tensor | None,
+                   residual_scale: torch.Tensor | None = None) -> None:
+        """Freeze the output scale and the dyadic pairs from these input scales (no
+        input scale: the model input, quantized at the output scale)."""
+        s = self.scale()
+        if in_scale is None:
+            self.freeze(scale=s.to(torch.float32).reshape(()))
+            return
+        m, e = self.multiplier(in_scale)
+        pairs = {} if residual_scale is None else dict(zip(("residual_m", "residual_e"),
+                                                           self.multiplier(residual_scale)))
+        self.freeze(scale=s, m=m, e=e, **pairs)
 
     def multiplier(self, in_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The dyadic pair taking integers at ``in_scale`` to this requantizer's scale."""
@@ -106,12 +153,10 @@ class QuantAct(QuantModule):
 
 def quant_linear(mode: Mode, a: QT, weight: torch.Tensor, bias: torch.Tensor | None,
                  weight_bits: int, in_bits: int) -> QT:
-    """``x W^T + b`` in any mode; ``weight`` is 2-D (out, in)."""
+    """``x W^T + b`` in the float and FAKE modes (INT: :func:`frozen_forward`);
+    ``weight`` is 2-D (out, in)."""
     if mode in (Mode.FLOAT, Mode.CALIBRATE):
         return QT(F.linear(a.value, weight, bias))
-    if mode is Mode.INT:
-        w_q, b_q, scale = frozen_linear(weight, bias, a.scale, weight_bits)
-        return QT(linear_int(a.value, w_q, b_q, in_bits, weight_bits), scale)
     w_q, w_s = quantize_weight(weight, weight_bits)
     scale = a.scale * w_s
     b_q = quantize_bias(bias, scale) if bias is not None else None
@@ -130,6 +175,17 @@ def frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None, in_scale: tor
     return (w_q.to(w_dtype), None if b_q is None else b_q.to(torch.int32), scale)
 
 
+def frozen_forward(module: QuantModule, a: QT, weight: torch.Tensor) -> QT:
+    """A linear layer in INT mode on its frozen integer weight and bias (frozen by the
+    first call from the input scale)."""
+    if not module.is_frozen:
+        w_q, b_q, scale = frozen_linear(weight, module.bias, a.scale, module.weight_bits)
+        module.freeze(weight=w_q, bias=b_q, scale=scale)
+    f = module.frozen_tensors()
+    return QT(linear_int(a.value, f["weight"], f.get("bias"), module.in_bits,
+                         module.weight_bits), f["scale"])
+
+
 class QuantLinear(QuantModule):
     """``y = x W^T + b`` with int8 per-channel weights and an int32 accumulator.
     Names match ``nn.Linear`` so timm weights load unchanged."""
@@ -144,6 +200,8 @@ class QuantLinear(QuantModule):
         nn.init.trunc_normal_(self.weight, std=0.02)
 
     def forward(self, a: QT) -> QT:
+        if self.mode is Mode.INT:
+            return frozen_forward(self, a, self.weight)
         return quant_linear(self.mode, a, self.weight, self.bias, self.weight_bits,
                             self.in_bits)
 
@@ -164,11 +222,12 @@ class QuantMatMul(QuantModule):
     def forward(self, a: QT, b: QT, extra_scale: float = 1.0) -> QT:
         if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
             return QT((a.value @ b.value) * extra_scale)
-        scale = a.scale * b.scale * extra_scale
         if self.mode is Mode.FAKE:
-            return QT((a.value @ b.value) * extra_scale, scale)
+            return QT((a.value @ b.value) * extra_scale, a.scale * b.scale * extra_scale)
+        if not self.is_frozen:
+            self.freeze(scale=a.scale * b.scale * extra_scale)
         return QT(matmul_int(a.value, b.value, self.a_bits, self.b_bits, self.unsigned_a),
-                  scale)
+                  self.frozen_scale)
 
 
 class _KernelModule(QuantModule):
@@ -208,13 +267,31 @@ class _KernelModule(QuantModule):
             if self.mode is Mode.CALIBRATE:
                 self.observe(exact)
             return QT(exact)
-        kernel = self.kernel(a.scale)
-        q = a.value if self.mode is Mode.INT else to_integers(a)
-        out = kernel(q, tabulated=True)
-        scale = torch.tensor(kernel.out_scale)
         if self.mode is Mode.INT:
-            return QT(out, scale)
+            if not self.is_frozen:
+                self.freeze_kernel(a.scale, a.value.device)
+            data = self.frozen_tensors()
+            scale = data.pop("scale")
+            if self.frozen_op is None:  # a float reference or an untabulated kernel
+                return QT(self.kernel(a.scale)(a.value, tabulated=True), scale)
+            return QT(KERNEL_OPS[self.frozen_op](a.value, **data, **self.frozen_attrs), scale)
+        kernel = self.kernel(a.scale)
+        out = kernel(to_integers(a), tabulated=True)
+        scale = torch.tensor(kernel.out_scale, device=a.value.device)
         return QT(ste(out.to(a.value.dtype) * scale, exact), scale)
+
+    def freeze_kernel(self, in_scale: torch.Tensor, device: torch.device) -> None:
+        """Hold the prepared kernel as integer data (:mod:`.frozen`) on ``device``."""
+        kernel = self.kernel(in_scale)
+        scale = torch.tensor(kernel.out_scale, device=device)
+        try:
+            frozen = freeze_kernel(kernel)
+        except FreezeError:
+            self.frozen_op, self.frozen_attrs = None, {}
+            self.freeze(scale=scale)
+            return
+        self.frozen_op, self.frozen_attrs = frozen.op, frozen.attrs
+        self.freeze(scale=scale, **{k: v.to(device) for k, v in frozen.tensors.items()})
 
 
 class QuantGELU(_KernelModule):
@@ -289,6 +366,8 @@ class QuantPatchConv(QuantModule):
             return QT(F.conv2d(a.value, self.weight, self.bias, stride=self.patch)
                       .flatten(2).transpose(1, 2))
         patches = QT(patchify(a.value, self.patch), a.scale)
+        if self.mode is Mode.INT:
+            return frozen_forward(self, patches, self.weight.flatten(1))
         return quant_linear(self.mode, patches, self.weight.flatten(1), self.bias,
                             self.weight_bits, self.in_bits)
 
