@@ -39,7 +39,8 @@ def dyadic(multiplier: float | torch.Tensor, mantissa_bits: int = MANTISSA_BITS
     """Split a real multiplier (scalar or tensor, any sign) into int64 ``(m, e)``."""
     if not 2 <= mantissa_bits <= 31:
         raise ValueError(f"mantissa_bits must lie in [2, 31], got {mantissa_bits}")
-    real = torch.as_tensor(multiplier, dtype=torch.float64)
+    device = multiplier.device if isinstance(multiplier, torch.Tensor) else "cpu"
+    real = torch.as_tensor(multiplier, dtype=torch.float64, device=device)
     if not bool(torch.isfinite(real).all()):
         raise ValueError("dyadic multipliers must be finite")
     frac, exp = torch.frexp(real)
@@ -79,8 +80,8 @@ def requantize(x: torch.Tensor, m: torch.Tensor | int, e: torch.Tensor | int,
 
     The product is declared under ``<what>.requant``: the output stage's multiplier,
     reported apart from the kernel's own arithmetic (see :class:`WidthLog`)."""
-    m = torch.as_tensor(m, dtype=torch.int64)
-    e = torch.as_tensor(e, dtype=torch.int64)
+    m = torch.as_tensor(m, dtype=torch.int64, device=x.device)
+    e = torch.as_tensor(e, dtype=torch.int64, device=x.device)
     declare(x, x_bits, f"{what}.in")
     product = x * m
     if active():

@@ -51,7 +51,7 @@ def horner(t: torch.Tensor, coeffs: Sequence[int | torch.Tensor], t_max_abs: int
         raise ValueError("a polynomial needs at least one coefficient")
     widths = horner_bits(coeffs, t_max_abs, shift)
     declare(t, signed_bits(t_max_abs), f"{what}.t", max_abs=t_max_abs)
-    acc = torch.as_tensor(coeffs[-1], dtype=torch.int64).expand_as(t).clone()
+    acc = torch.as_tensor(coeffs[-1], dtype=torch.int64, device=t.device).expand_as(t).clone()
     for step, c in enumerate(reversed(coeffs[:-1])):
         acc = (declare(acc * t, widths[step], f"{what}.product") >> shift) + c
     return declare(acc, widths[-1], f"{what}.sum")

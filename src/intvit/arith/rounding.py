@@ -59,7 +59,7 @@ def round_shift(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
     _check_shift(k)
     first_dropped = (x >> (k - 1).clamp_min(0) if isinstance(k, torch.Tensor)
                      else x >> max(k - 1, 0)) & 1
-    return (x >> k) + torch.where(torch.as_tensor(k) > 0, first_dropped, 0)
+    return (x >> k) + torch.where(torch.as_tensor(k, device=x.device) > 0, first_dropped, 0)
 
 
 def floor_div(x: torch.Tensor, d: int | torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..approx import build
 from ..arith import dyadic, qrange, round_half_up
-from .frozen import KERNEL_OPS, FreezeError, freeze_kernel
+from .frozen import KERNEL_OPS, FreezeError, FrozenKernel, freeze_kernel
 from .integer import ACC_BITS, linear_int, matmul_int, quantize_input, requantize_sum
 from .observer import RangeObserver
 from .qtensor import QT, Mode, ste, to_integers
@@ -118,9 +118,9 @@ class QuantAct(QuantModule):
             if self.mode is Mode.CALIBRATE:
                 self.observer.observe(x)
             return QT(x)
-        s = self.scale()
         lo, hi = qrange(self.bits, self.signed)
         if self.mode is Mode.FAKE:
+            s = self.scale()
             x = a.value if residual is None else a.value + residual.value
             return QT(ste(round_half_up(x / s).clamp(lo, hi) * s, x), s)
         if not self.is_frozen:
@@ -175,11 +175,11 @@ def frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None, in_scale: tor
     return (w_q.to(w_dtype), None if b_q is None else b_q.to(torch.int32), scale)
 
 
-def frozen_forward(module: QuantModule, a: QT, weight: torch.Tensor) -> QT:
+def frozen_forward(module: QuantModule, a: QT) -> QT:
     """A linear layer in INT mode on its frozen integer weight and bias (frozen by the
-    first call from the input scale)."""
+    first call from the input scale, by the module's ``frozen``)."""
     if not module.is_frozen:
-        w_q, b_q, scale = frozen_linear(weight, module.bias, a.scale, module.weight_bits)
+        w_q, b_q, scale = module.frozen(a.scale)
         module.freeze(weight=w_q, bias=b_q, scale=scale)
     f = module.frozen_tensors()
     return QT(linear_int(a.value, f["weight"], f.get("bias"), module.in_bits,
@@ -201,7 +201,7 @@ class QuantLinear(QuantModule):
 
     def forward(self, a: QT) -> QT:
         if self.mode is Mode.INT:
-            return frozen_forward(self, a, self.weight)
+            return frozen_forward(self, a)
         return quant_linear(self.mode, a, self.weight, self.bias, self.weight_bits,
                             self.in_bits)
 
@@ -255,10 +255,26 @@ class _KernelModule(QuantModule):
         return in_scale, {}
 
     def kernel(self, in_scale: torch.Tensor):
+        """The kernel prepared for this input scale (on the CPU: conversion-time code)."""
+        return self.prepared(in_scale)[0]
+
+    def prepared(self, in_scale: torch.Tensor, device: torch.device | str = "cpu"
+                 ) -> tuple[Any, FrozenKernel | None]:
+        """The kernel and its integer data on ``device`` (None: a float reference or an
+        untabulated kernel, run by the kernel itself), cached for one key."""
         key, extra = self.preparation(float(in_scale))
+        key = (key, str(device))
         if key not in self._kernels:
-            self._kernels = {key: self.approx.prepare(float(in_scale), self.in_bits,
-                                                      self.out_bits, **extra)}
+            with torch.device("cpu"):  # conversion-time constants, then moved
+                kernel = self.approx.prepare(float(in_scale), self.in_bits, self.out_bits,
+                                             **extra)
+                try:
+                    frozen = freeze_kernel(kernel)
+                except FreezeError:
+                    frozen = None
+            if frozen is not None:
+                frozen.tensors = {k: v.to(device) for k, v in frozen.tensors.items()}
+            self._kernels = {key: (kernel, frozen)}
         return self._kernels[key]
 
     def forward(self, a: QT) -> QT:
@@ -272,26 +288,23 @@ class _KernelModule(QuantModule):
                 self.freeze_kernel(a.scale, a.value.device)
             data = self.frozen_tensors()
             scale = data.pop("scale")
-            if self.frozen_op is None:  # a float reference or an untabulated kernel
+            if self.frozen_op is None:
                 return QT(self.kernel(a.scale)(a.value, tabulated=True), scale)
             return QT(KERNEL_OPS[self.frozen_op](a.value, **data, **self.frozen_attrs), scale)
-        kernel = self.kernel(a.scale)
-        out = kernel(to_integers(a), tabulated=True)
+        kernel, frozen = self.prepared(a.scale, a.value.device)
+        q = to_integers(a)
+        out = kernel(q, tabulated=True) if frozen is None else \
+            KERNEL_OPS[frozen.op](q, **frozen.tensors, **frozen.attrs)
         scale = torch.tensor(kernel.out_scale, device=a.value.device)
         return QT(ste(out.to(a.value.dtype) * scale, exact), scale)
 
     def freeze_kernel(self, in_scale: torch.Tensor, device: torch.device) -> None:
         """Hold the prepared kernel as integer data (:mod:`.frozen`) on ``device``."""
-        kernel = self.kernel(in_scale)
+        kernel, frozen = self.prepared(in_scale, device)
         scale = torch.tensor(kernel.out_scale, device=device)
-        try:
-            frozen = freeze_kernel(kernel)
-        except FreezeError:
-            self.frozen_op, self.frozen_attrs = None, {}
-            self.freeze(scale=scale)
-            return
-        self.frozen_op, self.frozen_attrs = frozen.op, frozen.attrs
-        self.freeze(scale=scale, **{k: v.to(device) for k, v in frozen.tensors.items()})
+        self.frozen_op = None if frozen is None else frozen.op
+        self.frozen_attrs = {} if frozen is None else frozen.attrs
+        self.freeze(scale=scale, **({} if frozen is None else frozen.tensors))
 
 
 class QuantGELU(_KernelModule):
@@ -337,8 +350,8 @@ class QuantLayerNorm(_KernelModule):
         """Keyed on the weights' versions too: every optimizer step re-prepares."""
         out_scale = float(self.out_observer.scale(self.out_bits))
         key = (in_scale, out_scale, self.weight._version, self.bias._version)
-        return key, dict(out_scale=out_scale, dim=self.dim, weight=self.weight.detach(),
-                         bias=self.bias.detach())
+        return key, dict(out_scale=out_scale, dim=self.dim, weight=self.weight.detach().cpu(),
+                         bias=self.bias.detach().cpu())
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -367,7 +380,7 @@ class QuantPatchConv(QuantModule):
                       .flatten(2).transpose(1, 2))
         patches = QT(patchify(a.value, self.patch), a.scale)
         if self.mode is Mode.INT:
-            return frozen_forward(self, patches, self.weight.flatten(1))
+            return frozen_forward(self, patches)
         return quant_linear(self.mode, patches, self.weight.flatten(1), self.bias,
                             self.weight_bits, self.in_bits)
 
