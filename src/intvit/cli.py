@@ -12,6 +12,7 @@ from typing import Callable
 from . import fileio
 from .approx import OPS, REGISTRY, UnknownApproximation
 from .data import DataConfig
+from .device import resolve_device
 from .quant import POINTS, BitWidths, QuantConfig
 from .train.options import TrainingStopped
 
@@ -174,6 +175,12 @@ def _data_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
+def device_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (default: CUDA when available, else the CPU), cpu, cuda, cuda:N; "
+                        "under torchrun each process takes cuda:LOCAL_RANK")
+
+
 QUANT_FLAGS = ("bitwidth", "weight_bits", "layer_type", "gelu", "softmax", "layernorm",
                "observer", "no_quant")
 
@@ -206,6 +213,7 @@ def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
     _model_arguments(p)
     _quant_arguments(p)
     _data_arguments(p)
+    device_argument(p)
     p.add_argument("--batches", type=int, default=16, help="calibration batches")
     p.add_argument("--out", required=True, help="the calibrated checkpoint to write")
     p.add_argument("--json", metavar="FILE", help="write the evaluation after calibration")
@@ -227,6 +235,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
                                       args.weights, overrides), quant_config(args))
     if not model.qcfg.enabled:
         raise ValueError("calibrate needs quantization on (drop --no-quant)")
+    model.to(resolve_device(args.device))
     data = data_config(args, model)
     used = calibrate(model, build_loader(data, "train"), args.batches)
     result = evaluate(model, build_loader(data, "val"))
@@ -261,6 +270,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wandb-project", "--wandb_project", dest="wandb_project")
     g.add_argument("--wandb-entity", "--wandb_entity", dest="wandb_entity")
     g.add_argument("--json", metavar="FILE", help="write the per-epoch metrics")
+    device_argument(g)
+    g.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast of the step's float parts (GPU speed; the integer "
+                        "program exported afterwards depends only on the weights and ranges)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    g.add_argument("--fused-optimizer", action="store_true", help="AdamW's fused kernel")
 
 
 @command("train", "quantization-aware training (float with --no-quant)", _train_arguments)
@@ -288,7 +303,8 @@ def _train_config(args: argparse.Namespace):
         calib_batches=args.calib_batches, max_steps_per_epoch=args.max_steps_per_epoch,
         save_every=args.save_every, output_dir=args.output_dir, seed=args.seed,
         workers=args.workers, train_limit=args.train_limit, val_limit=args.val_limit,
-        wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)
+        wandb_project=args.wandb_project, wandb_entity=args.wandb_entity, device=args.device,
+        bf16=args.bf16, compile=args.compile, fused_optimizer=args.fused_optimizer)
 
 
 def _resumed_config(args: argparse.Namespace):
@@ -334,6 +350,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                         "widths and shapes to FILE (CSV; .parquet needs pandas and pyarrow) "
                         "and samples of the GELU/Softmax/LayerNorm inputs next to it "
                         "(FILE's stem + .samples.safetensors; see `analyze --from-stats`)")
+    device_argument(p)
 
 
 @command("eval", "evaluate a checkpoint (the integer model) on a dataset", _eval_arguments)
@@ -347,6 +364,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise ValueError("eval --engine model needs --checkpoint")
     model, _ = load_checkpoint(args.checkpoint)
+    model.to(resolve_device(args.device))
     loader = build_loader(data_config(args, model), "val")
     if args.io_stats:
         from .analysis.iostats import IOStats
@@ -386,6 +404,7 @@ def _eval_engine(args: argparse.Namespace) -> int:
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="where to write results")
     _quant_arguments(p)
+    device_argument(p)
 
 
 @command("demo", "the main job on a built-in default: analysis, float baseline, PTQ, QAT",
@@ -398,7 +417,7 @@ def run_demo(args: argparse.Namespace) -> int:
                                               str(out / "analysis"), "--json",
                                               str(out / "analysis" / "analysis.json")])
     run_analyze(analyze_args)
-    results = demo(out, quant_config(args))
+    results = demo(out, quant_config(args), args.device)
     from .analysis.report import REPORT_FILE, build_report, discover
 
     found = discover(out)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DataConfig, DataError, build_dataset, build_loader
+from .device import resolve_device
 from .evaluation import evaluate
 from .models.checkpoint import read_metadata, save_checkpoint
 from .models.factory import ModelSource, make_model
@@ -34,11 +35,13 @@ def pick_data() -> str:
         return "synthetic"
 
 
-def run_demo(out: Path, quant: QuantConfig) -> dict[str, Any]:
+def run_demo(out: Path, quant: QuantConfig, device: str = "auto") -> dict[str, Any]:
     data = pick_data()
+    where = resolve_device(device)
     fp32_dir = out / "fp32"
     fp32 = TrainConfig(model="custom", data=data, model_overrides=ARCH, quant={"enabled": False},
-                       epochs=4, lr=2e-3, warmup_epochs=0.5, output_dir=str(fp32_dir), **DATA)
+                       epochs=4, lr=2e-3, warmup_epochs=0.5, output_dir=str(fp32_dir),
+                       device=device, **DATA)
     cached = fp32_dir / "last.safetensors"
     info = read_metadata(cached)["info"] if cached.exists() else {}
     if info.get("train") == fp32.as_dict() and info.get("epoch") == fp32.epochs:
@@ -48,23 +51,25 @@ def run_demo(out: Path, quant: QuantConfig) -> dict[str, Any]:
         run_training(fp32)
     data_cfg = DataConfig(data=data, img_size=28, in_chans=1, **DATA)
     val = build_loader(data_cfg, "val")
-    results = {"data": data, "fp32": evaluate(make_model(ModelSource(checkpoint=str(cached)),
-                                                         None)[0], val).as_dict()}
+    fp32_model = make_model(ModelSource(checkpoint=str(cached)), None)[0].to(where)
+    results = {"data": data, "fp32": evaluate(fp32_model, val).as_dict()}
 
     print("2/4 post-training quantization (calibration only)")
     model, _ = make_model(ModelSource(checkpoint=str(cached)), quant)
+    model.to(where)
     calibrate(model, build_loader(data_cfg, "train"), 8)
     results["ptq"] = evaluate(model, val).as_dict()
     ptq_path = save_checkpoint(out / "ptq.safetensors", model, {"metrics": results["ptq"]})
 
     print("3/4 quantization-aware training (1 epoch)")
     qat = TrainConfig(data=data, checkpoint=str(ptq_path), epochs=1, lr=1e-4,
-                      output_dir=str(out / "qat"), **DATA)
+                      output_dir=str(out / "qat"), device=device, **DATA)
     trained = make_model(ModelSource(checkpoint=run_training(qat)["checkpoint"]), None)[0]
+    trained.to(where)
     results["qat"] = evaluate(trained, val).as_dict()
 
     print("4/4 export, engine parity, latency")
-    results["engines"] = deploy(trained, val, out)
+    results["engines"] = deploy(trained.cpu(), val, out)  # the engines run on the CPU
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 

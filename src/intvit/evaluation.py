@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .device import model_device, to_device
 from .quant import Mode
 
 
@@ -49,10 +50,11 @@ def evaluate(model: nn.Module, loader, progress: bool = True, desc: str = "eval"
     an inference engine."""
     if isinstance(model, nn.Module):
         model.eval()
+    device = model_device(model)
     totals = torch.zeros(5, dtype=torch.float64)  # images, loss sum, top1, top3, top5
     start = time.perf_counter()
     for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        logits = exact_logits(model, images)
+        logits = exact_logits(model, to_device(images, device)).cpu()
         totals[0] += labels.shape[0]
         totals[1] += float(F.cross_entropy(logits, labels, reduction="sum"))
         ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -61,7 +63,9 @@ def evaluate(model: nn.Module, loader, progress: bool = True, desc: str = "eval"
             totals[slot] += float(hits[:, :k].any(dim=1).sum())
     elapsed = time.perf_counter() - start
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(totals)
+        reduced = totals.to(device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(reduced)
+        totals = reduced.cpu()
     images = int(totals[0])
     if images == 0:
         raise ValueError("evaluation saw no images: the dataset is empty")

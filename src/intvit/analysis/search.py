@@ -85,6 +85,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..approx import build
+from ..device import model_device, resolve_device, to_device
 from ..evaluation import evaluate
 from ..models.registry import build_quant_model
 from ..quant import QuantConfig, RangeObserver, calibrate
@@ -626,7 +627,8 @@ def short_qat(base: nn.Module, candidate: Candidate, train_loader, val_loader,
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         losses = []
         for _, (images, labels) in zip(range(steps), _batches(train_loader)):
-            loss = F.cross_entropy(model(images), labels)
+            device = model_device(model)
+            loss = F.cross_entropy(model(to_device(images, device)), to_device(labels, device))
             if not torch.isfinite(loss):
                 raise ValueError(f"QAT loss became {float(loss)} after {len(losses)} steps")
             optimizer.zero_grad(set_to_none=True)
@@ -730,12 +732,13 @@ def _names(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import _data_arguments
+    from ..cli import _data_arguments, device_argument
 
     p.add_argument("--checkpoint", required=True,
                    help="an intvit checkpoint (float or quantized; calibrated first if its "
                         "ranges are not)")
     _data_arguments(p, required=True)
+    device_argument(p)
     g = p.add_argument_group("search")
     for op in SEARCH_OPS:
         g.add_argument(f"--{op}-list", default=",".join(DEFAULT_LISTS[op]),
@@ -763,6 +766,7 @@ def run(args: argparse.Namespace) -> int:
     lists = check_lists(_names(args.gelu_list), _names(args.softmax_list),
                         _names(args.layernorm_list))
     model, _ = load_checkpoint(args.checkpoint)
+    model.to(resolve_device(args.device))
     data = data_config(args, model)
     train_loader, val_loader = build_loader(data, "train"), build_loader(data, "val")
     if val_loader.num_classes != model.cfg.num_classes:

@@ -125,6 +125,11 @@ class Kernel(ABC):
         (built once by :meth:`compute` over their whole domain, so the result is the
         same integers); the quantized model and the exported program use it, the
         analysis and the reference tests the arithmetic."""
+        q = self.check(q)
+        return self.tabulated(q) if tabulated else self.compute(q)
+
+    def check(self, q: torch.Tensor) -> torch.Tensor:
+        """``q`` as int64 after checking it is an integer tensor in the kernel's domain."""
         if q.dtype.is_floating_point or q.dtype.is_complex or q.dtype == torch.bool:
             raise TypeError(
                 f"{self.op} kernels take integer tensors, got {q.dtype}; quantize first "
@@ -140,7 +145,7 @@ class Kernel(ABC):
         if self.spec.rowwise and (q.dim() == 0 or q.shape[-1] == 0):
             raise ValueError(f"{self.op} works on rows (the last dimension); got shape "
                              f"{tuple(q.shape)}")
-        return self.tabulated(q) if tabulated else self.compute(q)
+        return q
 
     def tabulated(self, q: torch.Tensor) -> torch.Tensor:
         """:meth:`compute` by table lookup, for elementwise ops; row ops override it or

@@ -8,6 +8,7 @@ while it builds, so the two descriptions cannot drift apart unnoticed.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -157,7 +158,9 @@ def export_program(model: QuantModel, images: torch.Tensor | None = None,
         raise ProgramError("the model has quantization off; export needs a quantized "
                            "(calibrated or trained) model")
     model.eval()
-    images = probe_images(model) if images is None else images
+    if any(t.device.type != "cpu" for t in model.parameters()):
+        model = copy.deepcopy(model).cpu().eval()  # programs are built and checked on the CPU
+    images = probe_images(model) if images is None else images.cpu()
     b = Builder(model, images.to(torch.float32))
     logits = lower(b, model)
     b.check_complete()

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..device import model_device, to_device
 from .qtensor import Mode
 
 
@@ -34,7 +35,7 @@ def calibrate(model: nn.Module, batches: Iterable, num_batches: int,
                               disable=not progress, leave=False):
             if used >= num_batches:
                 break
-            model(images)
+            model(to_device(images, model_device(model)))
             used += 1
     if used == 0:
         raise ValueError("calibration saw no batches: the dataset is empty")

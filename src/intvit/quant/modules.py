@@ -122,6 +122,7 @@ class QuantAct(QuantModule):
         if self.mode is Mode.FAKE:
             s = self.scale()
             x = a.value if residual is None else a.value + residual.value
+            x = x.float()  # under bf16 autocast too: fake-quantized values stay exact
             return QT(ste(round_half_up(x / s).clamp(lo, hi) * s, x), s)
         if not self.is_frozen:
             self.freeze_for(a.scale, None if residual is None else residual.scale)
@@ -292,7 +293,7 @@ class _KernelModule(QuantModule):
                 return QT(self.kernel(a.scale)(a.value, tabulated=True), scale)
             return QT(KERNEL_OPS[self.frozen_op](a.value, **data, **self.frozen_attrs), scale)
         kernel, frozen = self.prepared(a.scale, a.value.device)
-        q = to_integers(a)
+        q = kernel.check(to_integers(a))
         out = kernel(q, tabulated=True) if frozen is None else \
             KERNEL_OPS[frozen.op](q, **frozen.tensors, **frozen.attrs)
         scale = torch.tensor(kernel.out_scale, device=a.value.device)

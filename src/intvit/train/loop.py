@@ -34,6 +34,7 @@ from ..models.checkpoint import (load_checkpoint, load_train_state, save_checkpo
                                  save_train_state)
 from ..models.factory import ModelSource, make_model
 from ..quant import QuantConfig, calibrate
+from ..device import resolve_device, to_device
 from .distributed import init_from_env, is_main, shutdown
 from .options import TrainConfig, TrainingStopped
 from .tracking import Tracker
@@ -51,7 +52,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         if param.requires_grad:
             (plain if _no_decay(name, param) else decay).append(param)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": plain, "weight_decay": 0.0}], lr=cfg.lr)
+                              {"params": plain, "weight_decay": 0.0}], lr=cfg.lr,
+                             fused=True if cfg.fused_optimizer else None)
 
 
 def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
@@ -82,14 +84,15 @@ def resume_paths(resume: str) -> tuple[Path, Path]:
 
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    rank, world = init_from_env()
+    device = resolve_device(cfg.device)
+    rank, world = init_from_env(device)
     try:
-        return _train(cfg, rank, world)
+        return _train(cfg, rank, world, device)
     finally:
         shutdown()
 
 
-def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
+def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dict[str, Any]:
     log = print if is_main() else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)  # every rank builds and calibrates the same model
     out = Path(cfg.output_dir)
@@ -111,6 +114,8 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
         model, _ = make_model(ModelSource(cfg.model, cfg.checkpoint, cfg.pretrained, cfg.weights,
                                           overrides), qcfg, log)
     mcfg, qcfg = model.cfg, model.qcfg
+    model.to(device)
+    log(f"device: {device}" + (f" (one of {world} processes)" if world > 1 else ""))
     data = DataConfig(**{**data_probe.__dict__, "img_size": mcfg.img_size,
                          "in_chans": mcfg.in_chans})
     train_loader = build_loader(data, "train", distributed=world > 1)
@@ -120,7 +125,12 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
         log(f"calibrated activation ranges on {used} batches")
     torch.manual_seed(cfg.seed + rank)  # from here on, each rank draws its own augmentation
     model.train()
-    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
     optimizer = make_optimizer(model, cfg)
     mixup, criterion = make_criterion(cfg, mcfg.num_classes)
     steps_per_epoch = len(train_loader)
@@ -167,9 +177,11 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
                 if step == skip - 1:
                     set_rng_state(state["rng"])
                 continue
+            images, labels = to_device(images, device), to_device(labels, device)
             if mixup is not None:
                 images, labels = mixup(images, labels)
-            loss = criterion(net(images), labels) / cfg.accum_steps
+            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
+                loss = criterion(net(images), labels) / cfg.accum_steps
             loss_value = float(loss.detach()) * cfg.accum_steps
             if not math.isfinite(loss_value):
                 bar.close()

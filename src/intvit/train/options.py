@@ -43,6 +43,11 @@ class TrainConfig:
     wandb_project: str | None = None
     wandb_entity: str | None = None
     progress: bool = True
+    device: str = "auto"                 # auto, cpu, cuda, cuda:N (torchrun: LOCAL_RANK)
+    # fast QAT on a GPU; off by default, so a CPU run computes what it always did
+    bf16: bool = False                   # bf16 autocast of the float parts of the step
+    compile: bool = False                # torch.compile the model's training forward
+    fused_optimizer: bool = False        # AdamW's fused kernel
 
     def __post_init__(self) -> None:
         checks = {"epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
