@@ -173,6 +173,39 @@ def _data_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--train-limit", type=int, help="use only N training images")
     g.add_argument("--val-limit", type=int, help="use only N validation images")
     g.add_argument("--seed", type=int, default=0)
+    a = p.add_argument_group("data pipeline (timm's train.py flags; default: DataConfig's, or "
+                             "what the checkpoint's training recorded)")
+    a.add_argument("--hflip", type=float, help="horizontal flip probability (default 0.5)")
+    a.add_argument("--scale", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="RandomResizedCrop area range (default 0.08 1.0)")
+    a.add_argument("--ratio", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="RandomResizedCrop aspect range (default 3/4 4/3)")
+    a.add_argument("--aa", dest="auto_augment", help="RandAugment/AutoAugment policy, e.g. "
+                   "rand-m9-mstd0.5-inc1 (default off)")
+    a.add_argument("--reprob", dest="re_prob", type=float,
+                   help="random erasing probability (default 0)")
+    a.add_argument("--color-jitter", type=float, help="colour jitter strength (default 0)")
+    a.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest", "random"],
+                   help="resize interpolation (default bicubic)")
+    a.add_argument("--crop-pct", type=float, help="evaluation centre-crop fraction "
+                   "(default 0.875)")
+    a.add_argument("--mean", type=float, nargs="+", help="normalization mean per channel")
+    a.add_argument("--std", type=float, nargs="+", help="normalization std per channel")
+
+
+PIPELINE_FLAGS = ("hflip", "scale", "ratio", "auto_augment", "re_prob", "color_jitter",
+                  "interpolation", "crop_pct", "mean", "std")
+
+
+def pipeline_options(args: argparse.Namespace, recorded: dict | None = None) -> dict:
+    """The data pipeline: what a checkpoint's training recorded, then the flags typed now."""
+    typed = {k: getattr(args, k) for k in PIPELINE_FLAGS if getattr(args, k, None) is not None}
+    return {**(recorded or {}), **typed}
+
+
+def recorded_pipeline(info: dict) -> dict:
+    """The pipeline a checkpoint was trained or calibrated with (empty: the defaults)."""
+    return info.get("data_pipeline") or (info.get("train") or {}).get("data_pipeline") or {}
 
 
 def device_argument(p: argparse.ArgumentParser) -> None:
@@ -203,10 +236,13 @@ def model_overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
-def data_config(args: argparse.Namespace, model) -> DataConfig:
+def data_config(args: argparse.Namespace, model, info: dict | None = None) -> DataConfig:
+    """The data configuration of the flags for ``model``; ``info`` (a checkpoint's) supplies
+    the pipeline its training recorded."""
     return DataConfig(data=args.data, img_size=model.cfg.img_size, in_chans=model.cfg.in_chans,
                       batch_size=args.batch_size, workers=args.workers, seed=args.seed,
-                      train_limit=args.train_limit, val_limit=args.val_limit)
+                      train_limit=args.train_limit, val_limit=args.val_limit,
+                      **pipeline_options(args, recorded_pipeline(info or {})))
 
 
 def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
@@ -231,16 +267,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
     overrides = model_overrides(args)
     if not args.checkpoint and "num_classes" not in overrides:
         overrides["num_classes"] = build_dataset(DataConfig(data=args.data), "val")[1]
-    model, _ = make_model(ModelSource(args.model, args.checkpoint, args.pretrained,
-                                      args.weights, overrides), quant_config(args))
+    model, info = make_model(ModelSource(args.model, args.checkpoint, args.pretrained,
+                                         args.weights, overrides), quant_config(args))
     if not model.qcfg.enabled:
         raise ValueError("calibrate needs quantization on (drop --no-quant)")
     model.to(resolve_device(args.device))
-    data = data_config(args, model)
+    data = data_config(args, model, info)
     used = calibrate(model, build_loader(data, "train"), args.batches)
     result = evaluate(model, build_loader(data, "val"))
     path = save_checkpoint(args.out, model, {"calibration_batches": used,
-                                              "metrics": result.as_dict()})
+                                              "metrics": result.as_dict(),
+                                              "data_pipeline": pipeline_options(
+                                                  args, recorded_pipeline(info))})
     print(f"calibrated on {used} batches; integer model: {result.summary()}")
     print(f"checkpoint written to {path}")
     write_json(args.json, result.as_dict())
@@ -303,6 +341,7 @@ def _train_config(args: argparse.Namespace):
         calib_batches=args.calib_batches, max_steps_per_epoch=args.max_steps_per_epoch,
         save_every=args.save_every, output_dir=args.output_dir, seed=args.seed,
         workers=args.workers, train_limit=args.train_limit, val_limit=args.val_limit,
+        data_pipeline=pipeline_options(args),
         wandb_project=args.wandb_project, wandb_entity=args.wandb_entity, device=args.device,
         bf16=args.bf16, compile=args.compile, fused_optimizer=args.fused_optimizer)
 
@@ -363,9 +402,9 @@ def run_eval(args: argparse.Namespace) -> int:
         return _eval_engine(args)
     if not args.checkpoint:
         raise ValueError("eval --engine model needs --checkpoint")
-    model, _ = load_checkpoint(args.checkpoint)
+    model, meta = load_checkpoint(args.checkpoint)
     model.to(resolve_device(args.device))
-    loader = build_loader(data_config(args, model), "val")
+    loader = build_loader(data_config(args, model, meta["info"]), "val")
     if args.io_stats:
         from .analysis.iostats import IOStats
 

@@ -765,9 +765,9 @@ def run(args: argparse.Namespace) -> int:
 
     lists = check_lists(_names(args.gelu_list), _names(args.softmax_list),
                         _names(args.layernorm_list))
-    model, _ = load_checkpoint(args.checkpoint)
+    model, meta = load_checkpoint(args.checkpoint)
     model.to(resolve_device(args.device))
-    data = data_config(args, model)
+    data = data_config(args, model, meta["info"])
     train_loader, val_loader = build_loader(data, "train"), build_loader(data, "val")
     if val_loader.num_classes != model.cfg.num_classes:
         raise SearchError(f"{args.data} has {val_loader.num_classes} classes, the checkpoint's "

@@ -17,7 +17,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from .config import DataConfig, DataError
-from .transforms import build_transform
+from .transforms import build_transform, largest_side
 
 Builder = Callable[[DataConfig, str], "tuple[Dataset, int]"]
 
@@ -248,7 +248,9 @@ def build_folder(cfg: DataConfig, split: str):
             raise DataError(f"{split_dir} has class folders without images: "
                             f"{', '.join(empty)}; fill or remove them")
 
-    dataset = FolderImages(str(split_dir), classes, transform=build_transform(cfg, split))
+    side = largest_side([path for path, _ in samples])
+    dataset = FolderImages(str(split_dir), classes,
+                           transform=build_transform(cfg, split, native_side=side))
     return dataset, len(classes)
 
 

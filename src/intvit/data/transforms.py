@@ -30,6 +30,21 @@ def resize_only(cfg: DataConfig, native_side: int | None) -> bool:
     return native_side is not None and native_side <= SMALL_SIDE
 
 
+def largest_side(paths: list[str], count: int = 16) -> int | None:
+    """The largest side among the first ``count`` images of a folder data set (PIL reads
+    only their headers); None when none can be read."""
+    from PIL import Image
+
+    sides = []
+    for path in paths[:count]:
+        try:
+            with Image.open(path) as image:
+                sides.append(max(image.size))
+        except OSError:
+            continue
+    return max(sides) if sides else None
+
+
 def build_transform(cfg: DataConfig, split: str, native_side: int | None = None
                     ) -> transforms.Compose:
     """PIL image -> normalised ``(in_chans, img_size, img_size)`` tensor.
@@ -41,6 +56,10 @@ def build_transform(cfg: DataConfig, split: str, native_side: int | None = None
     from timm.data import create_transform
 
     small = resize_only(cfg, native_side)
+    if small and cfg.resize_only is None:
+        print(f"data ({split}): images of at most {native_side} px a side (<= {SMALL_SIDE}): "
+              f"resized whole to {cfg.img_size} px, no random-resized or centre crop "
+              f"(as for the registered small data sets)")
     common = dict(input_size=cfg.img_size, interpolation=cfg.interpolation,
                   mean=cfg.norm_mean, std=cfg.norm_std)
     if split == "train":

@@ -106,7 +106,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     qcfg = QuantConfig.from_dict(cfg.quant) if cfg.quant else None
     data_probe = DataConfig(data=cfg.data, img_size=224, in_chans=3, batch_size=cfg.batch_size,
                             workers=cfg.workers, seed=cfg.seed, train_limit=cfg.train_limit,
-                            val_limit=cfg.val_limit)
+                            val_limit=cfg.val_limit, **cfg.data_pipeline)
     if not cfg.resume:
         overrides = dict(cfg.model_overrides)
         if "num_classes" not in overrides and not cfg.checkpoint:

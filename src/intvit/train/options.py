@@ -40,6 +40,7 @@ class TrainConfig:
     workers: int = 0
     train_limit: int | None = None
     val_limit: int | None = None
+    data_pipeline: dict[str, Any] = field(default_factory=dict)  # DataConfig's augmentation
     wandb_project: str | None = None
     wandb_entity: str | None = None
     progress: bool = True

@@ -1,0 +1,64 @@
+"""timm's data flags: parsed, recorded in checkpoints and reused by evaluation; a folder
+of small images gets the small-image pipeline, and says so."""
+
+import numpy as np
+from PIL import Image
+
+from conftest import small_model
+from intvit.cli import build_parser, data_config, pipeline_options, recorded_pipeline
+from intvit.data import DataConfig, build_loader
+
+
+def image_folder(root, side, count=4):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (side, side), dtype=np.uint8)
+                Image.fromarray(pixels, "L").save(folder / f"{i}.png")
+    return root
+
+
+def test_folder_of_small_images_is_resized_not_cropped(tmp_path, capsys):
+    root = image_folder(tmp_path / "digits", 28)
+    loader = build_loader(DataConfig(data=str(root), img_size=32, in_chans=1, batch_size=4),
+                          "train")
+    text = repr(loader.dataset.transform)
+    assert "scale=(1.0, 1.0)" in text and "scale=(0.08" not in text
+    assert "resized whole to 32 px" in capsys.readouterr().out
+    val = build_loader(DataConfig(data=str(root), img_size=32, in_chans=1), "val")
+    assert "CenterCrop" not in repr(val.dataset.transform) or "size=(32, 32)" in repr(
+        val.dataset.transform)
+    images, _ = next(iter(val))
+    assert images.shape == (8, 1, 32, 32)
+
+
+def test_folder_of_large_images_gets_imagenet_treatment(tmp_path, capsys):
+    root = image_folder(tmp_path / "photos", 96, count=2)
+    loader = build_loader(DataConfig(data=str(root), img_size=32, in_chans=1), "train")
+    assert "scale=(0.08, 1.0)" in repr(loader.dataset.transform)
+    assert "resized whole" not in capsys.readouterr().out
+
+
+def test_pipeline_flags_are_recorded_and_reused():
+    parser = build_parser()
+    train = parser.parse_args(["train", "--hflip", "0", "--scale", "0.5", "1", "--aa",
+                               "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--crop-pct", "0.9",
+                               "--mean", "0.5", "0.5", "0.5", "--interpolation", "bilinear"])
+    recorded = pipeline_options(train)
+    assert recorded == {"hflip": 0.0, "scale": [0.5, 1.0], "auto_augment": "rand-m9-mstd0.5-inc1",
+                        "re_prob": 0.25, "crop_pct": 0.9, "mean": [0.5, 0.5, 0.5],
+                        "interpolation": "bilinear"}
+    info = {"train": {"data_pipeline": recorded}}
+    assert recorded_pipeline(info) == recorded
+    model = small_model()
+    evaluation = parser.parse_args(["eval", "--checkpoint", "c", "--data", "synthetic"])
+    cfg = data_config(evaluation, model, info)
+    assert (cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.scale) == (
+        0.9, "bilinear", (0.5, 0.5, 0.5), (0.5, 1.0))
+    typed = parser.parse_args(["eval", "--checkpoint", "c", "--data", "synthetic",
+                               "--crop-pct", "1.0"])
+    assert data_config(typed, model, info).crop_pct == 1.0
+    assert data_config(typed, model).hflip == DataConfig().hflip
