@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test clean
+.PHONY: setup data demo test gpu-check clean
 
 setup: $(STAMP) data
 
@@ -27,6 +27,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# CUDA tests, a torchrun training on the GPU, CPU-vs-CUDA integer logits and a throughput
+# table; skips with a message on a machine without CUDA.
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py --json runs/gpu-check.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,34 @@
+"""The device check's CPU-runnable parts: it skips cleanly without CUDA, and its parity
+and throughput measurements run (here on the CPU, on small models)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+spec = importlib.util.spec_from_file_location(
+    "gpu_check", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_check)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_skips_cleanly_without_cuda(capsys):
+    assert gpu_check.main([]) == 0
+    assert "gpu-check skipped: no CUDA GPU" in capsys.readouterr().out
+
+
+def test_parity_and_throughput_rows_on_the_cpu():
+    small = gpu_check.PARITY_MODELS[:2]
+    rows = gpu_check.logits_agree("cpu", batch=2, models=small)
+    assert [r["model"] for r in rows] == ["small ViT", "small Swin"]
+    assert all(r["equal"] and r["differing"] == 0 for r in rows)
+    table = gpu_check.throughput("custom", batch=4, device="cpu", warmup=0, steps=1,
+                                 overrides=gpu_check.SMALL_VIT)
+    assert [r["what"] for r in table][:4] == ["FP32 eval", "INT eval", "FP32 train step",
+                                               "QAT train step"]
+    assert all(r["images_per_s"] > 0 for r in table)
+    assert table[3]["step_time_vs_fp32"] > 0
+    text = gpu_check.markdown(table, "cpu", "custom", 4)
+    assert "| QAT train step |" in text and "x |" in text
