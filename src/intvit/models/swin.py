@@ -22,8 +22,8 @@ entering each stage, the place ViT's position-embedded tokens hold):
 Integer-only details (``Mode.INT``; ``Mode.FAKE`` computes the same integers as float
 values with straight-through gradients):
 
-* **Relative position bias.** The learned table is quantized, per forward, at the scale
-  of the logits' requantizer (``attn.scores_act``) and added there as its residual:
+* **Relative position bias.** The learned table is quantized (per step in QAT, frozen
+  once in eval mode, with the window mask) at the scale of the logits' requantizer (``attn.scores_act``) and added there as its residual:
   ``logits = sat(requantize(q k^T) + q_bias)``. Calibration records the range of
   ``scores + bias``.
 * **Shifted-window mask.** Float modes add timm's ``-100`` mask after the logits'

@@ -1,7 +1,7 @@
 """The integer steps between quantized modules, as pure functions on int64 tensors.
 
-The quantized modules call them in ``Mode.INT`` with constants they derive from their
-float scales; the inference engine (:mod:`intvit.engine`) calls them with the same
+The quantized modules call them in ``Mode.INT`` with the constants they froze from their
+float scales on their first INT-mode call; the inference engine (:mod:`intvit.engine`) calls them with the same
 constants frozen into a program. One definition, so the two agree bit for bit.
 
 * ``quantize_input``: ``clamp(floor(x / s + 1/2), lo, hi)``, the one float-to-integer
