@@ -14,7 +14,7 @@ produced: a lowering that differs from the model fails at export, naming the mod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
