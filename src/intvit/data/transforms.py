@@ -58,8 +58,8 @@ def build_transform(cfg: DataConfig, split: str, native_side: int | None = None
     small = resize_only(cfg, native_side)
     if small and cfg.resize_only is None:
         print(f"data ({split}): images of at most {native_side} px a side (<= {SMALL_SIDE}): "
-              f"resized whole to {cfg.img_size} px, no random-resized or centre crop "
-              f"(as for the registered small data sets)")
+              f"resized whole to {cfg.img_size} px, without random-resized crops or a "
+              f"crop margin (as for the registered small data sets)")
     common = dict(input_size=cfg.img_size, interpolation=cfg.interpolation,
                   mean=cfg.norm_mean, std=cfg.norm_std)
     if split == "train":
