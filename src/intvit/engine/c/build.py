@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...fileio import write_text
 from ..engines import Engine
 from ..program import IntProgram, ProgramError
 from .library import CFLAGS, SOURCES, CLibrary, generate
@@ -58,7 +59,7 @@ def build(library: CLibrary, flags: tuple[str, ...] = ENGINE_FLAGS, cc: str | No
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         work = library.write(tmp)
         for name, text in extra.items():
-            (work / name).write_text(text)
+            write_text(work / name, text)
         sources = [str(work / s) for s in (*SOURCES, *extra)]
         link = ["-shared", "-fPIC"] if shared else []
         out = work / target.name
@@ -84,14 +85,17 @@ def load(path: Path) -> ctypes.CDLL:
 
 
 class CEngine(Engine):
-    """``c``: the exported C library, compiled for this host, called through ctypes."""
+    """``c``: the exported C library, compiled for this host, called through ctypes.
+    Single-threaded like the library (``threads`` is accepted for the engines' common
+    signature and ignored)."""
 
     name = "c"
 
     def __init__(self, program: IntProgram, threads: int | None = None,
-                 flags: tuple[str, ...] = ENGINE_FLAGS) -> None:
+                 flags: tuple[str, ...] = ENGINE_FLAGS, library: CLibrary | None = None
+                 ) -> None:
         super().__init__(program)
-        library = generate(program)
+        library = library or generate(program)
         self.lib = load(build(library, flags))
         self.classes = library.plan.values[library.plan.logits].numel
         self.scratch = np.zeros(library.scratch_bytes + 64, dtype=np.uint8)

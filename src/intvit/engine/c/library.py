@@ -41,7 +41,7 @@ def kernel_header() -> str:
 class CLibrary:
     plan: Plan
     files: dict[str, str]
-    weight_bytes: int
+    memory: "MemoryFigures"
 
     @property
     def scratch_bytes(self) -> int:
@@ -162,7 +162,7 @@ def generate(program: IntProgram) -> CLibrary:
         f"    return {PREFIX}_run(q, logits, scratch);\n}}\n")
     from .readme import readme
     files["README.md"] = readme(plan, mem, x.ctype, classes)
-    return CLibrary(plan, files, mem.weight_bytes)
+    return CLibrary(plan, files, mem)
 
 
 def _copy_logits(plan: Plan, e: Emitter) -> str:
