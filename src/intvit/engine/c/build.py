@@ -92,11 +92,11 @@ class CEngine(Engine):
     name = "c"
 
     def __init__(self, program: IntProgram, threads: int | None = None,
-                 flags: tuple[str, ...] = ENGINE_FLAGS, library: CLibrary | None = None
-                 ) -> None:
+                 flags: tuple[str, ...] = ENGINE_FLAGS, library: CLibrary | None = None,
+                 cc: str | None = None) -> None:
         super().__init__(program)
         library = library or generate(program)
-        self.lib = load(build(library, flags))
+        self.lib = load(build(library, flags, cc))
         self.classes = library.plan.values[library.plan.logits].numel
         self.scratch = np.zeros(library.scratch_bytes + 64, dtype=np.uint8)
         start = (-self.scratch.ctypes.data) % 64

@@ -24,8 +24,8 @@ from math import prod
 
 import torch
 
+from ..ops import OPS, as_value
 from ..program import IntProgram, ProgramError
-from ..runtime import IntRuntime
 
 ALIGN = 16
 INT32_MAX = (1 << 31) - 1
@@ -135,8 +135,7 @@ def make_plan(program: IntProgram) -> Plan:
     if not nodes or nodes[0].op != "quantize" or nodes[0].inputs != [program.input]:
         raise ProgramError("the C export needs a program whose first node quantizes the "
                            "images (every intvit export is one)")
-    c, h, w = program.input_shape
-    traced = IntRuntime(program).run(torch.zeros(1, c, h, w))
+    traced = trace_shapes(program)
     tensors = program.tensors
     values: dict[str, Value] = {}
     for name, t in tensors.items():
@@ -149,7 +148,7 @@ def make_plan(program: IntProgram) -> Plan:
     for i, node in enumerate(nodes):
         if node.op == "dequantize":
             continue
-        shape = tuple(traced[node.output].shape)
+        shape = traced[node.output]
         lo, hi, view = _derive(node, i, values, tensors, shape)
         value = Value(node.output, shape, lo, hi, first=i)
         if view is not None:
@@ -167,6 +166,30 @@ def make_plan(program: IntProgram) -> Plan:
     _lifetimes(plan)
     _allocate(plan)
     return plan
+
+
+def trace_shapes(program: IntProgram) -> dict[str, tuple[int, ...]]:
+    """Every value's shape for one image: the program's ops on a zero image, except that
+    the products (``linear``, ``matmul``, the expensive part) only yield zeros of their
+    result's shape; shapes are all the plan takes from the trace."""
+    c, h, w = program.input_shape
+    values = {k: as_value(t) for k, t in program.tensors.items()}
+    values[program.input] = torch.zeros(1, c, h, w)
+    with torch.inference_mode():
+        for node in program.nodes:
+            args = [values[i] for i in node.inputs]
+            if node.op == "linear":
+                rows = program.tensors[node.params["weight"]].shape[0]
+                out = torch.zeros(*args[0].shape[:-1], rows, dtype=torch.int64)
+            elif node.op == "matmul":
+                a, b = args
+                lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+                out = torch.zeros(*lead, a.shape[-2], b.shape[-1], dtype=torch.int64)
+            else:
+                params = {r: program.tensors[t] for r, t in node.params.items()}
+                out = OPS[node.op](*args, **node.attrs, **params)
+            values[node.output] = out
+    return {k: tuple(v.shape) for k, v in values.items()}
 
 
 def _derive(node, i: int, values: dict[str, Value], tensors, shape):
