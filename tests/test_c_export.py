@@ -173,6 +173,10 @@ def test_cli_export_c_inspect_and_max_ram(models, tmp_path, capsys):
     assert main(["export", "--program", str(tmp_path / "p.safetensors"), "--format", "c",
                  "--out", str(tmp_path / "x"), "--max-ram", "lots"]) == 2
     assert "byte count" in capsys.readouterr().err
+    # what `intvit eval` evaluates, on a data set's validation images, equals the C build
+    assert main(["verify", "--checkpoint", str(ck), "--engines", "model,c", "--data",
+                 "synthetic", "--limit", "24", "--batch-size", "8"]) == 0
+    assert "model vs c: 0 of 240 logits differ" in capsys.readouterr().out
 
 
 def test_full_size_deit_tiny_is_bit_exact():
