@@ -110,7 +110,7 @@ def values_of(e: Emitter, node: Node) -> tuple[list[Value], Value]:
     return [e.plan.values[n] for n in node.inputs], e.plan.values[node.output]
 
 
-def offset_ptr(ptr: str, ctype: str, k: int) -> str:
+def offset_ptr(ptr: str, k: int) -> str:
     return f"({ptr} + {k})" if k else ptr
 
 
@@ -255,7 +255,7 @@ def _select(e: Emitter, i: int, node: Node) -> None:
     start = node.attrs["index"] if node.op == "take" else node.attrs["start"]
     shape = list(x.shape)
     shape[axis] = 1 if node.op == "take" else node.attrs["end"] - start
-    src = offset_ptr(e.ptr(x.name), x.ctype, start * ss[axis])
+    src = offset_ptr(e.ptr(x.name), start * ss[axis])
     ds = strides(tuple(shape))
     e.copy(shape, src, x.ctype, ss, e.ptr(y.name), y.ctype, ds)
 
@@ -268,7 +268,7 @@ def _concat(e: Emitter, i: int, node: Node) -> None:
     at = 0
     for x in ins:
         e.copy(x.shape, e.ptr(x.name), x.ctype, strides(x.shape),
-               offset_ptr(e.ptr(y.name), y.ctype, at * ds[axis]), y.ctype, ds)
+               offset_ptr(e.ptr(y.name), at * ds[axis]), y.ctype, ds)
         at += x.shape[axis]
 
 
@@ -292,9 +292,9 @@ def _roll(e: Emitter, i: int, node: Node) -> None:
                 split.append((src, dst, sh))
         boxes = split
     for src, dst, shape in boxes:
-        e.copy(shape, offset_ptr(e.ptr(x.name), x.ctype, sum(a * b for a, b in zip(src, ss))),
-               x.ctype, ss, offset_ptr(e.ptr(y.name), y.ctype,
-                                       sum(a * b for a, b in zip(dst, ss))), y.ctype, ss)
+        e.copy(shape, offset_ptr(e.ptr(x.name), sum(a * b for a, b in zip(src, ss))),
+               x.ctype, ss, offset_ptr(e.ptr(y.name), sum(a * b for a, b in zip(dst, ss))),
+               y.ctype, ss)
 
 
 @emitter("pad")
@@ -304,7 +304,7 @@ def _pad(e: Emitter, i: int, node: Node) -> None:
     start = sum(before * d for (before, _), d in zip(node.attrs["pads"], ds))
     e.emit(f"memset({e.ptr(y.name)}, 0, {y.nbytes});")
     e.copy(x.shape, e.ptr(x.name), x.ctype, strides(x.shape),
-           offset_ptr(e.ptr(y.name), y.ctype, start), y.ctype, ds)
+           offset_ptr(e.ptr(y.name), start), y.ctype, ds)
 
 
 @emitter("where")

@@ -86,10 +86,6 @@ class Plan:
     def input(self) -> Value:
         return self.values[self.program.nodes[0].output]
 
-    def const_bytes(self) -> int:
-        """Bytes of the constant arrays (weights, biases, tables, dyadic pairs)."""
-        return sum(v.nbytes for v in self.values.values() if v.kind == "const")
-
     def root(self, name: str) -> Value:
         value = self.values[name]
         while value.kind == "view":
