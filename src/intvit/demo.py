@@ -1,8 +1,9 @@
 """The main job on a built-in default: analyze the approximations, train a small ViT on
 Fashion-MNIST in float (cached), quantize it (PTQ), fine-tune it (QAT) and evaluate the
-integer model after each step; then export the trained model as an integer program and
-an ONNX graph, check that every engine gives the model's integer logits on the
-validation images, and time the engines against the float baselines. Falls back to the
+integer model after each step; then export the trained model as an integer program, an
+ONNX graph and a C library, check that every engine (the compiled C library included)
+gives the model's integer logits on the validation images, and time the engines against
+the float baselines. Falls back to the
 synthetic set where Fashion-MNIST is not installed (``apt-get install
 dataset-fashion-mnist``)."""
 
@@ -81,6 +82,7 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
 
     from .engine import export_program
     from .engine.bench import markdown, time_engines
+    from .engine.c import generate
     from .engine.commands import compare_engines
     from .engine.engines import make_engine
     from .engine.onnx_export import to_onnx
@@ -90,7 +92,8 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
     program = export_program(model)
     program.save(out / "model.int.safetensors")
     onnx.save(to_onnx(program), str(out / "model.onnx"))
-    kinds = ["int", "onnx"] + (["tvm"] if tvm_available() else [])
+    c_library = generate(program).write(out / "c")
+    kinds = ["int", "onnx"] + (["tvm"] if tvm_available() else []) + ["c"]
     engines = {"model": lambda x: model.forward_int(x).value}
     engines |= {kind: make_engine(kind, program) for kind in kinds}
     parity = compare_engines(engines, (images for images, _ in val))
@@ -99,6 +102,7 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
     latency = markdown(rows, "Latency of the demo model (2 threads, median of 20 runs):")
     (out / "latency.md").write_text(latency + "\n")
     return {"program": str(out / "model.int.safetensors"), "onnx": str(out / "model.onnx"),
+            "c": str(c_library),
             "parity": parity, "latency": [vars(r) for r in rows], "latency_table": latency}
 
 

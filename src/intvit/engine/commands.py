@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .engines import ENGINES, make_engine
-from .program import IntProgram
+from .program import IntProgram, ProgramError
 
-FORMATS = ("int", "onnx", "golden")
+FORMATS = ("int", "onnx", "golden", "c")
 
 
 def load_program(args: argparse.Namespace) -> IntProgram:
@@ -30,12 +31,18 @@ def load_program(args: argparse.Namespace) -> IntProgram:
 
 
 def export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a calibrated or trained checkpoint")
+    p.add_argument("--checkpoint", help="a calibrated or trained checkpoint")
+    p.add_argument("--program", help="instead of --checkpoint: an integer program "
+                   "(--format c only)")
     p.add_argument("--out", required=True,
-                   help="the file (int: .safetensors, onnx: .onnx) or folder (golden)")
+                   help="the file (int: .safetensors, onnx: .onnx) or folder (golden, c)")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="int (the integer program, default; .onnx names choose onnx), onnx "
-                        "(ONNX graph, integer-only body), golden (per-layer test vectors)")
+                        "(ONNX graph, integer-only body), golden (per-layer test vectors), "
+                        "c (a dependency-free C99 library)")
+    p.add_argument("--max-ram", metavar="BYTES",
+                   help="c: refuse an export whose scratch buffer exceeds this (e.g. 512K, "
+                        "2M, 300000)")
     p.add_argument("--images", type=int, default=2, help="images in the golden vectors")
     p.add_argument("--seed", type=int, default=0, help="seed of the golden/probe images")
 
@@ -45,6 +52,11 @@ def run_export(args: argparse.Namespace) -> int:
     from .export import export_program, probe_images
 
     fmt = args.format or ("onnx" if str(args.out).endswith(".onnx") else "int")
+    if fmt == "c":
+        return export_c(args)
+    if not args.checkpoint:
+        raise ValueError(f"--format {fmt} exports from --checkpoint CK (a calibrated or "
+                         "trained model); --program works with --format c only")
     model, _ = load_checkpoint(args.checkpoint)
     program = export_program(model, info={"checkpoint": str(args.checkpoint)})
     out = Path(args.out)
@@ -67,6 +79,33 @@ def run_export(args: argparse.Namespace) -> int:
         write_golden(program, images, out)
         print(f"golden vectors for {args.images} images, {len(program.nodes)} nodes: "
               f"{out}/manifest.json (check with `intvit verify --golden {out}`)")
+    return 0
+
+
+def parse_bytes(text: str) -> int:
+    """``300000``, ``512K``, ``2M`` (KiB and MiB) as bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(t[-1:], 1)
+    number = t[:-1] if t[-1:] in units else t
+    if not number.isdigit():
+        raise ValueError(f"--max-ram takes a byte count such as 300000, 512K or 2M; got {text!r}")
+    return int(number) * scale
+
+
+def export_c(args: argparse.Namespace) -> int:
+    from .c import generate
+    program = load_program(args)
+    library = generate(program)
+    figures = library.memory
+    if args.max_ram is not None and figures.scratch_bytes > parse_bytes(args.max_ram):
+        raise ValueError(f"the model needs a {figures.scratch_bytes}-byte scratch buffer "
+                         f"({figures.scratch_bytes / 1024:.1f} KiB), more than --max-ram "
+                         f"{args.max_ram}; export a smaller model (fewer tokens or a narrower "
+                         "embedding) or raise the limit")
+    out = library.write(args.out)
+    print(f"C library: {out}/ ({len(library.files)} files; build and API in "
+          f"{out}/README.md)\n  " + "\n  ".join(figures.lines()))
     return 0
 
 
@@ -186,7 +225,15 @@ def run_inspect(args: argparse.Namespace) -> int:
     print("  ops: " + ", ".join(f"{op} x{n}" for op, n in ops.most_common()))
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in program.tensors.values())
     print("  tensor dtypes: " + ", ".join(f"{d} x{n}" for d, n in dtypes.most_common()))
-    write_json(args.json, program.graph())
+    from .c import memory
+    try:
+        figures = memory(program)
+        print("  C export (--format c): " + "; ".join(figures.lines()))
+        c_memory = asdict(figures)
+    except ProgramError as err:
+        print(f"  C export (--format c): not possible: {err}")
+        c_memory = {"error": str(err)}
+    write_json(args.json, {**program.graph(), "c_memory": c_memory})
     return 0
 
 

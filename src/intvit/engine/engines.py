@@ -1,6 +1,6 @@
 """The engines that run an integer program, by name: ``int`` (PyTorch integer ops),
-``onnx`` (ONNX Runtime on :func:`~.onnx_export.to_onnx`'s graph) and ``tvm`` (that
-graph compiled by Apache TVM). Each maps float images to int64 logits and checks its
+``onnx`` (ONNX Runtime on :func:`~.onnx_export.to_onnx`'s graph), ``tvm`` (that
+graph compiled by Apache TVM) and ``c`` (the C export, :mod:`.c`, compiled for the host). Each maps float images to int64 logits and checks its
 input the same way; ``exact_logits`` gives the float64 logits (integer times scale)."""
 
 from __future__ import annotations
@@ -78,8 +78,14 @@ class TvmEngine(Engine):
         return torch.from_numpy(np.asarray(self.module(images.numpy())[0]))
 
 
+def c_engine(program: IntProgram, threads: int | None = None) -> Engine:
+    """The exported C library compiled for this host (:mod:`.c.build`); single-threaded."""
+    from .c.build import CEngine
+    return CEngine(program, threads)
+
+
 ENGINES: dict[str, Callable[..., Engine]] = {
-    "int": IntEngine, "onnx": OnnxEngine, "tvm": TvmEngine}
+    "int": IntEngine, "onnx": OnnxEngine, "tvm": TvmEngine, "c": c_engine}
 
 
 def make_engine(kind: str, program: IntProgram, threads: int | None = 2,

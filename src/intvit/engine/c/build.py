@@ -1,0 +1,112 @@
+"""Compiling a generated C library for this host, and the ``c`` engine that runs it.
+
+The library is compiled once per program and flags, cached under
+``$INTVIT_CACHE/c/<sha256 of sources, flags and compiler>/`` (default
+``~/.cache/intvit``): ``-O3 -march=native`` for the engine, anything else on request
+(the tests build with sanitizers). The engine calls ``intvit_model_run_float`` through
+ctypes, one image at a time, each with the same scratch buffer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...fileio import write_text
+from ..engines import Engine
+from ..program import IntProgram, ProgramError
+from .library import CFLAGS, SOURCES, CLibrary, generate
+
+ENGINE_FLAGS = ("-O3", "-march=native")
+_LOADED: dict[Path, ctypes.CDLL] = {}
+
+
+def compiler() -> str:
+    """``$CC``, else ``cc``/``gcc``/``clang`` on the PATH."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    raise ProgramError("the c engine needs a C compiler: install gcc or clang, or set CC")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("INTVIT_CACHE", Path.home() / ".cache" / "intvit")) / "c"
+
+
+def build(library: CLibrary, flags: tuple[str, ...] = ENGINE_FLAGS, cc: str | None = None,
+          shared: bool = True, extra_sources: dict[str, str] | None = None) -> Path:
+    """Compile (or find in the cache) the library; returns the shared object or program."""
+    cc = cc or compiler()
+    extra = extra_sources or {}
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    sha = hashlib.sha256()
+    for name, text in sorted({**library.files, **extra}.items()):
+        sha.update(f"{name}\0{text}\0".encode())
+    sha.update(f"{cc}\0{version}\0{' '.join(flags)}\0{shared}".encode())
+    folder = cache_root() / sha.hexdigest()[:24]
+    target = folder / ("libintvit_model.so" if shared else "intvit_model_test")
+    if target.is_file():
+        return target
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        work = library.write(tmp)
+        for name, text in extra.items():
+            write_text(work / name, text)
+        sources = [str(work / s) for s in (*SOURCES, *extra)]
+        link = ["-shared", "-fPIC"] if shared else []
+        out = work / target.name
+        done = subprocess.run([cc, *CFLAGS, *flags, *link, "-o", str(out), *sources],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ProgramError(f"compiling the C export failed ({cc} {' '.join(flags)}):\n"
+                               f"{done.stderr[-4000:]}")
+        try:
+            work.rename(folder)
+        except OSError:  # another process built it first
+            pass
+    return target
+
+
+def load(path: Path) -> ctypes.CDLL:
+    if path not in _LOADED:
+        lib = ctypes.CDLL(str(path))
+        lib.intvit_model_run_float.restype = ctypes.c_int32
+        lib.intvit_model_run_float.argtypes = [ctypes.c_void_p] * 3
+        _LOADED[path] = lib
+    return _LOADED[path]
+
+
+class CEngine(Engine):
+    """``c``: the exported C library, compiled for this host, called through ctypes.
+    Single-threaded like the library (``threads`` is accepted for the engines' common
+    signature and ignored)."""
+
+    name = "c"
+
+    def __init__(self, program: IntProgram, threads: int | None = None,
+                 flags: tuple[str, ...] = ENGINE_FLAGS, library: CLibrary | None = None,
+                 cc: str | None = None) -> None:
+        super().__init__(program)
+        library = library or generate(program)
+        self.lib = load(build(library, flags, cc))
+        self.classes = library.plan.values[library.plan.logits].numel
+        self.scratch = np.zeros(library.scratch_bytes + 64, dtype=np.uint8)
+        start = (-self.scratch.ctypes.data) % 64
+        self.scratch_ptr = self.scratch.ctypes.data + start
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.numpy()
+        logits = np.zeros((x.shape[0], self.classes), dtype=np.int32)
+        for b in range(x.shape[0]):
+            image = np.ascontiguousarray(x[b])
+            self.lib.intvit_model_run_float(image.ctypes.data, logits[b].ctypes.data,
+                                            self.scratch_ptr)
+        return torch.from_numpy(logits.astype(np.int64))

@@ -1,0 +1,334 @@
+"""C source of a planned program: one call into the kernel layer per node.
+
+:data:`EMITTERS` maps each program op to the function that writes its C statement
+(index moves become box copies, :data:`KERNELS` names the kernel macros). Constants are
+written as ``const`` arrays in the element type the kernel reads (biases, multipliers
+and exponential tables as ``int32_t``, shifts as ``int8_t``, weights and tables in their
+own type), each once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Callable
+
+import torch
+
+from ..program import Node, ProgramError
+from .plan import CTYPE_SIZE, CTYPES, Plan, Value, strides
+
+SHORT = {ctype: short for ctype, short, *_ in CTYPES}
+LIMITS = {ctype: (lo, hi) for ctype, _, lo, hi, _ in CTYPES}
+# kernel -> macro suffix in intvit_kernels.h
+KERNELS = {"matmul": "MATMUL", "requantize": "REQUANTIZE", "requantize_add": "REQUANTIZE_ADD",
+           "lookup": "LOOKUP", "softmax": "SOFTMAX", "layernorm": "LAYERNORM",
+           "copy": "COPY", "where": "WHERE", "sum": "SUM"}
+DIMS = 6
+
+
+def literal(v: int) -> str:
+    """A C integer literal of any int64 value (INT_MIN forms need a subtraction)."""
+    if v < -(1 << 31):
+        return f"(-INT64_C({-v - 1}) - 1)"
+    if v == -(1 << 31):
+        return "(-2147483647 - 1)"
+    if v > (1 << 31) - 1:
+        return f"INT64_C({v})"
+    return str(v)
+
+
+@dataclass
+class Emitter:
+    plan: Plan
+    lines: list[str] = field(default_factory=list)
+    arrays: dict[tuple, str] = field(default_factory=dict)       # (kind, key) -> name
+    array_text: list[str] = field(default_factory=list)          # small static arrays
+    consts: dict[tuple[str, str], str] = field(default_factory=dict)  # (tensor, ctype)
+    kernels: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    # --- names ---------------------------------------------------------------------------
+    def ptr(self, name: str) -> str:
+        value = self.plan.values[name]
+        offset = 0
+        while value.kind == "view":
+            offset += value.offset
+            value = self.plan.values[value.base]
+        return self.at(value, offset, self.plan.values[name].ctype)
+
+    def at(self, root: Value, offset: int, ctype: str) -> str:
+        if root.kind == "const":
+            base = self.const(root.name, root.ctype)
+        elif root.kind == "input":
+            base = "input"
+        elif root.kind == "output":
+            base = "logits"
+        else:
+            return f"(({ctype} *)(s + {root.byte_offset + offset * CTYPE_SIZE[ctype]}))"
+        return f"({base} + {offset})" if offset else base
+
+    def const(self, tensor: str, ctype: str) -> str:
+        """The C array holding a program tensor as ``ctype`` (checked to fit)."""
+        key = (tensor, ctype)
+        if key not in self.consts:
+            t = self.plan.program.tensors[tensor].to(torch.int64)
+            lo, hi = LIMITS[ctype]
+            if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
+                raise ProgramError(f"tensor {tensor} does not fit {ctype}")
+            self.consts[key] = f"intvit_c{len(self.consts)}"
+        return self.consts[key]
+
+    def ints(self, values: list[int]) -> str:
+        """A static ``int32_t`` array of small integers (shapes, strides)."""
+        key = ("ints", tuple(values))
+        if key not in self.arrays:
+            name = f"k{len(self.arrays)}"
+            self.arrays[key] = name
+            self.array_text.append(f"static const int32_t {name}[{len(values)}] = "
+                                   f"{{{', '.join(map(str, values))}}};")
+        return self.arrays[key]
+
+    def kernel(self, kind: str, *ctypes: str) -> str:
+        name = f"intvit_{kind}_{'_'.join(SHORT[c] for c in ctypes)}"
+        self.kernels[name] = (KERNELS[kind], ctypes)
+        return name
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " + line)
+
+    # --- box copies ----------------------------------------------------------------------
+    def copy(self, shape, src: str, src_ctype: str, ss, dst: str, dst_ctype: str, ds) -> None:
+        pad = DIMS - len(shape)
+        if pad < 0:
+            raise ProgramError(f"the C export copies boxes of at most {DIMS} dimensions")
+        fn = self.kernel("copy", src_ctype, dst_ctype)
+        self.emit(f"{fn}({self.ints([1] * pad + list(shape))}, {src}, "
+                  f"{self.ints([0] * pad + list(ss))}, {dst}, {self.ints([0] * pad + list(ds))});")
+
+
+def values_of(e: Emitter, node: Node) -> tuple[list[Value], Value]:
+    return [e.plan.values[n] for n in node.inputs], e.plan.values[node.output]
+
+
+def offset_ptr(ptr: str, k: int) -> str:
+    return f"({ptr} + {k})" if k else ptr
+
+
+EMITTERS: dict[str, Callable[[Emitter, int, Node], None]] = {}
+
+
+def emitter(*ops: str):
+    def register(fn):
+        for op in ops:
+            EMITTERS[op] = fn
+        return fn
+    return register
+
+
+@emitter("quantize", "reshape", "broadcast", "dequantize")
+def _nothing(e: Emitter, i: int, node: Node) -> None:
+    """Views and the two float ends: no code in the integer body."""
+
+
+@emitter("linear")
+def _linear(e: Emitter, i: int, node: Node) -> None:
+    (x,), y = values_of(e, node)
+    w = e.plan.values[node.params["weight"]]
+    n, k = w.shape
+    bias = e.const(node.params["bias"], "int32_t") if "bias" in node.params else "NULL"
+    fn = e.kernel("matmul", x.ctype, w.ctype)
+    e.emit(f"{fn}({x.numel // k}, {n}, {k}, {e.ptr(x.name)}, "
+           f"{e.const(w.name, w.ctype)}, {bias}, {e.ptr(y.name)});")
+
+
+@emitter("matmul")
+def _matmul(e: Emitter, i: int, node: Node) -> None:
+    (a, b), y = values_of(e, node)
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    lead, lead_b = prod(a.shape[:-2]), prod(b.shape[:-2])
+    if lead_b not in (1, lead):
+        raise ProgramError(f"node {i}: the C export multiplies equal or shared batches only")
+    bt = e.plan.temps[i]
+    bt_ptr = e.at(bt, 0, bt.ctype)
+    e.copy((lead_b, n, k), e.ptr(b.name), b.ctype, (k * n, 1, n), bt_ptr, bt.ctype,
+           (n * k, k, 1))
+    fn = e.kernel("matmul", a.ctype, b.ctype)
+    step_b = f"l * {n * k}" if lead_b > 1 else "0"
+    e.emit(f"for (l = 0; l < {lead}; l++) {fn}({m}, {n}, {k}, {e.ptr(a.name)} + l * {m * k}, "
+           f"{bt_ptr} + {step_b}, NULL, {e.ptr(y.name)} + l * {m * n});")
+
+
+def _pairs(e: Emitter, node: Node, m: str, ex: str, channels: int, i: int) -> tuple[str, str, int]:
+    tm, te = (e.plan.program.tensors[node.params[r]] for r in (m, ex))
+    count = tm.numel()
+    if count not in (1, channels) or te.numel() != count:
+        raise ProgramError(f"node {i}: multipliers must be per tensor or per channel")
+    return e.const(node.params[m], "int32_t"), e.const(node.params[ex], "int8_t"), int(count > 1)
+
+
+@emitter("requantize")
+def _requantize(e: Emitter, i: int, node: Node) -> None:
+    ins, y = values_of(e, node)
+    x = ins[0]
+    c = x.shape[-1]
+    rows = x.numel // c
+    m, ex, per = _pairs(e, node, "m", "e", c, i)
+    lo, hi = node.attrs["lo"], node.attrs["hi"]
+    if len(ins) == 1:
+        fn = e.kernel("requantize", x.ctype, y.ctype)
+        e.emit(f"{fn}({rows}, {c}, {e.ptr(x.name)}, {m}, {ex}, {per}, {lo}, {hi}, "
+               f"{e.ptr(y.name)});")
+        return
+    r = ins[1]
+    trailing = tuple(r.shape)
+    while trailing and trailing[0] == 1:
+        trailing = trailing[1:]
+    if tuple(x.shape[len(x.shape) - len(trailing):]) != trailing or not trailing \
+            or trailing[-1] != c:
+        raise ProgramError(f"node {i}: the residual {r.shape} does not repeat over {x.shape}")
+    rm, re_, rper = _pairs(e, node, "residual_m", "residual_e", c, i)
+    fn = e.kernel("requantize_add", x.ctype, r.ctype, y.ctype)
+    e.emit(f"{fn}({rows}, {c}, {e.ptr(x.name)}, {m}, {ex}, {per}, {e.ptr(r.name)}, "
+           f"{r.numel // c}, {rm}, {re_}, {rper}, {lo}, {hi}, {e.ptr(y.name)});")
+
+
+@emitter("lookup")
+def _lookup(e: Emitter, i: int, node: Node) -> None:
+    (x,), y = values_of(e, node)
+    fn = e.kernel("lookup", x.ctype, y.ctype)
+    e.emit(f"{fn}({x.numel}, {e.ptr(x.name)}, {e.const(node.params['table'], y.ctype)}, "
+           f"{node.attrs['lo']}, {e.ptr(y.name)});")
+
+
+@emitter("softmax")
+def _softmax(e: Emitter, i: int, node: Node) -> None:
+    (x,), y = values_of(e, node)
+    a, t = node.attrs, e.plan.program.tensors
+    length = x.shape[-1]
+    if a["e_max"] * length >= a["numerator"]:
+        raise ProgramError(f"node {i}: rows of {length} can sum past the softmax numerator")
+    table = node.params["exp_table"]
+    fn = e.kernel("softmax", x.ctype, y.ctype)
+    e.emit(f"{fn}({x.numel // length}, {length}, {e.ptr(x.name)}, {e.const(table, 'int32_t')}, "
+           f"{t[table].numel()}, {literal(a['numerator'])}, {literal(int(t[node.params['m']]))}, "
+           f"{int(t[node.params['e']])}, {a['lo']}, {a['hi']}, {e.ptr(y.name)});")
+
+
+@emitter("layernorm")
+def _layernorm(e: Emitter, i: int, node: Node) -> None:
+    (x,), y = values_of(e, node)
+    c = x.shape[-1]
+    m, ex, per = _pairs(e, node, "m", "e", c, i)
+    if not per or e.plan.program.tensors[node.params["beta"]].numel() != c:
+        raise ProgramError(f"node {i}: LayerNorm's affine must be per channel")
+    a = node.attrs
+    fn = e.kernel("layernorm", x.ctype, y.ctype)
+    e.emit(f"{fn}({x.numel // c}, {c}, {e.ptr(x.name)}, {a['var_shift']}, {m}, {ex}, "
+           f"{e.const(node.params['beta'], 'int32_t')}, {a['lo']}, {a['hi']}, {e.ptr(y.name)});")
+
+
+@emitter("sum")
+def _sum(e: Emitter, i: int, node: Node) -> None:
+    (x,), y = values_of(e, node)
+    axis = node.attrs["axis"] % len(x.shape)
+    fn = e.kernel("sum", x.ctype, y.ctype)
+    e.emit(f"{fn}({prod(x.shape[:axis])}, {x.shape[axis]}, {prod(x.shape[axis + 1:])}, "
+           f"{e.ptr(x.name)}, {e.ptr(y.name)});")
+
+
+@emitter("transpose")
+def _transpose(e: Emitter, i: int, node: Node) -> None:
+    (x,), y = values_of(e, node)
+    ss = strides(x.shape)
+    e.copy(y.shape, e.ptr(x.name), x.ctype, [ss[p] for p in node.attrs["perm"]],
+           e.ptr(y.name), y.ctype, strides(y.shape))
+
+
+@emitter("take", "slice")
+def _select(e: Emitter, i: int, node: Node) -> None:
+    (x,), y = values_of(e, node)
+    if y.kind == "view":
+        return
+    axis = node.attrs["axis"] % len(x.shape)
+    ss = strides(x.shape)
+    start = node.attrs["index"] if node.op == "take" else node.attrs["start"]
+    shape = list(x.shape)
+    shape[axis] = 1 if node.op == "take" else node.attrs["end"] - start
+    src = offset_ptr(e.ptr(x.name), start * ss[axis])
+    ds = strides(tuple(shape))
+    e.copy(shape, src, x.ctype, ss, e.ptr(y.name), y.ctype, ds)
+
+
+@emitter("concat")
+def _concat(e: Emitter, i: int, node: Node) -> None:
+    ins, y = values_of(e, node)
+    axis = node.attrs["axis"] % len(y.shape)
+    ds = strides(y.shape)
+    at = 0
+    for x in ins:
+        e.copy(x.shape, e.ptr(x.name), x.ctype, strides(x.shape),
+               offset_ptr(e.ptr(y.name), at * ds[axis]), y.ctype, ds)
+        at += x.shape[axis]
+
+
+@emitter("roll")
+def _roll(e: Emitter, i: int, node: Node) -> None:
+    """``out[j] = x[(j - shift) mod size]`` along each rolled dim: two boxes per dim."""
+    (x,), y = values_of(e, node)
+    ss = strides(x.shape)
+    boxes = [([0] * len(x.shape), [0] * len(x.shape), list(x.shape))]
+    for shift, dim in zip(node.attrs["shifts"], node.attrs["dims"]):
+        dim %= len(x.shape)
+        size = x.shape[dim]
+        shift %= size
+        if not shift:
+            continue
+        split = []
+        for src0, dst0, shape in boxes:
+            for s_start, d_start, length in ((0, shift, size - shift), (size - shift, 0, shift)):
+                src, dst, sh = list(src0), list(dst0), list(shape)
+                src[dim], dst[dim], sh[dim] = s_start, d_start, length
+                split.append((src, dst, sh))
+        boxes = split
+    for src, dst, shape in boxes:
+        e.copy(shape, offset_ptr(e.ptr(x.name), sum(a * b for a, b in zip(src, ss))),
+               x.ctype, ss, offset_ptr(e.ptr(y.name), sum(a * b for a, b in zip(dst, ss))),
+               y.ctype, ss)
+
+
+@emitter("pad")
+def _pad(e: Emitter, i: int, node: Node) -> None:
+    (x,), y = values_of(e, node)
+    ds = strides(y.shape)
+    start = sum(before * d for (before, _), d in zip(node.attrs["pads"], ds))
+    e.emit(f"memset({e.ptr(y.name)}, 0, {y.nbytes});")
+    e.copy(x.shape, e.ptr(x.name), x.ctype, strides(x.shape),
+           offset_ptr(e.ptr(y.name), start), y.ctype, ds)
+
+
+@emitter("where")
+def _where(e: Emitter, i: int, node: Node) -> None:
+    (x, cond), y = values_of(e, node)
+    if len(cond.shape) != len(x.shape) or len(x.shape) > DIMS:
+        raise ProgramError(f"node {i}: the mask must have the rank of its input (<= {DIMS})")
+    cs = [0 if c == 1 and n != 1 else s
+          for c, n, s in zip(cond.shape, x.shape, strides(cond.shape))]
+    pad = DIMS - len(x.shape)
+    fn = e.kernel("where", x.ctype, y.ctype)
+    e.emit(f"{fn}({e.ints([1] * pad + list(x.shape))}, {e.ptr(x.name)}, {e.ptr(cond.name)}, "
+           f"{e.ints([0] * pad + cs)}, {node.attrs['fill']}, {e.ptr(y.name)});")
+
+
+def emit_network(plan: Plan) -> Emitter:
+    """Every node's statement, in program order, each followed by its debug dump."""
+    e = Emitter(plan)
+    for i, node in enumerate(plan.program.nodes):
+        if node.op not in EMITTERS:
+            raise ProgramError(f"node {i}: the C export has no code for op {node.op!r}")
+        e.emit(f"/* node {i}: {node.op} {node.module} */")
+        EMITTERS[node.op](e, i, node)
+        if node.op != "dequantize":
+            y = plan.values[node.output]
+            e.emit(f"INTVIT_DUMP({i}, {e.ptr(y.name)}, {y.code}, {y.numel});")
+    return e

@@ -1,0 +1,322 @@
+/* intvit portable kernel layer: the integer arithmetic of an exported intvit model.
+ *
+ * Plain C99, integer types only, no allocation, no library beyond <stdint.h> and
+ * <string.h>. The generated network (intvit_model.c) calls nothing else, so a target
+ * replaces these kernels with its own (CMSIS-NN, HLS pragmas, vendor intrinsics)
+ * without touching the network: see "Swapping kernels" in the generated README.
+ *
+ * Semantics, as in intvit's Python kernels (intvit.arith, intvit.quant.integer,
+ * intvit.approx.rows):
+ *
+ *   floor_shift(v, k)  = floor(v / 2^k)                      (0 <= k <= 62)
+ *   R(v; m, e)         = floor((v * m + 2^(e-1)) / 2^e)       requantization, 2^-1 := 0
+ *   clamp(v, lo, hi)   = min(max(v, lo), hi)                 saturation
+ *   floor_div(v, d)    = floor(v / d), d > 0
+ *   round_div(v, d)    = floor(v / d + 1/2), d > 0
+ *   isqrt(v)           = floor(sqrt(v)), v >= 0
+ *
+ * Right shifts of negative values are implementation-defined in C and signed overflow is
+ * undefined: floor_shift is written as ~(~v >> k) for v < 0 (~v = -v - 1 >= 0 in the two's
+ * complement that the exact-width types guarantee), which is the floor on every compiler
+ * and compiles to one arithmetic shift. Every product is formed in a type that the
+ * exporter proved wide enough (the bounds are checked when the C code is generated), so
+ * nothing here can overflow.
+ *
+ * The kernels over several element types are written once as macros
+ * (INTVIT_DEFINE_<KERNEL>(NAME, types...)); the generated intvit_kernels.c instantiates
+ * the ones the model calls, one line each.
+ */
+#ifndef INTVIT_KERNELS_H
+#define INTVIT_KERNELS_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* Blocking of the matmul kernel: KC values of the reduction per pass, JB columns of B
+ * widened to int16 per block (stack use: 2 * (JB + 2) * KC bytes). */
+#ifndef INTVIT_MATMUL_KC
+#define INTVIT_MATMUL_KC 256
+#endif
+#ifndef INTVIT_MATMUL_JB
+#define INTVIT_MATMUL_JB 16
+#endif
+
+static inline int64_t intvit_floor_shift(int64_t v, int32_t k) {
+    return v >= 0 ? v >> k : ~((~v) >> k);
+}
+
+static inline int64_t intvit_requant(int64_t v, int32_t m, int32_t e) {
+    int64_t half = e > 0 ? ((int64_t)1 << (e - 1)) : 0;
+    return intvit_floor_shift(v * m + half, e);
+}
+
+static inline int64_t intvit_clamp(int64_t v, int64_t lo, int64_t hi) {
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+static inline int64_t intvit_floor_div(int64_t v, int64_t d) {
+    int64_t q = v / d;
+    return (v % d != 0 && v < 0) ? q - 1 : q;
+}
+
+static inline int64_t intvit_round_div(int64_t v, int64_t d) {
+    int64_t q = intvit_floor_div(v, d);
+    return q + ((v - q * d) >= d - d / 2 ? 1 : 0);
+}
+
+static inline int64_t intvit_isqrt(int64_t v) {
+    uint64_t x = (uint64_t)v, root = 0, bit = (uint64_t)1 << 62;
+    while (bit > x) bit >>= 2;
+    while (bit != 0) {
+        if (x >= root + bit) {
+            x -= root + bit;
+            root = (root >> 1) + bit;
+        } else {
+            root >>= 1;
+        }
+        bit >>= 2;
+    }
+    return (int64_t)root;
+}
+
+/* Dot product of two int16 vectors (int32 result, proven in range by the caller):
+ * compilers turn this loop into multiply-add instructions (x86 pmaddwd, Arm smlal). */
+static inline int32_t intvit_dot16(const int16_t *x, const int16_t *y, int32_t n) {
+    int32_t s = 0, k;
+    for (k = 0; k < n; k++) s += x[k] * y[k];
+    return s;
+}
+
+/* --- matmul ---------------------------------------------------------------------------
+ * c[i][j] = bias[j] + sum_k a[i][k] * bt[j][k]   (bias may be NULL)
+ * a: M x K, bt: N x K (B transposed: a linear layer's weight as stored), c: M x N int32.
+ * Blocked over K (INTVIT_MATMUL_KC) and over N (INTVIT_MATMUL_JB columns, widened to
+ * int16 once per block), 2 x 2 register block inside.
+ */
+#define INTVIT_DECLARE_MATMUL(NAME, TA, TB)                                               \
+    void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt,                 \
+              const int32_t *bias, int32_t *c)
+
+#define INTVIT_DEFINE_MATMUL(NAME, TA, TB)                                                \
+    INTVIT_DECLARE_MATMUL(NAME, TA, TB) {                                                 \
+        int16_t b16[INTVIT_MATMUL_JB][INTVIT_MATMUL_KC];                                  \
+        int16_t a16[2][INTVIT_MATMUL_KC];                                                 \
+        int32_t i, j, k, k0, j0, kc, jb;                                                  \
+        for (i = 0; i < M; i++)                                                           \
+            for (j = 0; j < N; j++) c[(int64_t)i * N + j] = bias ? bias[j] : 0;           \
+        for (k0 = 0; k0 < K; k0 += INTVIT_MATMUL_KC) {                                    \
+            kc = K - k0 < INTVIT_MATMUL_KC ? K - k0 : INTVIT_MATMUL_KC;                   \
+            for (j0 = 0; j0 < N; j0 += INTVIT_MATMUL_JB) {                                \
+                jb = N - j0 < INTVIT_MATMUL_JB ? N - j0 : INTVIT_MATMUL_JB;               \
+                for (j = 0; j < jb; j++)                                                  \
+                    for (k = 0; k < kc; k++)                                              \
+                        b16[j][k] = (int16_t)bt[(int64_t)(j0 + j) * K + k0 + k];          \
+                for (i = 0; i + 1 < M; i += 2) {                                          \
+                    int32_t *c0 = c + (int64_t)i * N + j0, *c1 = c0 + N;                  \
+                    for (k = 0; k < kc; k++) {                                            \
+                        a16[0][k] = (int16_t)a[(int64_t)i * K + k0 + k];                  \
+                        a16[1][k] = (int16_t)a[(int64_t)(i + 1) * K + k0 + k];            \
+                    }                                                                     \
+                    for (j = 0; j + 1 < jb; j += 2) {                                     \
+                        int32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0;                       \
+                        for (k = 0; k < kc; k++) {                                        \
+                            s00 += a16[0][k] * b16[j][k];                                 \
+                            s01 += a16[0][k] * b16[j + 1][k];                             \
+                            s10 += a16[1][k] * b16[j][k];                                 \
+                            s11 += a16[1][k] * b16[j + 1][k];                             \
+                        }                                                                 \
+                        c0[j] += s00; c0[j + 1] += s01; c1[j] += s10; c1[j + 1] += s11;   \
+                    }                                                                     \
+                    for (; j < jb; j++) {                                                 \
+                        c0[j] += intvit_dot16(a16[0], b16[j], kc);                        \
+                        c1[j] += intvit_dot16(a16[1], b16[j], kc);                        \
+                    }                                                                     \
+                }                                                                         \
+                for (; i < M; i++) {                                                      \
+                    for (k = 0; k < kc; k++) a16[0][k] = (int16_t)a[(int64_t)i * K + k0 + k]; \
+                    for (j = 0; j < jb; j++)                                              \
+                        c[(int64_t)i * N + j0 + j] += intvit_dot16(a16[0], b16[j], kc);   \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+/* --- requantize -----------------------------------------------------------------------
+ * y[r][c] = clamp(R(x[r][c]; m[c], e[c]), lo, hi) over rows x C values; per_channel = 0
+ * uses m[0], e[0] for every value.
+ */
+#define INTVIT_DECLARE_REQUANTIZE(NAME, TX, TY)                                           \
+    void NAME(int32_t rows, int32_t C, const TX *x, const int32_t *m, const int8_t *e,    \
+              int32_t per_channel, int32_t lo, int32_t hi, TY *y)
+
+#define INTVIT_DEFINE_REQUANTIZE(NAME, TX, TY)                                            \
+    INTVIT_DECLARE_REQUANTIZE(NAME, TX, TY) {                                             \
+        int32_t r, c, s = per_channel ? 1 : 0;                                            \
+        for (r = 0; r < rows; r++) {                                                      \
+            const TX *xr = x + (int64_t)r * C;                                            \
+            TY *yr = y + (int64_t)r * C;                                                  \
+            for (c = 0; c < C; c++)                                                       \
+                yr[c] = (TY)intvit_clamp(intvit_requant(xr[c], m[c * s], e[c * s]), lo, hi); \
+        }                                                                                 \
+    }
+
+/* y[r][c] = clamp(R(x[r][c]; m[c], e[c]) + R(res[r % res_rows][c]; rm[c], re[c]), lo, hi):
+ * the residual sum of a transformer block (res_rows = rows), or a constant residual
+ * shared by every batch entry, window or head (res_rows divides rows). */
+#define INTVIT_DECLARE_REQUANTIZE_ADD(NAME, TX, TR, TY)                                   \
+    void NAME(int32_t rows, int32_t C, const TX *x, const int32_t *m, const int8_t *e,    \
+              int32_t per_channel, const TR *res, int32_t res_rows, const int32_t *rm,    \
+              const int8_t *re, int32_t res_per_channel, int32_t lo, int32_t hi, TY *y)
+
+#define INTVIT_DEFINE_REQUANTIZE_ADD(NAME, TX, TR, TY)                                    \
+    INTVIT_DECLARE_REQUANTIZE_ADD(NAME, TX, TR, TY) {                                     \
+        int32_t r, c, s = per_channel ? 1 : 0, rs = res_per_channel ? 1 : 0;              \
+        for (r = 0; r < rows; r++) {                                                      \
+            const TX *xr = x + (int64_t)r * C;                                            \
+            const TR *qr = res + (int64_t)(r % res_rows) * C;                             \
+            TY *yr = y + (int64_t)r * C;                                                  \
+            for (c = 0; c < C; c++)                                                       \
+                yr[c] = (TY)intvit_clamp(intvit_requant(xr[c], m[c * s], e[c * s])        \
+                                         + intvit_requant(qr[c], rm[c * rs], re[c * rs]), \
+                                         lo, hi);                                         \
+        }                                                                                 \
+    }
+
+/* --- table look-up: y[i] = table[x[i] - lo] ------------------------------------------- */
+#define INTVIT_DECLARE_LOOKUP(NAME, TX, TY)                                               \
+    void NAME(int32_t n, const TX *x, const TY *table, int32_t lo, TY *y)
+
+#define INTVIT_DEFINE_LOOKUP(NAME, TX, TY)                                                \
+    INTVIT_DECLARE_LOOKUP(NAME, TX, TY) {                                                 \
+        int32_t i;                                                                        \
+        for (i = 0; i < n; i++) y[i] = table[(int32_t)x[i] - lo];                         \
+    }
+
+/* --- softmax row ------------------------------------------------------------------------
+ * Per row of L values: d_i = x_i - max(x), e_i = exp_table[d_i + table_len - 1],
+ * S = sum e_i, factor = floor(numerator / max(S, 1)), p_i = e_i * factor,
+ * y_i = clamp(R(p_i; m, e), lo, hi). The exporter checks e_max * L < numerator, so S and
+ * p_i fit 32 bits when numerator < 2^31 (I-ViT) and 34 bits otherwise (I-BERT: the
+ * program's 64-bit step).
+ */
+#define INTVIT_DECLARE_SOFTMAX(NAME, TX, TY)                                              \
+    void NAME(int32_t rows, int32_t L, const TX *x, const int32_t *exp_table,             \
+              int32_t table_len, int64_t numerator, int32_t m, int32_t e, int32_t lo,     \
+              int32_t hi, TY *y)
+
+#define INTVIT_DEFINE_SOFTMAX(NAME, TX, TY)                                               \
+    INTVIT_DECLARE_SOFTMAX(NAME, TX, TY) {                                                \
+        int32_t r, i;                                                                     \
+        for (r = 0; r < rows; r++) {                                                      \
+            const TX *xr = x + (int64_t)r * L;                                            \
+            TY *yr = y + (int64_t)r * L;                                                  \
+            int32_t top = xr[0];                                                          \
+            int64_t sum = 0, factor;                                                      \
+            for (i = 1; i < L; i++) top = xr[i] > top ? xr[i] : top;                      \
+            for (i = 0; i < L; i++) sum += exp_table[xr[i] - top + table_len - 1];        \
+            factor = numerator / (sum > 1 ? sum : 1);                                     \
+            for (i = 0; i < L; i++)                                                       \
+                yr[i] = (TY)intvit_clamp(                                                 \
+                    intvit_requant(exp_table[xr[i] - top + table_len - 1] * factor, m, e), \
+                    lo, hi);                                                              \
+        }                                                                                 \
+    }
+
+/* --- LayerNorm row ----------------------------------------------------------------------
+ * Per row q of C signed in_bits-bit values (intvit.approx.rows.layernorm_int):
+ *   mean = round_div(sum q, C); ys = floor_shift(q - mean, var_shift);
+ *   var = sum ys^2; std = max(isqrt(var), 1); factor = floor((2^31 - 1) / std);
+ *   z = floor_shift(ys * factor, 1)    (|ys| <= std, so |ys * factor| < 2^31)
+ *   y_c = clamp(R(z_c; m_c, e_c) + beta_c, lo, hi)
+ * var is summed in 64 bits (it needs more than 32 when C * max|ys|^2 >= 2^31).
+ */
+#define INTVIT_DECLARE_LAYERNORM(NAME, TX, TY)                                            \
+    void NAME(int32_t rows, int32_t C, const TX *x, int32_t var_shift, const int32_t *m,  \
+              const int8_t *e, const int32_t *beta, int32_t lo, int32_t hi, TY *y)
+
+#define INTVIT_DEFINE_LAYERNORM(NAME, TX, TY)                                             \
+    INTVIT_DECLARE_LAYERNORM(NAME, TX, TY) {                                              \
+        int32_t r, c;                                                                     \
+        for (r = 0; r < rows; r++) {                                                      \
+            const TX *xr = x + (int64_t)r * C;                                            \
+            TY *yr = y + (int64_t)r * C;                                                  \
+            int64_t total = 0, var = 0, std, mean;                                        \
+            int32_t factor;                                                               \
+            for (c = 0; c < C; c++) total += xr[c];                                       \
+            mean = intvit_round_div(total, C);                                            \
+            for (c = 0; c < C; c++) {                                                     \
+                int64_t ys = intvit_floor_shift(xr[c] - mean, var_shift);                 \
+                var += ys * ys;                                                           \
+            }                                                                             \
+            std = intvit_isqrt(var);                                                      \
+            factor = (int32_t)(INT32_MAX / (std > 1 ? std : 1));                          \
+            for (c = 0; c < C; c++) {                                                     \
+                int32_t ys = (int32_t)intvit_floor_shift(xr[c] - mean, var_shift);        \
+                int64_t z = intvit_floor_shift((int64_t)(ys * factor), 1);                \
+                yr[c] = (TY)intvit_clamp(intvit_requant(z, m[c], e[c]) + beta[c], lo, hi); \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+/* --- index moves ------------------------------------------------------------------------
+ * Copy a box of up to 6 dimensions: dst[sum i_d * ds_d] = src[sum i_d * ss_d] for
+ * 0 <= i_d < shape_d (transpose, take, slice, concat, roll, pad are boxes of this).
+ */
+#define INTVIT_DECLARE_COPY(NAME, TS, TD)                                                 \
+    void NAME(const int32_t *shape, const TS *src, const int32_t *ss, TD *dst,            \
+              const int32_t *ds)
+
+#define INTVIT_DEFINE_COPY(NAME, TS, TD)                                                  \
+    INTVIT_DECLARE_COPY(NAME, TS, TD) {                                                   \
+        int32_t i0, i1, i2, i3, i4, i5;                                                   \
+        for (i0 = 0; i0 < shape[0]; i0++)                                                 \
+        for (i1 = 0; i1 < shape[1]; i1++)                                                 \
+        for (i2 = 0; i2 < shape[2]; i2++)                                                 \
+        for (i3 = 0; i3 < shape[3]; i3++)                                                 \
+        for (i4 = 0; i4 < shape[4]; i4++) {                                               \
+            const TS *s = src + (int64_t)i0 * ss[0] + (int64_t)i1 * ss[1]                 \
+                + (int64_t)i2 * ss[2] + (int64_t)i3 * ss[3] + (int64_t)i4 * ss[4];        \
+            TD *d = dst + (int64_t)i0 * ds[0] + (int64_t)i1 * ds[1]                       \
+                + (int64_t)i2 * ds[2] + (int64_t)i3 * ds[3] + (int64_t)i4 * ds[4];        \
+            for (i5 = 0; i5 < shape[5]; i5++) d[(int64_t)i5 * ds[5]] = (TD)s[(int64_t)i5 * ss[5]]; \
+        }                                                                                 \
+    }
+
+/* y[i] = cond[c(i)] ? fill : x[i] over a contiguous 6-d shape; cond is broadcast by its
+ * strides cs (0 along broadcast dimensions). */
+#define INTVIT_DECLARE_WHERE(NAME, TX, TY)                                                \
+    void NAME(const int32_t *shape, const TX *x, const uint8_t *cond, const int32_t *cs,  \
+              int32_t fill, TY *y)
+
+#define INTVIT_DEFINE_WHERE(NAME, TX, TY)                                                 \
+    INTVIT_DECLARE_WHERE(NAME, TX, TY) {                                                  \
+        int32_t i0, i1, i2, i3, i4, i5;                                                   \
+        int64_t i = 0;                                                                    \
+        for (i0 = 0; i0 < shape[0]; i0++)                                                 \
+        for (i1 = 0; i1 < shape[1]; i1++)                                                 \
+        for (i2 = 0; i2 < shape[2]; i2++)                                                 \
+        for (i3 = 0; i3 < shape[3]; i3++)                                                 \
+        for (i4 = 0; i4 < shape[4]; i4++) {                                               \
+            const uint8_t *c = cond + (int64_t)i0 * cs[0] + (int64_t)i1 * cs[1]           \
+                + (int64_t)i2 * cs[2] + (int64_t)i3 * cs[3] + (int64_t)i4 * cs[4];        \
+            for (i5 = 0; i5 < shape[5]; i5++, i++)                                        \
+                y[i] = c[(int64_t)i5 * cs[5]] ? (TY)fill : (TY)x[i];                      \
+        }                                                                                 \
+    }
+
+/* y[o][i] = sum_l x[o][l][i] (outer x len x inner; the sum is proven to fit 32 bits). */
+#define INTVIT_DECLARE_SUM(NAME, TX, TY)                                                  \
+    void NAME(int32_t outer, int32_t len, int32_t inner, const TX *x, TY *y)
+
+#define INTVIT_DEFINE_SUM(NAME, TX, TY)                                                   \
+    INTVIT_DECLARE_SUM(NAME, TX, TY) {                                                    \
+        int32_t o, l, i;                                                                  \
+        for (o = 0; o < outer; o++)                                                       \
+            for (i = 0; i < inner; i++) {                                                 \
+                int32_t s = 0;                                                            \
+                for (l = 0; l < len; l++) s += x[((int64_t)o * len + l) * inner + i];     \
+                y[(int64_t)o * inner + i] = (TY)s;                                        \
+            }                                                                             \
+    }
+
+#endif /* INTVIT_KERNELS_H */

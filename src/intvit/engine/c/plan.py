@@ -1,0 +1,285 @@
+"""The static plan of a program for C: every value's shape, proven integer range, C type
+and storage, and the scratch buffer that holds the activations.
+
+Shapes are those of one image (the C library runs batch 1; Swin's windows become the
+leading dimension). Ranges are proven from the program, never observed: a requantizer,
+LayerNorm or Softmax saturates to ``[lo, hi]``; a table look-up yields the table's
+values; a linear layer's accumulator is bounded row by row by ``X * sum_k |W_nk| +
+|b_n|`` (``X`` the largest input magnitude), an activation product by ``K * X_a * X_b``;
+index moves keep their input's range. Each value gets the narrowest of ``int8_t``,
+``uint8_t``, ``int16_t``, ``int32_t`` that holds its range; a range past 32 bits, or a
+requantization product past 63, is an error, so the C code cannot overflow.
+
+**Memory plan.** Reshapes, and takes and slices whose result is contiguous, are views
+(no storage). Every other activation gets a region of the scratch buffer from the node
+that writes it to the last node that reads it (or a view of it); a region is reused
+once its value is dead (first fit, offsets aligned to 16 bytes). Node-local temporaries
+(the transposed right operand of an activation product) live for their node only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+import torch
+
+from ..ops import OPS, as_value
+from ..program import IntProgram, ProgramError
+
+ALIGN = 16
+INT32_MAX = (1 << 31) - 1
+# (C type, short name, lo, hi, type code of the debug dump)
+CTYPES = [("int8_t", "s8", -128, 127, 0), ("uint8_t", "u8", 0, 255, 1),
+          ("int16_t", "s16", -(1 << 15), (1 << 15) - 1, 2),
+          ("int32_t", "s32", -(1 << 31), INT32_MAX, 3)]
+
+
+def ctype_for(lo: int, hi: int, what: str) -> tuple[str, str, int]:
+    for ctype, short, tlo, thi, code in CTYPES:
+        if tlo <= lo and hi <= thi:
+            return ctype, short, code
+    raise ProgramError(f"{what}: its values can reach [{lo}, {hi}], past 32 bits; the C "
+                       "export keeps every value within int32 (lower the bit-widths)")
+
+
+@dataclass
+class Value:
+    name: str
+    shape: tuple[int, ...]
+    lo: int
+    hi: int
+    kind: str = "scratch"       # scratch | const | view | input | output
+    base: str = ""              # views: the value whose storage they share
+    offset: int = 0             # views: element offset into the base
+    ctype: str = ""
+    short: str = ""
+    code: int = 0
+    first: int = -1             # node that writes it
+    last: int = -1              # last node that reads it (through views too)
+    byte_offset: int = -1       # scratch: offset in the scratch buffer
+
+    def __post_init__(self) -> None:
+        self.ctype, self.short, self.code = ctype_for(self.lo, self.hi, self.name)
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * CTYPE_SIZE[self.ctype]
+
+
+CTYPE_SIZE = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "int32_t": 4}
+
+
+@dataclass
+class Plan:
+    program: IntProgram
+    values: dict[str, Value]
+    temps: dict[int, Value] = field(default_factory=dict)   # node index -> temporary
+    scratch_bytes: int = 0
+    logits: str = ""
+
+    @property
+    def input(self) -> Value:
+        return self.values[self.program.nodes[0].output]
+
+    def root(self, name: str) -> Value:
+        value = self.values[name]
+        while value.kind == "view":
+            value = self.values[value.base]
+        return value
+
+
+def _range(t: torch.Tensor) -> tuple[int, int]:
+    t = t.to(torch.int64)
+    return (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+
+
+def _max_abs(v: Value) -> int:
+    return max(-v.lo, v.hi)
+
+
+def strides(shape: tuple[int, ...]) -> list[int]:
+    out, step = [], 1
+    for size in reversed(shape):
+        out.append(step)
+        step *= size
+    return out[::-1]
+
+
+def _contiguous_part(shape: tuple[int, ...], axis: int) -> bool:
+    """Whether fixing a range along ``axis`` leaves a contiguous block."""
+    return all(s == 1 for s in shape[:axis])
+
+
+def _check_requant(what: str, x: Value, m: torch.Tensor, e: torch.Tensor) -> None:
+    m_max = int(m.to(torch.int64).abs().max()) if m.numel() else 0
+    e_max = int(e.to(torch.int64).max()) if e.numel() else 0
+    bound = _max_abs(x) * m_max + ((1 << e_max) >> 1)
+    if bound >= 1 << 63:
+        raise ProgramError(f"{what}: the requantization product can reach {bound}, past "
+                           "int64; the C export cannot compute it")
+
+
+def make_plan(program: IntProgram) -> Plan:
+    """Shapes, ranges, types and storage of every value, and the scratch layout."""
+    program.check()
+    nodes = program.nodes
+    if not nodes or nodes[0].op != "quantize" or nodes[0].inputs != [program.input]:
+        raise ProgramError("the C export needs a program whose first node quantizes the "
+                           "images (every intvit export is one)")
+    traced = trace_shapes(program)
+    tensors = program.tensors
+    values: dict[str, Value] = {}
+    for name, t in tensors.items():
+        if t.dtype.is_floating_point:
+            continue
+        lo, hi = _range(t)
+        values[name] = Value(name, tuple(t.shape), lo, hi, kind="const")
+        if t.dtype == torch.bool:  # masks: read as bytes
+            values[name].ctype, values[name].short, values[name].code = "uint8_t", "u8", 1
+    for i, node in enumerate(nodes):
+        if node.op == "dequantize":
+            continue
+        shape = traced[node.output]
+        lo, hi, view = _derive(node, i, values, tensors, shape)
+        value = Value(node.output, shape, lo, hi, first=i)
+        if view is not None:
+            value.kind, value.base, value.offset = "view", view[0], view[1]
+        values[node.output] = value
+    plan = Plan(program, values, logits=program.output)
+    for i, node in enumerate(nodes):
+        if node.op == "matmul":
+            a, b = (values[n] for n in node.inputs)
+            plan.temps[i] = Value(f"{node.output}.bt", b.shape, b.lo, b.hi, first=i, last=i)
+    values[nodes[0].output].kind = "input"
+    out = values[program.output]
+    if out.kind == "scratch" and out.ctype == "int32_t":
+        out.kind = "output"
+    _lifetimes(plan)
+    _allocate(plan)
+    return plan
+
+
+def trace_shapes(program: IntProgram) -> dict[str, tuple[int, ...]]:
+    """Every value's shape for one image: the program's ops on a zero image, except that
+    the products (``linear``, ``matmul``, the expensive part) only yield zeros of their
+    result's shape; shapes are all the plan takes from the trace."""
+    c, h, w = program.input_shape
+    values = {k: as_value(t) for k, t in program.tensors.items()}
+    values[program.input] = torch.zeros(1, c, h, w)
+    with torch.inference_mode():
+        for node in program.nodes:
+            args = [values[i] for i in node.inputs]
+            if node.op == "linear":
+                rows = program.tensors[node.params["weight"]].shape[0]
+                out = torch.zeros(*args[0].shape[:-1], rows, dtype=torch.int64)
+            elif node.op == "matmul":
+                a, b = args
+                lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+                out = torch.zeros(*lead, a.shape[-2], b.shape[-1], dtype=torch.int64)
+            else:
+                params = {r: program.tensors[t] for r, t in node.params.items()}
+                out = OPS[node.op](*args, **node.attrs, **params)
+            values[node.output] = out
+    return {k: tuple(v.shape) for k, v in values.items()}
+
+
+def _derive(node, i: int, values: dict[str, Value], tensors, shape):
+    """(lo, hi, view) of a node's output; view = (base, element offset) or None."""
+    op, label = node.op, f"node {i} ({node.op}, {node.module})"
+    ins = [values[n] for n in node.inputs if n in values]
+    a = node.attrs
+    params = {role: tensors[name] for role, name in node.params.items()}
+    if op == "quantize":
+        return a["lo"], a["hi"], None
+    if op == "linear":
+        x = ins[0]
+        weight = params["weight"].to(torch.int64)
+        row = weight.abs().sum(dim=1) * _max_abs(x)
+        if "bias" in params:
+            row = row + params["bias"].to(torch.int64).abs()
+        bound = int(row.max())
+        if bound > INT32_MAX:
+            raise ProgramError(f"{label}: its accumulator can reach {bound}, past int32")
+        return -bound, bound, None
+    if op == "matmul":
+        x, y = ins
+        bound = x.shape[-1] * _max_abs(x) * _max_abs(y)
+        if bound > INT32_MAX:
+            raise ProgramError(f"{label}: its accumulator can reach {bound}, past int32")
+        return -bound, bound, None
+    if op == "requantize":
+        _check_requant(label, ins[0], params["m"], params["e"])
+        if len(ins) > 1:
+            _check_requant(label, ins[1], params["residual_m"], params["residual_e"])
+        return a["lo"], a["hi"], None
+    if op == "lookup":
+        return (*_range(params["table"]), None)
+    if op == "softmax":
+        if a["numerator"] * max(1, abs(int(params["m"]))) >= 1 << 63:
+            raise ProgramError(f"{label}: the softmax requantization product passes int64")
+        return a["lo"], a["hi"], None
+    if op == "layernorm":
+        return a["lo"], a["hi"], None
+    if op == "sum":
+        x = ins[0]
+        n = x.shape[a["axis"]]
+        lo, hi = x.lo * n, x.hi * n
+        if max(-lo, hi) > INT32_MAX:
+            raise ProgramError(f"{label}: the sum can reach [{lo}, {hi}], past int32")
+        return lo, hi, None
+    x = ins[0]
+    if op == "reshape":
+        return x.lo, x.hi, (node.inputs[0], 0)
+    if op in ("take", "slice"):
+        axis = a["axis"] % len(x.shape)
+        start = a["index"] if op == "take" else a["start"]
+        if _contiguous_part(x.shape, axis):
+            return x.lo, x.hi, (node.inputs[0], start * strides(x.shape)[axis])
+        return x.lo, x.hi, None
+    if op == "broadcast":
+        return x.lo, x.hi, (node.inputs[0], 0)
+    if op in ("transpose", "roll"):
+        return x.lo, x.hi, None
+    if op == "concat":
+        return min(v.lo for v in ins), max(v.hi for v in ins), None
+    if op == "pad":
+        return min(x.lo, 0), max(x.hi, 0), None
+    if op == "where":
+        return min(x.lo, a["fill"]), max(x.hi, a["fill"]), None
+    raise ProgramError(f"{label}: the C export has no code for op {op!r}")
+
+
+def _lifetimes(plan: Plan) -> None:
+    for i, node in enumerate(plan.program.nodes):
+        for name in node.inputs:
+            if name in plan.values:
+                root = plan.root(name)
+                root.last = max(root.last, i)
+    end = len(plan.program.nodes)
+    plan.root(plan.logits).last = end
+
+
+def _allocate(plan: Plan) -> None:
+    """First-fit placement of every scratch buffer over its lifetime."""
+    buffers = [v for v in plan.values.values() if v.kind in ("scratch", "input")]
+    buffers += list(plan.temps.values())
+    buffers.sort(key=lambda v: (v.first, -v.nbytes))
+    live: list[Value] = []
+    top = 0
+    for buf in buffers:
+        live = [v for v in live if v.last >= buf.first]
+        size = -(-buf.nbytes // ALIGN) * ALIGN
+        offset = 0
+        for other in sorted(live, key=lambda v: v.byte_offset):
+            if offset + size <= other.byte_offset:
+                break
+            offset = max(offset, -(-(other.byte_offset + other.nbytes) // ALIGN) * ALIGN)
+        buf.byte_offset = offset
+        live.append(buf)
+        top = max(top, offset + size)
+    plan.scratch_bytes = top

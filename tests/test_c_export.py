@@ -1,0 +1,229 @@
+"""The C export: generated code compiles warning-free (gcc strict, sanitizers, clang where
+installed), its logits equal the int engine's for every family on ViT and Swin and on
+full-size DeiT-T, the debug build replays the golden vectors, the body is integer-only,
+the memory plan holds and is enforced, and the C helpers equal intvit.arith."""
+
+import ctypes
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+from conftest import SMALL
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_engine import FAMILIES, calibrated, images
+
+from intvit.arith import floor_div, isqrt, requantize, round_div
+from intvit.cli import main
+from intvit.engine import ProgramError, export_program
+from intvit.engine.c import generate
+from intvit.engine.c.build import CEngine, compiler
+from intvit.engine.c.debug import SANITIZE, replay_golden, run_harness
+from intvit.engine.c.library import kernel_header
+from intvit.engine.engines import make_engine
+from intvit.engine.golden import write_golden
+from intvit.models import model_config
+from intvit.models.checkpoint import save_checkpoint
+
+TEST_FLAGS = ("-O0",)  # exactness at any level; the sanitized and clang builds use -O2
+SWIN = dict(arch="swin", img_size=24, patch_size=2, embed_dim=16, depths=(2, 2), heads=(1, 2),
+            window_size=5, num_classes=10)
+ARCHS = {"vit": (SMALL, 32, 12), "swin": (SWIN, 24, 6)}
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                reason="no C compiler on this machine")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("INTVIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def models():
+    """(arch, family) -> (model, program, library), built once for the module."""
+    out = {}
+    for arch, (cfg, _, _) in ARCHS.items():
+        for family, quant in FAMILIES.items():
+            model = calibrated(model_config("custom", **cfg), quant)
+            program = export_program(model)
+            out[arch, family] = model, program, generate(program)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_c_logits_equal_the_int_engine(models, arch, family):
+    model, program, library = models[arch, family]
+    _, size, n = ARCHS[arch]
+    x = images(n, size, seed=3)
+    got = CEngine(program, flags=TEST_FLAGS, library=library)(x)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, make_engine("int", program)(x))
+    assert torch.equal(got, model.forward_int(x).value)
+
+
+@pytest.mark.parametrize("arch,family", [("vit", "ibert"), ("swin", "ivit")])
+def test_sanitized_build_is_clean_and_exact(models, arch, family):
+    """UBSan and ASan (the scratch buffer is allocated at exactly the planned size)."""
+    model, program, library = models[arch, family]
+    _, size, _ = ARCHS[arch]
+    x = images(3, size, seed=8)
+    logits, _ = run_harness(library, x, SANITIZE)
+    assert torch.equal(logits, model.forward_int(x).value)
+
+
+def test_clang_build_is_exact(models):
+    clang = shutil.which("clang")
+    if clang is None:
+        pytest.skip("clang is not installed (the project does not need it)")
+    model, program, library = models["swin", "mixed"]
+    engine = CEngine(program, flags=("-O2",), library=library, cc=clang)
+    x = images(4, 24, seed=9)
+    assert torch.equal(engine(x), model.forward_int(x).value)
+
+
+@pytest.mark.parametrize("arch,family", [("vit", "ppoly"), ("swin", "ibert")])
+def test_debug_build_replays_golden_vectors(models, arch, family, tmp_path):
+    _, program, _ = models[arch, family]
+    _, size, _ = ARCHS[arch]
+    write_golden(program, images(2, size, seed=5), tmp_path / "golden", progress=False)
+    report = replay_golden(tmp_path / "golden")
+    assert report.ok and report.nodes == len(program.nodes) - 1
+    # a changed golden value is found, named by its node
+    from safetensors.torch import load_file, save_file
+    node = next(n for n in sorted((tmp_path / "golden" / "nodes").iterdir())
+                if "layernorm" in n.name)
+    tensors = load_file(str(node))
+    tensors["output"] = tensors["output"].clone()
+    tensors["output"].view(-1)[0] += 1
+    save_file(tensors, str(node))
+    bad = replay_golden(tmp_path / "golden")
+    assert len(bad.mismatches) == 1 and "layernorm" in bad.mismatches[0]
+
+
+def test_body_is_integer_only_and_self_contained(models):
+    _, program, library = models["swin", "ibert"]
+    body = {n: t for n, t in library.files.items()
+            if n.endswith((".c", ".h")) and n != "intvit_model_float.c"}
+    assert set(body) == {"intvit_model.c", "intvit_model.h", "intvit_weights.c",
+                         "intvit_weights.h", "intvit_kernels.c", "intvit_kernels.h"}
+    for name, text in body.items():
+        code = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+        floats = [line for line in code.splitlines() if re.search(r"\b(float|double)\b", line)]
+        if name == "intvit_model.h":  # declares the float entry point, nothing else
+            assert len(floats) == 3 and all(re.search(r"run_float|quantize|logit_scale", f)
+                                            for f in floats)
+        else:
+            assert not floats, name
+        assert set(re.findall(r"#include <([\w.]+)>", code)) <= {"stdint.h", "string.h"}, name
+        assert "malloc" not in code, name
+
+
+def test_memory_plan_reuses_activations_and_is_stated(models):
+    _, program, library = models["vit", "ivit"]
+    mem = library.memory
+    assert 0 < mem.scratch_bytes < mem.activations_bytes / 3
+    largest = max(v.nbytes for v in library.plan.values.values() if v.kind == "scratch")
+    assert mem.scratch_bytes >= largest
+    int8_weights = sum(program.tensors[n.params["weight"]].numel()
+                       for n in program.nodes if n.op == "linear")
+    assert int8_weights < mem.weight_bytes < 1.5 * int8_weights + 20000
+    header = library.files["intvit_model.h"]
+    assert f"#define INTVIT_MODEL_SCRATCH_BYTES {mem.scratch_bytes}" in header
+    assert str(mem.scratch_bytes) in library.files["README.md"]
+
+
+def test_accumulator_past_int32_is_refused(models):
+    _, program, _ = models["vit", "ivit"]
+    node = next(n for n in program.nodes if n.op == "linear")
+    bias = program.tensors[node.params["bias"]]
+    program = type(program)(program.nodes, {**program.tensors, node.params["bias"]:
+                                            torch.full_like(bias, 2**31 - 1)},
+                            program.meta, program.input, program.output)
+    with pytest.raises(ProgramError, match="past int32"):
+        generate(program)
+
+
+def test_cli_export_c_inspect_and_max_ram(models, tmp_path, capsys):
+    model, program, _ = models["vit", "ibert"]
+    ck = save_checkpoint(tmp_path / "ck.safetensors", model)
+    assert main(["export", "--checkpoint", str(ck), "--format", "c", "--out",
+                 str(tmp_path / "lib")]) == 0
+    out = capsys.readouterr().out
+    assert "scratch (RAM" in out and (tmp_path / "lib" / "intvit_model.h").is_file()
+    scratch = int(re.search(r"SCRATCH_BYTES (\d+)",
+                            (tmp_path / "lib" / "intvit_model.h").read_text()).group(1))
+    program.save(tmp_path / "p.safetensors")
+    assert main(["inspect", str(tmp_path / "p.safetensors")]) == 0
+    assert f"scratch (RAM, activations reused): {scratch} bytes" in capsys.readouterr().out
+    assert main(["export", "--program", str(tmp_path / "p.safetensors"), "--format", "c",
+                 "--out", str(tmp_path / "small"), "--max-ram", f"{scratch - 1}"]) == 2
+    assert f"{scratch}-byte scratch buffer" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists()
+    assert main(["export", "--program", str(tmp_path / "p.safetensors"), "--format", "c",
+                 "--out", str(tmp_path / "fits"), "--max-ram", "1M"]) == 0
+    assert (tmp_path / "fits" / "intvit_model.c").read_text() == \
+        (tmp_path / "lib" / "intvit_model.c").read_text()
+    assert main(["export", "--program", str(tmp_path / "p.safetensors"), "--format", "c",
+                 "--out", str(tmp_path / "x"), "--max-ram", "lots"]) == 2
+    assert "byte count" in capsys.readouterr().err
+    # what `intvit eval` evaluates, on a data set's validation images, equals the C build
+    assert main(["verify", "--checkpoint", str(ck), "--engines", "model,c", "--data",
+                 "synthetic", "--limit", "24", "--batch-size", "8"]) == 0
+    assert "model vs c: 0 of 240 logits differ" in capsys.readouterr().out
+
+
+def test_full_size_deit_tiny_is_bit_exact():
+    model = calibrated(model_config("deit_tiny"), FAMILIES["ivit"])
+    x = images(1, 224, seed=4)
+    program = export_program(model, x)  # checks the program against the model on x
+    got = CEngine(program, flags=TEST_FLAGS)(x)
+    assert torch.equal(got, make_engine("int", program)(x))
+
+
+@pytest.fixture(scope="module")
+def helpers(tmp_path_factory):
+    """The kernel header's scalar helpers, compiled and callable."""
+    folder = tmp_path_factory.mktemp("helpers")
+    (folder / "intvit_kernels.h").write_text(kernel_header())
+    (folder / "h.c").write_text(
+        '#include "intvit_kernels.h"\n'
+        "int64_t fs(int64_t v, int32_t k) { return intvit_floor_shift(v, k); }\n"
+        "int64_t rq(int64_t v, int32_t m, int32_t e) { return intvit_requant(v, m, e); }\n"
+        "int64_t fd(int64_t v, int64_t d) { return intvit_floor_div(v, d); }\n"
+        "int64_t rd(int64_t v, int64_t d) { return intvit_round_div(v, d); }\n"
+        "int64_t sq(int64_t v) { return intvit_isqrt(v); }\n")
+    lib = folder / "h.so"
+    subprocess.run([compiler(), "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2",
+                    "-shared", "-fPIC", "-o", str(lib), str(folder / "h.c")], check=True)
+    dll = ctypes.CDLL(str(lib))
+    i64, i32 = ctypes.c_int64, ctypes.c_int32
+    for name, args in {"fs": [i64, i32], "rq": [i64, i32, i32], "fd": [i64, i64],
+                       "rd": [i64, i64], "sq": [i64]}.items():
+        getattr(dll, name).restype = i64
+        getattr(dll, name).argtypes = args
+    return dll
+
+
+def edges(bits: int):
+    near = [s * ((1 << i) + d) for i in range(bits - 1) for d in (-1, 0, 1) for s in (1, -1)]
+    return st.one_of(st.sampled_from(near), st.integers(-(1 << (bits - 1)) + 1,
+                                                        (1 << (bits - 1)) - 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(v=edges(32), m=st.integers(-(1 << 31) + 1, (1 << 31) - 1), e=st.integers(0, 62),
+       d=st.integers(1, 1 << 20), w=st.integers(0, (1 << 62)))
+def test_c_helpers_equal_intvit_arith(helpers, v, m, e, d, w):
+    t = torch.tensor([v])
+    assert helpers.fs(v, e) == v >> e
+    assert helpers.rq(v, m, e) == int(requantize(t, m, e))
+    assert helpers.fd(v, d) == int(floor_div(t, d))
+    assert helpers.rd(v, d) == int(round_div(t, d))
+    assert helpers.sq(w) == int(isqrt(torch.tensor([w])))
