@@ -156,7 +156,8 @@ def combine_costs(parts: Iterable[tuple[Site, Cost]],
 def prepared_kernel(module: nn.Module):
     if not module._kernels:
         raise RuntimeError("no prepared kernel: run an integer forward first")
-    return next(iter(module._kernels.values()))
+    kernel, _ = next(iter(module._kernels.values()))
+    return kernel
 
 
 def hardware_cost(model: nn.Module, sites: Sequence[Site],
