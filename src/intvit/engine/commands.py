@@ -7,7 +7,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
+from ..progress import tqdm
 
 from .engines import ENGINES, make_engine
 from .program import IntProgram

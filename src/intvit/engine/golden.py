@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
+from ..progress import tqdm
 
 from .lowering import compact
 from .ops import OPS, as_value

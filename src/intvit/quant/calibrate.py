@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from ..progress import tqdm
 
 from .qtensor import Mode
 

@@ -329,7 +329,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep file's grid locally; 0 when every run succeeded, 1 otherwise (the
     failures are in the table and the JSON)."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     fixed, grid = load_sweep(args.sweep)
     fixed = _drop(fixed, set(LOCAL_DROPS), _train_options())
