@@ -519,8 +519,7 @@ def build_parser(only_given: bool = False) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.given = set(vars(build_parser(only_given=True).parse_args(argv))) - {"command"}
-    if args.no_progress:
-        progress.disable()
+    progress.enable(not args.no_progress)
     try:
         return args.run(args)
     except (UnknownApproximation, ValueError, OverflowError) as err:

@@ -8,12 +8,12 @@ dataset-fashion-mnist``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .data import DataConfig, DataError, build_dataset, build_loader
 from .evaluation import evaluate
+from .fileio import write_bytes, write_json, write_text
 from .models.checkpoint import read_metadata, save_checkpoint
 from .models.factory import ModelSource, make_model
 from .quant import QuantConfig, calibrate
@@ -65,15 +65,13 @@ def run_demo(out: Path, quant: QuantConfig) -> dict[str, Any]:
 
     print("4/4 export, engine parity, latency")
     results["engines"] = deploy(trained, val, out)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / "results.json", results)
     return results
 
 
 def deploy(model, val, out: Path) -> dict[str, Any]:
     """Export ``model``, compare the engines' integer logits with the eval-mode model's
     on the validation images, and time them (batch 1 and 8) against its float twin."""
-    import onnx
-
     from .engine import export_program
     from .engine.bench import markdown, time_engines
     from .engine.commands import compare_engines
@@ -84,7 +82,7 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
 
     program = export_program(model)
     program.save(out / "model.int.safetensors")
-    onnx.save(to_onnx(program), str(out / "model.onnx"))
+    write_bytes(out / "model.onnx", to_onnx(program).SerializeToString())
     kinds = ["int", "onnx"] + (["tvm"] if tvm_available() else [])
     engines = {"model": lambda x: model.forward_int(x).value}
     engines |= {kind: make_engine(kind, program) for kind in kinds}
@@ -92,7 +90,7 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
     rows = time_engines("demo ViT", float_twin(model), model, program, [1, 8], kinds,
                         n_threads=2, warmup=3, repeats=20, workdir=out / "latency")
     latency = markdown(rows, "Latency of the demo model (2 threads, median of 20 runs):")
-    (out / "latency.md").write_text(latency + "\n")
+    write_text(out / "latency.md", latency + "\n")
     return {"program": str(out / "model.int.safetensors"), "onnx": str(out / "model.onnx"),
             "parity": parity, "latency": [vars(r) for r in rows], "latency_table": latency}
 

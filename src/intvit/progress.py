@@ -3,7 +3,7 @@
 :class:`tqdm` is tqdm's bar with two changes: when its stream is not a terminal (output
 redirected to a file, a CI log), it writes one plain line at most every
 :data:`LOG_INTERVAL` seconds (tqdm's ``mininterval``) instead of carriage-return frames,
-and :func:`disable` (``--no-progress``) turns every bar off.
+and :func:`enable` (``False`` for ``--no-progress``) turns every bar off.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ LOG_INTERVAL = 10.0
 _enabled = True
 
 
-def disable() -> None:
-    """No progress bars from here on (``--no-progress``)."""
+def enable(on: bool) -> None:
+    """Progress bars from here on, or none (``--no-progress``)."""
     global _enabled
-    _enabled = False
+    _enabled = bool(on)
 
 
 class _Lines:
