@@ -288,6 +288,13 @@ def test_bad_values_are_refused_before_work(files, tmp_path, argv, needle, capsy
     assert not (tmp_path / "m.safetensors").exists()
 
 
+def test_a_diverging_run_stops_with_the_documented_message(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--lr", "1e6", "--output-dir", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "try a lower --lr" in err
+
+
 # ------------------------------------------------------------------ messages
 
 def test_resume_notes_name_real_flags_and_a_finished_run_says_so(tmp_path, capsys):

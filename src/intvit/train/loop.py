@@ -184,15 +184,20 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
                 continue
             if mixup is not None:
                 images, labels = mixup(images, labels)
-            loss = criterion(net(images), labels) / cfg.accum_steps
+            try:
+                loss = criterion(net(images), labels) / cfg.accum_steps
+            except (ValueError, ArithmeticError) as err:
+                if update == state.get("update", 0):
+                    raise  # no update applied yet: the setup is wrong, not the steps
+                bar.close()
+                tracker.finish()
+                raise TrainingStopped(_diverged(f"the integer kernels failed ({err})", epoch,
+                                                step, out)) from None
             loss_value = float(loss.detach()) * cfg.accum_steps
             if not math.isfinite(loss_value):
                 bar.close()
                 tracker.finish()
-                raise TrainingStopped(
-                    f"loss became {loss_value} at epoch {epoch + 1}, step {step}; stopped "
-                    f"before applying it. The last good checkpoint is {out / LAST} "
-                    f"(resume with --resume {out}); try a lower --lr")
+                raise TrainingStopped(_diverged(f"loss became {loss_value}", epoch, step, out))
             loss.backward()
             if (step + 1) % cfg.accum_steps == 0 or step + 1 == steps_per_epoch:
                 for group in optimizer.param_groups:
@@ -230,6 +235,13 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict[str, Any]:
     tracker.finish()
     return {"history": history, "best_top1": best, "checkpoint": str(out / LAST),
             "rank": rank}
+
+
+def _diverged(what: str, epoch: int, step: int, out: Path) -> str:
+    """The message of a run stopped because training diverged."""
+    return (f"{what} at epoch {epoch + 1}, step {step}: training diverged; stopped before "
+            f"applying it. The last good checkpoint is {out / LAST} (resume with --resume "
+            f"{out}); try a lower --lr")
 
 
 def rng_state() -> dict[str, Any]:
