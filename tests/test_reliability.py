@@ -263,6 +263,7 @@ def test_a_read_only_output_folder_is_refused(files, tmp_path, capsys):
     (["calibrate", *ARCH, "--nb-classes", "5", "--out", "{tmp}/x.safetensors"],
      "has 10, whose labels"),
     (["calibrate", *ARCH, "--batches", "0", "--out", "{tmp}/x.safetensors"], ">= 1"),
+    ([*TRAIN, "--calib-batches", "0"], "calibration needs at least one batch"),
     (["export", "--checkpoint", "{ck}", "--format", "golden", "--images", "-2", "--out",
       "{tmp}/g"], ">= 1"),
     (["export", "--checkpoint", "{ck}", "--format", "int", "--out", "{tmp}/m.onnx"],
@@ -283,6 +284,8 @@ def test_bad_values_are_refused_before_work(files, tmp_path, argv, needle, capsy
                      str(tmp_path / "m.onnx")]) == 0
     argv = [a.replace("{ck}", str(files["ck"])).replace("{tmp}", str(tmp_path))
             for a in argv]
+    if argv[0] == "train":
+        argv += ["--output-dir", str(tmp_path / "run")]
     refused(argv, needle, capsys)
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "g").exists()
     assert not (tmp_path / "m.safetensors").exists()

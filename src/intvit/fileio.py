@@ -133,16 +133,17 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def _writable_folder(folder: Path, what: str) -> None:
-    """``folder`` exists (or can be created) and accepts a new file."""
-    existing = folder
+    """``folder`` accepts a new file, or can be created (its nearest existing ancestor
+    accepts one); nothing is created."""
+    existing = folder.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(f"{what}: {existing} is a file, so {folder} cannot be a folder; "
                           f"choose another path")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=_tmp_name(folder), suffix=TMP_SUFFIX)
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=_tmp_name(existing),
+                                     suffix=TMP_SUFFIX)
         os.close(fd)
         os.remove(probe)
     except OSError as err:
@@ -205,6 +206,7 @@ class DirLock:
         import fcntl
 
         check_output(self.folder, "--output-dir", folder=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
         f = open(path, "a+", encoding="utf-8")
         try:
