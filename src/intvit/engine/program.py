@@ -34,7 +34,7 @@ from safetensors.torch import safe_open, save_file
 from ..fileio import atomic_write
 
 FORMAT = "intvit-program"
-VERSION = 1
+VERSION = 2  # 2: the checksum covers the graph too
 FLOAT_TENSORS = ("input.scale", "output.scale")
 
 
