@@ -156,7 +156,7 @@ def test_version_mismatch_is_a_clear_error(program_file, tmp_path, monkeypatch):
     import intvit.engine.program as program_module
     _, path = program_file
     monkeypatch.setattr(program_module, "VERSION", 99)
-    with pytest.raises(ProgramError, match="version 1; this intvit reads version 99"):
+    with pytest.raises(ProgramError, match="version 2; this intvit reads version 99"):
         IntProgram.load(path)
 
 

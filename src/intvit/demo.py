@@ -9,13 +9,13 @@ dataset-fashion-mnist``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .data import DataConfig, DataError, build_dataset, build_loader
 from .device import resolve_device
 from .evaluation import evaluate
+from .fileio import write_bytes, write_json, write_text
 from .models.checkpoint import read_metadata, save_checkpoint
 from .models.factory import ModelSource, make_model
 from .quant import QuantConfig, calibrate
@@ -71,15 +71,13 @@ def run_demo(out: Path, quant: QuantConfig, device: str = "auto") -> dict[str, A
 
     print("4/4 export, engine parity, latency")
     results["engines"] = deploy(trained.cpu(), val, out)  # the engines run on the CPU
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / "results.json", results)
     return results
 
 
 def deploy(model, val, out: Path) -> dict[str, Any]:
     """Export ``model``, compare the engines' integer logits with the eval-mode model's
     on the validation images, and time them (batch 1 and 8) against its float twin."""
-    import onnx
-
     from .engine import export_program
     from .engine.bench import markdown, time_engines
     from .engine.c import generate
@@ -91,7 +89,7 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
 
     program = export_program(model)
     program.save(out / "model.int.safetensors")
-    onnx.save(to_onnx(program), str(out / "model.onnx"))
+    write_bytes(out / "model.onnx", to_onnx(program).SerializeToString())
     c_library = generate(program).write(out / "c")
     kinds = ["int", "onnx"] + (["tvm"] if tvm_available() else []) + ["c"]
     engines = {"model": lambda x: model.forward_int(x).value}
@@ -100,7 +98,7 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
     rows = time_engines("demo ViT", float_twin(model), model, program, [1, 8], kinds,
                         n_threads=2, warmup=3, repeats=20, workdir=out / "latency")
     latency = markdown(rows, "Latency of the demo model (2 threads, median of 20 runs):")
-    (out / "latency.md").write_text(latency + "\n")
+    write_text(out / "latency.md", latency + "\n")
     return {"program": str(out / "model.int.safetensors"), "onnx": str(out / "model.onnx"),
             "c": str(c_library),
             "parity": parity, "latency": [vars(r) for r in rows], "latency_table": latency}

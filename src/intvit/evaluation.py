@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from .progress import tqdm
 
 from .device import model_device, to_device
 from .quant import Mode

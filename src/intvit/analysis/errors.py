@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..approx import build
 from ..approx.base import Kernel

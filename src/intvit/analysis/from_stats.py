@@ -34,6 +34,7 @@ import torch
 
 from ..approx import REGISTRY
 from ..arith import qrange
+from ..fileio import write_text
 from .domains import Domain
 from .errors import OpAnalysis, analyze
 from .iostats import SAMPLES_FORMAT, samples_path
@@ -255,7 +256,7 @@ def write_report(results: Sequence[OpAnalysis], out: str | Path, title: str = ""
             plot_analysis(a, out / f"{a.domain.layer}.png")
         figures = "\n".join(f"![{a.domain.layer}]({a.domain.layer}.png)" for a in results)
     path = out / "approximations_from_stats.md"
-    path.write_text("# Approximation errors on recorded inputs\n\n"
-                    + (title + "\n\n" if title else "") + markdown_report(results)
-                    + "\n" + figures + "\n")
+    write_text(path, "# Approximation errors on recorded inputs\n\n"
+               + (title + "\n\n" if title else "") + markdown_report(results)
+               + "\n" + figures + "\n")
     return path

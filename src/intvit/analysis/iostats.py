@@ -91,6 +91,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..fileio import atomic_write
 from ..approx import OPS
 from ..arith import qrange
 from ..quant.modules import (ACC_BITS, QuantAct, QuantLinear, QuantMatMul, QuantModule,
@@ -449,14 +450,13 @@ class IOStats(AbstractContextManager):
         return [stats.row() for stats in self.layers.values()]
 
     def to_csv(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            for row in self.rows():
-                writer.writerow({k: _cell(v) for k, v in row.items()})
-        return path
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS)
+                writer.writeheader()
+                for row in self.rows():
+                    writer.writerow({k: _cell(v) for k, v in row.items()})
+        return atomic_write(path, write)
 
     def to_parquet(self, path: str | Path) -> Path:
         """The same table as Parquet; needs pandas and pyarrow (an ImportError says so)."""
@@ -466,10 +466,8 @@ class IOStats(AbstractContextManager):
         except ImportError as err:
             raise ImportError(f"to_parquet needs pandas and pyarrow ({err}); "
                               f"to_csv needs neither") from err
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(self.rows(), columns=list(COLUMNS)).to_parquet(path, index=False)
-        return path
+        frame = pd.DataFrame(self.rows(), columns=list(COLUMNS))
+        return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
     def sample_layers(self) -> dict[str, dict[str, Any]]:
         """Metadata of every layer that has samples (the file's ``layers`` entry)."""
@@ -500,11 +498,8 @@ class IOStats(AbstractContextManager):
             if meta["unit"] == "value":
                 sample = sample.reshape(-1)
             tensors[name] = sample.to(_smallest_int_dtype(meta["in_bits"])).contiguous()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={"format": SAMPLES_FORMAT,
-                                                "layers": json.dumps(layers)})
-        return path
+        metadata = {"format": SAMPLES_FORMAT, "layers": json.dumps(layers)}
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     def save(self, path: str | Path) -> tuple[Path, Path | None]:
         """The CSV at ``path`` (``.parquet``: Parquet) and, when any layer has samples,

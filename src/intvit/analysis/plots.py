@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..fileio import atomic_write  # noqa: E402
 from .errors import OpAnalysis  # noqa: E402
 
 
@@ -42,7 +43,6 @@ def plot_analysis(analysis: OpAnalysis, path: Path) -> Path:
     top.set_title(f"{analysis.op}: {analysis.domain.describe()}", fontsize=9)
     top.legend(fontsize=8)
     bottom.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format=path.suffix[1:] or "png"))
     plt.close(fig)
     return path

@@ -29,6 +29,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..fileio import write_text
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPORT_FILE = "report.html"
 DEFAULT_TITLE = "intvit report"
@@ -540,9 +542,7 @@ def build_report(out_html: PathLike, analysis_json: Any = None, plots_dir: Any =
     out = Path(out_html)
     text = render_report(analysis_json, plots_dir, search_json, search_plot, accuracy_json,
                          title, extra_tables, command, run_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    return out
+    return write_text(out, text)
 
 
 # ------------------------------------------------------------------------------ a run folder

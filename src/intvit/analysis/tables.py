@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..fileio import write_text
 from .errors import OpAnalysis
 
 COLUMNS = ("variant", "max abs err", "mean abs err", "rms err", "mul", "shift", "add",
@@ -43,4 +44,4 @@ def replace_between(path: str | Path, start: str, end: str, text: str) -> None:
         raise ValueError(f"{path} has no {start} ... {end} markers")
     head, rest = content.split(start, 1)
     _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    write_text(path, f"{head}{start}\n{text}\n{end}{tail}")

@@ -60,6 +60,7 @@ class DataConfig:
     train_limit: int | None = None
     val_limit: int | None = None
     subset: str = "first"                # 'first' N, or a 'random' N drawn with `seed`
+    skip_bad_images: bool = False        # folders: leave unreadable images out (counted)
     # the synthetic data set
     synthetic_train: int = 512
     synthetic_val: int = 128

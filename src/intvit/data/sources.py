@@ -250,7 +250,10 @@ def build_folder(cfg: DataConfig, split: str):
 
     side = largest_side([path for path, _ in samples])
     dataset = FolderImages(str(split_dir), classes,
-                           transform=build_transform(cfg, split, native_side=side))
+                           transform=build_transform(cfg, split, native_side=side),
+                           loader=functools.partial(read_image, mode=cfg.image_mode))
+    if cfg.skip_bad_images:
+        skip_unreadable(dataset, cfg.image_mode)
     return dataset, len(classes)
 
 
@@ -264,6 +267,77 @@ class FolderImages(ImageFolder):
 
     def find_classes(self, directory):
         return self.fixed_classes, {c: i for i, c in enumerate(self.fixed_classes)}
+
+
+# ---------------------------------------------------------------------------- image files
+
+#: PIL modes of integer images wider than 8 bits (16-bit PNG/TIFF, 32-bit integer).
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_8bit(image, path: str):
+    """An 8-bit view of ``image``: samples of a 16-bit (or 32-bit integer) image in
+    ``[0, 65535]`` map to ``round(v * 255 / 65535)``, as a grayscale image; palette images
+    become RGBA (their transparency kept); other modes are left to PIL's ``convert``."""
+    from PIL import Image
+
+    if image.mode in WIDE_MODES:
+        v = np.asarray(image).astype(np.int64)
+        if v.size and (v.min() < 0 or v.max() > 65535):
+            raise DataError(f"image {path} (PIL mode {image.mode}) holds samples in "
+                            f"[{v.min()}, {v.max()}], outside the 16-bit range [0, 65535]; "
+                            f"save it with 8 or 16 bits per sample")
+        return Image.fromarray(((v * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if image.mode == "F":
+        raise DataError(f"image {path} has floating-point samples (PIL mode F), whose range "
+                        f"is unknown; save it with 8 or 16 bits per sample")
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA")
+    return image
+
+
+def read_image(path: str, mode: str = "RGB"):
+    """The image file at ``path`` as a PIL image of ``mode`` ('RGB' or 'L'), whatever
+    mode it is stored in (see :func:`to_8bit`); an unreadable file is a DataError that
+    names it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = to_8bit(image, path)
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise DataError(f"cannot read image {path} ({err}); replace or remove it, or pass "
+                        f"--skip-bad-images to leave unreadable images out") from None
+    try:
+        return image if image.mode == mode else image.convert(mode)
+    except ValueError as err:
+        raise DataError(f"image {path} is in PIL mode {image.mode}, which cannot be "
+                        f"converted to {mode} ({err}); save it as RGB or grayscale") from None
+
+
+def skip_unreadable(dataset: ImageFolder, mode: str) -> list[tuple[str, str]]:
+    """``--skip-bad-images``: read every image of ``dataset`` once and drop those that
+    cannot be read, with a note counting them (and naming the first few)."""
+    from ..progress import tqdm
+
+    bad, good = [], []
+    for sample in tqdm(dataset.samples, desc=f"checking {dataset.root}", leave=False):
+        try:
+            read_image(sample[0], mode)
+            good.append(sample)
+        except DataError as err:
+            bad.append((sample[0], str(err)))
+    if bad:
+        if not good:
+            raise DataError(f"none of the {len(bad)} images in {dataset.root} can be read "
+                            f"(first: {bad[0][1]})")
+        dataset.samples = dataset.imgs = good
+        dataset.targets = [t for _, t in good]
+        print(f"note: skipped {len(bad)} unreadable image(s) of {len(bad) + len(good)} in "
+              f"{dataset.root}: " + ", ".join(path for path, _ in bad[:5])
+              + (", ..." if len(bad) > 5 else ""))
+    return bad
 
 
 # ---------------------------------------------------------------------------- registry

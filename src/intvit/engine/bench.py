@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..analysis.tables import replace_between
 from ..models.init import trained_scale_init

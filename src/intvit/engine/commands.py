@@ -8,12 +8,52 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from tqdm import tqdm
+from ..progress import tqdm
 
 from .engines import ENGINES, make_engine
 from .program import IntProgram, ProgramError
 
 FORMATS = ("int", "onnx", "golden", "c")
+SUFFIXES = {"int": ".safetensors", "onnx": ".onnx"}  # golden and c: a folder
+
+
+def _engine_list(text: str, have_checkpoint: bool) -> list[str]:
+    """``--engines a,b,...``: at least two known, distinct engines."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    known = ["model", *ENGINES]
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        raise ValueError(f"unknown engine(s) {', '.join(unknown)}; engines: "
+                         f"{', '.join(known)}, e.g. --engines model,int,onnx")
+    twice = sorted({k for k in kinds if kinds.count(k) > 1})
+    if twice:
+        raise ValueError(f"--engines names {', '.join(twice)} more than once; an engine "
+                         f"compared with itself proves nothing")
+    if len(kinds) < 2:
+        raise ValueError(f"verify compares at least two engines, got {text!r}; e.g. "
+                         f"--engines model,int,onnx (engines: {', '.join(known)})")
+    if "model" in kinds and not have_checkpoint:
+        raise ValueError("engine 'model' needs --checkpoint")
+    return kinds
+
+
+def export_format(fmt: str | None, out: str) -> str:
+    """The format asked for (or the one ``out``'s extension names), checked against
+    ``out``: ``.safetensors`` for int, ``.onnx`` for onnx, a folder for golden and c."""
+    suffix = Path(out).suffix
+    fmt = fmt or ("onnx" if suffix == ".onnx" else "int")
+    if fmt in SUFFIXES and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; --format {fmt} writes one file, e.g. "
+                         f"{Path(out) / ('model' + SUFFIXES[fmt])}")
+    want = SUFFIXES.get(fmt)
+    if want and suffix != want:
+        raise ValueError(f"--format {fmt} writes a {want} file, but --out {out} ends in "
+                         f"{suffix or 'no extension'}; name it {Path(out).stem}{want}"
+                         + ("" if fmt == "onnx" else " (or use --format onnx for ONNX)"))
+    if fmt in ("golden", "c") and suffix in SUFFIXES.values():
+        raise ValueError(f"--format {fmt} writes a folder, but --out {out} is named like "
+                         f"a file; give a folder name, e.g. {Path(out).with_suffix('')}")
+    return fmt
 
 
 def load_program(args: argparse.Namespace) -> IntProgram:
@@ -43,7 +83,9 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-ram", metavar="BYTES",
                    help="c: refuse an export whose scratch buffer exceeds this (e.g. 512K, "
                         "2M, 300000)")
-    p.add_argument("--images", type=int, default=2, help="images in the golden vectors")
+    from ..cli import positive_int
+    p.add_argument("--images", type=positive_int, default=2,
+                   help="images in the golden vectors")
     p.add_argument("--seed", type=int, default=0, help="seed of the golden/probe images")
 
 
@@ -51,12 +93,18 @@ def run_export(args: argparse.Namespace) -> int:
     from ..models.checkpoint import load_checkpoint
     from .export import export_program, probe_images
 
-    fmt = args.format or ("onnx" if str(args.out).endswith(".onnx") else "int")
+    from .. import fileio
+
+    fmt = export_format(args.format, args.out)
+    fileio.check_output(args.out, "--out", folder=fmt in ("golden", "c"))
     if fmt == "c":
+        fileio.check_distinct({"--out": args.out}, {"--checkpoint": args.checkpoint,
+                                                     "--program": args.program})
         return export_c(args)
     if not args.checkpoint:
         raise ValueError(f"--format {fmt} exports from --checkpoint CK (a calibrated or "
                          "trained model); --program works with --format c only")
+    fileio.check_distinct({"--out": args.out}, {"--checkpoint": args.checkpoint})
     model, _ = load_checkpoint(args.checkpoint)
     program = export_program(model, info={"checkpoint": str(args.checkpoint)})
     out = Path(args.out)
@@ -67,11 +115,8 @@ def run_export(args: argparse.Namespace) -> int:
               f"{size / (4 * sum(p.numel() for p in model.parameters())):.2f}x the float32 "
               "model)")
     elif fmt == "onnx":
-        import onnx
-
         from .onnx_export import to_onnx
-        out.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(to_onnx(program), str(out))
+        fileio.write_bytes(out, to_onnx(program).SerializeToString())
         print(f"ONNX graph: {out} ({out.stat().st_size / 2**20:.2f} MiB)")
     else:
         from .golden import write_golden
@@ -143,8 +188,10 @@ def compare_engines(engines: dict, batches) -> dict[str, dict[str, int]]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from ..cli import write_json
+    from ..cli import check_outputs, write_json
 
+    check_outputs(args, {"--json": "json"}, {},
+                  {"--checkpoint": "checkpoint", "--program": "program", "--golden": "golden"})
     if args.golden:
         from .golden import check_golden
         report = check_golden(args.golden)
@@ -152,15 +199,11 @@ def run_verify(args: argparse.Namespace) -> int:
               + "".join(f"\n  {m}" for m in report.mismatches))
         write_json(args.json, {"nodes": report.nodes, "mismatches": report.mismatches})
         return 0 if report.ok else 1
-    kinds = [k.strip() for k in args.engines.split(",") if k.strip()]
-    if len(kinds) < 2:
-        raise ValueError("verify compares at least two engines, e.g. --engines model,int,onnx")
+    kinds = _engine_list(args.engines, bool(args.checkpoint))
     program = load_program(args)
     engines = {}
     for kind in kinds:
         if kind == "model":
-            if not args.checkpoint:
-                raise ValueError("engine 'model' needs --checkpoint")
             from ..models.checkpoint import load_checkpoint
             model, _ = load_checkpoint(args.checkpoint)
             model.eval()
@@ -200,13 +243,19 @@ def inspect_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from ..cli import write_json
+    from ..cli import check_outputs, write_json
 
+    check_outputs(args, {"--json": "json"}, {}, {"file": "file"})
     if str(args.file).endswith(".onnx"):
         import onnx
 
         from .onnx_export import op_types
-        nodes = op_types(onnx.load(args.file))
+        try:
+            graph = onnx.load(args.file)
+        except Exception as err:  # noqa: BLE001  (onnx raises protobuf's own errors)
+            raise ValueError(f"{args.file} is not a readable ONNX model (truncated, or "
+                             f"not ONNX?): {type(err).__name__}: {err}") from None
+        nodes = op_types(graph)
         table = Counter((op, ",".join(types)) for _, op, types in nodes)
         print(f"{args.file}: {len(nodes)} nodes")
         for (op, types), n in sorted(table.items()):
@@ -219,7 +268,9 @@ def run_inspect(args: argparse.Namespace) -> int:
           f"tensors ({program.nbytes() / 2**20:.2f} MiB)")
     model = program.meta["model"]
     quant = program.meta["quant"]
-    print(f"  model: {model.get('name', '?')}, input {program.input_shape}, "
+    name = model.get("timm_name") or (f"{model['arch']} dim {model['embed_dim']} depth "
+                                      f"{model['depth']}")
+    print(f"  model: {name}, input {program.input_shape}, "
           f"{program.num_classes} classes; gelu {quant['gelu']}, softmax {quant['softmax']}, "
           f"layernorm {quant['layernorm']}")
     print("  ops: " + ", ".join(f"{op} x{n}" for op, n in ops.most_common()))

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
+from ..fileio import atomic_folder
+from ..progress import tqdm
 from .lowering import compact
 from .ops import OPS, as_value
 from .program import IntProgram, ProgramError
@@ -36,9 +37,16 @@ def _stored(t: torch.Tensor) -> torch.Tensor:
 
 def write_golden(program: IntProgram, images: torch.Tensor, out: str | Path,
                  progress: bool = True) -> Path:
-    out = Path(out)
-    (out / "nodes").mkdir(parents=True, exist_ok=True)
+    """The folder ``out`` of golden vectors, written whole or not at all
+    (:func:`intvit.fileio.atomic_folder`)."""
     values = IntRuntime(program).run(images)
+    return atomic_folder(out, lambda tmp: _write_golden(program, images, values, tmp,
+                                                        progress))
+
+
+def _write_golden(program: IntProgram, images: torch.Tensor, values, out: Path,
+                  progress: bool) -> None:
+    (out / "nodes").mkdir(parents=True, exist_ok=True)
     program.save(out / "program.safetensors")
     entries = []
     for i, node in enumerate(tqdm(program.nodes, desc="golden", disable=not progress)):
@@ -54,7 +62,6 @@ def write_golden(program: IntProgram, images: torch.Tensor, out: str | Path,
                 "program": "program.safetensors", "images": int(images.shape[0]),
                 "logits": program.output, "nodes": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return out
 
 
 @dataclass

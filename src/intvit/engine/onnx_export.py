@@ -3,7 +3,8 @@
 Between the input quantization (float ``Div``/``Add``/``Floor``/``Clip``/``Cast``) and
 the output dequantization (``Cast`` and float ``Mul``), every value is an integer. The
 values passed between program nodes are int32 (the runtime's debug mode proves that
-every node output fits); inside a node, a step that needs more (a requantization
+every node output fits), except the output of a node declared wider than 32 bits (a wide
+sum), which stays int64; inside a node, a step that needs more (a requantization
 product, a wide variance) widens to int64 and the node's result narrows back. How each
 program op maps to ONNX, given ONNX Runtime's kernels:
 
@@ -19,12 +20,13 @@ program op maps to ONNX, given ONNX Runtime's kernels:
   in ``[-2^62, 2^63 - 2^62)`` (a requantization product is at most 63 signed bits, plus
   its rounding constant), so with ``B = 2^62``
 
-      floor(t / 2^k) = uint64(t + B) >> k  -  B / 2^k        (1 <= k <= 62)
+      floor(t / 2^k) = uint64(t + B) >> k  -  B / 2^k        (0 <= k <= 62)
 
   where ``t + B`` is formed in uint64 (the cast wraps a negative ``t`` to ``t + 2^64``,
   and the add wraps it back into ``[0, 2^64)``), the shift is a logical one, and
   ``B / 2^k`` is an exact integer. For a requantization the rounding constant
-  ``2^(k-1)`` joins ``B`` in the same add. Shifts by 0 are the identity.
+  ``2^(k-1)`` joins ``B`` in the same add. A per-channel shift may mix 0 with positive
+  amounts (the identity holds at ``k = 0``); a shift by 0 everywhere is the identity.
   Divisions of non-negative values (row sums, Newton steps) use ``Div`` directly.
 * **tables** (GELU, the softmax exponentials, powers of two): ``Gather``.
 * **isqrt** (LayerNorm): the bit length as the count of powers of two not above the
@@ -122,10 +124,8 @@ class GraphWriter:
         t = self.cast(t, INT64)
         shift = torch.as_tensor(shift, dtype=torch.int64)
         add = torch.as_tensor(add, dtype=torch.int64)
-        if not bool((shift > 0).all()):
-            if bool((shift == 0).all()):
-                return self.op("Add", [t, self.const(add.numpy())]) if bool(add.any()) else t
-            raise ProgramError("a per-channel shift mixes 0 with positive amounts")
+        if bool((shift == 0).all()):
+            return self.op("Add", [t, self.const(add.numpy())]) if bool(add.any()) else t
         bias = 1 << 62
         wrapped = self.op("Cast", [t], to=TensorProto.UINT64)
         offset = self.const((add + bias).numpy().astype(np.uint64), np.uint64, "bias")
@@ -372,8 +372,8 @@ def to_onnx(program: IntProgram) -> onnx.ModelProto:
         out = LOWER[node.op](w, node, inputs)
         if node.op == "dequantize":
             float_output = out
-        elif w.types[out] != TensorProto.BOOL:
-            out = w.cast(out, INT32)  # values between nodes are int32
+        elif w.types[out] != TensorProto.BOOL and node.attrs.get("bits", 32) <= 32:
+            out = w.cast(out, INT32)  # values between nodes are int32, wide sums int64
         env[node.output] = out
     if float_output is None:
         raise ProgramError("the program has no dequantize node for its float logits")

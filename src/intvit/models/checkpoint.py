@@ -4,9 +4,13 @@ file, written atomically; and reading other people's weights safely.
 An intvit checkpoint is a safetensors file whose metadata holds
 ``{"format": "intvit", "version": 1, "model": ModelConfig, "quant": QuantConfig,
 "info": {...}}`` as JSON strings, and whose tensors are the model's full state dict
-(weights and every quantization buffer). Loading needs the path alone. Training state
-(optimizer, schedule, step) for ``--resume`` lives beside it in ``*.state.pt``, read with
-``torch.load(weights_only=True)``, which unpickles tensors and plain containers only.
+(weights and every quantization buffer). Loading needs the path alone.
+
+A training run's checkpoint also carries its training state (optimizer, schedule,
+position, random states) in the same file: the state's tensors under ``train_state/N``
+and its structure as JSON in the metadata (``"train_state"``). One file, renamed into
+place at once, so ``--resume`` always finds weights and state of the same step; a kill
+during a save leaves the previous complete checkpoint. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -26,20 +30,25 @@ from .config import ModelConfig
 from .registry import ModelError, build_quant_model
 
 FORMAT, VERSION = "intvit", 1
+STATE_PREFIX = "train_state/"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit; the message says why."""
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, info: dict[str, Any] | None = None
-                    ) -> Path:
+def save_checkpoint(path: str | Path, model: nn.Module, info: dict[str, Any] | None = None,
+                    train_state: dict[str, Any] | None = None) -> Path:
+    """The model (and, for ``--resume``, the ``train_state``: nested dicts, lists, numbers,
+    strings and tensors) in one safetensors file, written atomically."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "version": str(VERSION),
                 "model": json.dumps(model.cfg.as_dict()),
                 "quant": json.dumps(model.qcfg.as_dict()),
                 "info": json.dumps(info or {})}
+    if train_state is not None:
+        metadata["train_state"] = json.dumps(_flatten(train_state, tensors))
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
@@ -82,7 +91,8 @@ def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None
             f"for: " + ", ".join(f"{k} is {got[k]}, not {v}" for k, v in wrong.items()))
     model = build_quant_model(meta["model"], meta["quant"])
     try:
-        state = load_file(str(path))
+        state = {k: v for k, v in load_file(str(path)).items()
+                 if not k.startswith(STATE_PREFIX)}
         model.load_state_dict(state, strict=True)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is truncated or corrupted: {err}") from None
@@ -121,17 +131,50 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in data.items()}
 
 
-def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
-
-
 def load_train_state(path: str | Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read training state {path}: {err}") from None
+    """The training state a run's checkpoint carries (see :func:`save_checkpoint`)."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        skeleton = (f.metadata() or {}).get("train_state")
+        if skeleton is None:
+            raise CheckpointError(
+                f"{path} holds no training state (written by `intvit calibrate`, as a best "
+                f"checkpoint, or by an older intvit), so the run cannot continue exactly; "
+                f"start a new run from its weights with --checkpoint {path}")
+        try:
+            return _unflatten(json.loads(skeleton), f)
+        except (KeyError, TypeError, ValueError, SafetensorError) as err:
+            raise CheckpointError(f"{path} has an unreadable training state: {err}") from None
+
+
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON for ``obj``, its tensors moved to ``tensors`` (``train_state/N``); dict keys
+    keep their type (an optimizer's state is keyed by int)."""
+    if isinstance(obj, torch.Tensor):
+        name = f"{STATE_PREFIX}{sum(k.startswith(STATE_PREFIX) for k in tensors)}"
+        tensors[name] = obj.detach().cpu().clone().contiguous()
+        return {"tensor": name}
+    if isinstance(obj, dict):
+        return {"dict": [[k, _flatten(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"list": [_flatten(v, tensors) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"value": obj}
+    raise TypeError(f"cannot store a {type(obj).__name__} in a training state")
+
+
+def _unflatten(node: dict[str, Any], f) -> Any:
+    (kind, body), = node.items()
+    if kind == "tensor":
+        return f.get_tensor(body)
+    if kind == "dict":
+        return {k: _unflatten(v, f) for k, v in body}
+    if kind == "list":
+        return [_unflatten(v, f) for v in body]
+    if kind == "value":
+        return body
+    raise ValueError(f"unknown entry {kind!r}")
 
 
 __all__ = ["CheckpointError", "ModelError", "load_checkpoint",
-           "load_train_state", "read_metadata", "read_weights_file", "save_checkpoint",
-           "save_train_state"]
+           "load_train_state", "read_metadata", "read_weights_file", "save_checkpoint"]

@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..device import model_device, to_device
 from .qtensor import Mode
@@ -29,6 +29,9 @@ def calibration(model: nn.Module) -> Iterator[nn.Module]:
 def calibrate(model: nn.Module, batches: Iterable, num_batches: int,
               progress: bool = True) -> int:
     """Feed up to ``num_batches`` (images, labels) batches; returns how many were used."""
+    if num_batches < 1:
+        raise ValueError(f"calibration needs at least one batch, got {num_batches} (train: "
+                         f"--calib-batches N with N >= 1, or a calibrated --checkpoint)")
     used = 0
     with calibration(model):
         for images, _ in tqdm(batches, total=num_batches, desc="calibrate",

@@ -149,7 +149,7 @@ class QuantAct(QuantModule):
 
     def multiplier(self, in_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The dyadic pair taking integers at ``in_scale`` to this requantizer's scale."""
-        return dyadic((in_scale / self.scale()).double())
+        return dyadic(in_scale.double() / self.scale().double())
 
 
 def quant_linear(mode: Mode, a: QT, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -5,14 +5,17 @@ learning rate per step with linear warmup; label smoothing or mixup/cutmix with 
 targets; gradient accumulation. Activation ranges are calibrated before training (PTQ)
 and then kept frozen, so the integer kernels' constants stay fixed during QAT.
 
-Nothing is lost: after every epoch (and every ``save_every`` steps) the model goes to
-``last.safetensors`` and the optimizer, schedule and position to ``last.state.pt``, both
-written atomically. ``--resume DIR_OR_CHECKPOINT`` continues exactly where the last save
-left off: the data order of each epoch is a function of the seed and the epoch, and the
+Nothing is lost: after every epoch (and every ``save_every`` steps, always at the end of
+an accumulation) the model, the optimizer, schedule, position, loss sums, history and
+random states go to ``last.safetensors``, one file written atomically, so the weights and
+the state found there always belong to the same step. The run holds a lock on its output
+folder (a second run into it is refused). ``--resume DIR_OR_CHECKPOINT`` continues exactly
+where the last save left off: the data order of each epoch is a function of the seed and the epoch, and the
 torch, numpy and Python random states are saved and restored, so with ``--workers 0`` a
 resumed run computes exactly what the uninterrupted run would have. A
 non-finite loss stops the run before the bad step is applied; the last good checkpoint
-stays.
+stays. When an epoch's steps are not a multiple of ``accum_steps``, its last update
+applies the tail's gradients, so none leak into the next epoch.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from ..progress import tqdm
 
 from ..data import DataConfig, build_dataset, build_loader
 from ..evaluation import evaluate
-from ..models.checkpoint import (load_checkpoint, load_train_state, save_checkpoint,
-                                 save_train_state)
+from ..fileio import DirLock
+from ..models.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from ..models.factory import ModelSource, make_model
 from ..quant import QuantConfig, calibrate
 from ..device import resolve_device, to_device
@@ -39,7 +42,7 @@ from .distributed import init_from_env, is_main, shutdown
 from .options import TrainConfig, TrainingStopped
 from .tracking import Tracker
 
-LAST, STATE, BEST = "last.safetensors", "last.state.pt", "best.safetensors"
+LAST, BEST = "last.safetensors", "best.safetensors"
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
@@ -76,18 +79,20 @@ def make_criterion(cfg: TrainConfig, num_classes: int):
     return None, nn.CrossEntropyLoss()
 
 
-def resume_paths(resume: str) -> tuple[Path, Path]:
+def resume_path(resume: str) -> Path:
+    """The checkpoint ``--resume`` names: a run folder's last one, or the file given."""
     path = Path(resume)
-    if path.is_dir():
-        path = path / LAST
-    return path, path.with_name(path.name.replace(".safetensors", ".state.pt"))
+    return path / LAST if path.is_dir() else path
 
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     rank, world = init_from_env(device)
     try:
-        return _train(cfg, rank, world, device)
+        if rank != 0:
+            return _train(cfg, rank, world, device)
+        with DirLock(cfg.output_dir):
+            return _train(cfg, rank, world, device)
     finally:
         shutdown()
 
@@ -98,15 +103,20 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     out = Path(cfg.output_dir)
     state: dict[str, Any] = {}
     if cfg.resume:
-        ck_path, state_path = resume_paths(cfg.resume)
+        ck_path = resume_path(cfg.resume)
         model, meta = load_checkpoint(ck_path)
-        state = load_train_state(state_path) if state_path.exists() else {}
-        log(f"resuming from {ck_path} at epoch {state.get('epoch', 0)}, "
-            f"step {state.get('step_in_epoch', 0)}")
+        state = load_train_state(ck_path)
+        if state["epoch"] >= cfg.epochs:
+            raise ValueError(f"{ck_path} has finished {state['epoch']} epochs, and --epochs "
+                             f"{cfg.epochs} asks for no more; give --epochs N with N > "
+                             f"{state['epoch']} to train further")
+        log(f"resuming from {ck_path} at epoch {state['epoch']}, "
+            f"step {state['step_in_epoch']}")
     qcfg = QuantConfig.from_dict(cfg.quant) if cfg.quant else None
     data_probe = DataConfig(data=cfg.data, img_size=224, in_chans=3, batch_size=cfg.batch_size,
                             workers=cfg.workers, seed=cfg.seed, train_limit=cfg.train_limit,
-                            val_limit=cfg.val_limit, **cfg.data_pipeline)
+                            val_limit=cfg.val_limit, skip_bad_images=cfg.skip_bad_images,
+                            **cfg.data_pipeline)
     if not cfg.resume:
         overrides = dict(cfg.model_overrides)
         if "num_classes" not in overrides and not cfg.checkpoint:
@@ -120,6 +130,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
                          "in_chans": mcfg.in_chans})
     train_loader = build_loader(data, "train", distributed=world > 1)
     val_loader = build_loader(data, "val", distributed=world > 1)
+    if train_loader.num_classes > mcfg.num_classes:
+        raise ValueError(f"the model has {mcfg.num_classes} classes but --data {cfg.data} has "
+                         f"{train_loader.num_classes}; drop --nb-classes (or give "
+                         f"--nb-classes {train_loader.num_classes})")
     if qcfg.enabled and not state and not _calibrated(model):
         used = calibrate(model, train_loader, cfg.calib_batches, cfg.progress and is_main())
         log(f"calibrated activation ranges on {used} batches")
@@ -136,27 +150,28 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     steps_per_epoch = len(train_loader)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    updates_per_epoch = max(1, steps_per_epoch // cfg.accum_steps)
+    updates_per_epoch = -(-steps_per_epoch // cfg.accum_steps)
     total_updates = updates_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * updates_per_epoch)
     if state:
         optimizer.load_state_dict(state["optimizer"])
     epoch0, skip = state.get("epoch", 0), state.get("step_in_epoch", 0)
     update, best = state.get("update", 0), state.get("best_top1", -1.0)
+    history: list[dict[str, Any]] = list(state.get("history", []))
     tracker = Tracker(cfg.wandb_project, cfg.wandb_entity,
                       {**cfg.as_dict(), "model_config": mcfg.as_dict(), "quant": qcfg.as_dict()},
                       enabled=is_main())
-    history: list[dict[str, Any]] = []
 
-    def save(epoch: int, step_in_epoch: int, metrics: dict[str, Any] | None = None) -> None:
+    def save(epoch: int, step_in_epoch: int, metrics: dict[str, Any] | None = None,
+             sums: tuple[int, float] = (0, 0.0)) -> None:
         if not is_main():
             return
         info = {"epoch": epoch, "step_in_epoch": step_in_epoch, "update": update,
                 "metrics": metrics or {}, "train": cfg.as_dict()}
-        save_checkpoint(out / LAST, model, info)
-        save_train_state(out / STATE, {"optimizer": optimizer.state_dict(), "epoch": epoch,
-                                       "step_in_epoch": step_in_epoch, "update": update,
-                                       "best_top1": best, "rng": rng_state()})
+        save_checkpoint(out / LAST, model, info, {
+            "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "step_in_epoch": step_in_epoch, "update": update, "best_top1": best,
+            "rng": rng_state(), "seen": sums[0], "loss_sum": sums[1], "history": history})
         tracker.log({"checkpoint": str(out / LAST)}, step=update)
 
     for epoch in range(epoch0, cfg.epochs):
@@ -167,7 +182,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         if state and skip == 0 and epoch == epoch0:
             set_rng_state(state["rng"])
         model.train()
-        seen, loss_sum, start = 0, 0.0, time.perf_counter()
+        seen, loss_sum = (state["seen"], state["loss_sum"]) if skip else (0, 0.0)
+        seen0, start = seen, time.perf_counter()
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (cfg.progress and is_main()), leave=False)
         for step, (images, labels) in enumerate(train_loader):
@@ -180,18 +196,23 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
             images, labels = to_device(images, device), to_device(labels, device)
             if mixup is not None:
                 images, labels = mixup(images, labels)
-            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
-                loss = criterion(net(images), labels) / cfg.accum_steps
+            try:
+                with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
+                    loss = criterion(net(images), labels) / cfg.accum_steps
+            except (ValueError, ArithmeticError) as err:
+                if update == state.get("update", 0):
+                    raise  # no update applied yet: the setup is wrong, not the steps
+                bar.close()
+                tracker.finish()
+                raise TrainingStopped(_diverged(f"the integer kernels failed ({err})", epoch,
+                                                step, out)) from None
             loss_value = float(loss.detach()) * cfg.accum_steps
             if not math.isfinite(loss_value):
                 bar.close()
                 tracker.finish()
-                raise TrainingStopped(
-                    f"loss became {loss_value} at epoch {epoch + 1}, step {step}; stopped "
-                    f"before applying it. The last good checkpoint is {out / LAST} "
-                    f"(resume with --resume {out}); try a lower --lr")
+                raise TrainingStopped(_diverged(f"loss became {loss_value}", epoch, step, out))
             loss.backward()
-            if (step + 1) % cfg.accum_steps == 0:
+            if (step + 1) % cfg.accum_steps == 0 or step + 1 == steps_per_epoch:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(update, total_updates, warmup, cfg)
                 if cfg.clip_grad:
@@ -201,14 +222,14 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
                 update += 1
             seen += images.shape[0]
             loss_sum += loss_value
-            rate = seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{loss_sum / (step + 1 - skip):.4f}", img_s=f"{rate:.1f}",
+            rate = (seen - seen0) / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", img_s=f"{rate:.1f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             bar.update(1)
             tracker.log({"train/loss": loss_value,
                          "train/lr": optimizer.param_groups[0]["lr"]}, step=update)
             if cfg.save_every and (step + 1) % cfg.save_every == 0:
-                save(epoch, step + 1)
+                save(epoch, step + 1, sums=(seen, loss_sum))
         bar.close()
         skip = 0
         result = evaluate(model, val_loader, cfg.progress and is_main(), "validate")
@@ -227,6 +248,13 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
     tracker.finish()
     return {"history": history, "best_top1": best, "checkpoint": str(out / LAST),
             "rank": rank}
+
+
+def _diverged(what: str, epoch: int, step: int, out: Path) -> str:
+    """The message of a run stopped because training diverged."""
+    return (f"{what} at epoch {epoch + 1}, step {step}: training diverged; stopped before "
+            f"applying it. The last good checkpoint is {out / LAST} (resume with --resume "
+            f"{out}); try a lower --lr")
 
 
 def rng_state() -> dict[str, Any]:

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..fileio import write_json, write_text
+
 ARGS_MACRO = "${args}"
 # W&B's ${envvar:NAME} macro, expanded as the agent does (left as NAME when unset).
 ENVVAR_MACRO = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")
@@ -304,13 +306,10 @@ def report(path: str | Path, fixed: list[str], records: list[dict[str, Any]]) ->
 
 
 def _write(out: Path, json_file: str | None, text: str, records: list[dict[str, Any]]) -> None:
-    payload = json.dumps(records, indent=2) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.md").write_text(text)
-    (out / "sweep.json").write_text(payload)
+    write_text(out / "sweep.md", text)
+    write_json(out / "sweep.json", records)
     if json_file:
-        Path(json_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_file).write_text(payload)
+        write_json(json_file, records)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -329,7 +328,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep file's grid locally; 0 when every run succeeded, 1 otherwise (the
     failures are in the table and the JSON)."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     fixed, grid = load_sweep(args.sweep)
     fixed = _drop(fixed, set(LOCAL_DROPS), _train_options())
