@@ -105,9 +105,12 @@ Requires ``pip install intvit[tvm]`` (``apache-tvm==0.27.0``, ``apache-tvm-ffi==
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -121,6 +124,31 @@ _ROW_TILE = 4  # rows of `a` per register tile of the VNNI matmul
 
 _intrin_lock = threading.Lock()
 _intrin_registered = False
+
+
+NOISE = ("Fast mode segfaults when there are out-of-bounds indices",)
+
+
+@contextmanager
+def native_stderr_without(noise: Sequence[str] = NOISE) -> Iterator[None]:
+    """Run a block with file descriptor 2 captured, then write back to ``sys.stderr``
+    every line that holds none of ``noise``. TVM's C++ code logs straight to the
+    descriptor: one "Fast mode segfaults when there are out-of-bounds indices" warning per
+    table lookup of a build (``take`` in its fast mode; the exporter's indices are clipped
+    into range), about 30 lines per model."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            sys.stderr.write("".join(line for line in text.splitlines(keepends=True)
+                                     if not any(n in line for n in noise)))
 
 
 def tvm_available() -> bool:
@@ -854,6 +882,10 @@ class TvmModule:
         return self._main is not None
 
     def _build(self, shapes: Sequence[tuple[int, ...]] | None):
+        with native_stderr_without():
+            return self._build_quietly(shapes)
+
+    def _build_quietly(self, shapes: Sequence[tuple[int, ...]] | None):
         import tvm
         from tvm import relax
         from tvm.relax.frontend.onnx import from_onnx
