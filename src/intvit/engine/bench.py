@@ -70,11 +70,20 @@ def quantized_twin(name: str, family: str, seed: int = 0):
 
 
 def bench_model(name: str, batches: list[int], engines: list[str], family: str, n_threads: int,
-                warmup: int, repeats: int, workdir: Path) -> list[Row]:
+                warmup: int, repeats: int, workdir: Path, profile: bool = False
+                ) -> tuple[list[Row], str]:
+    """The model's rows, and with ``profile`` the ``int`` engine's time by op class."""
     with threads(n_threads):
         float_model, model = quantized_twin(name, family)
-    return time_engines(name, float_model, model, export_program(model), batches, engines,
-                        n_threads, warmup, repeats, workdir / name)
+    program = export_program(model)
+    table = ""
+    if profile:
+        from .profile import profile_int, profile_markdown
+        with threads(n_threads):
+            table = profile_markdown(f"{name}, int engine", {
+                b: profile_int(program, probe_images(model, b, seed=b)) for b in batches})
+    return time_engines(name, float_model, model, program, batches, engines,
+                        n_threads, warmup, repeats, workdir / name), table
 
 
 def time_engines(label: str, float_model: torch.nn.Module, model, program, batches: list[int],
@@ -167,12 +176,12 @@ def worker(spec: dict) -> dict:
 
 def markdown(rows: list[Row], header: str) -> str:
     lines = [header, "",
-             "| model | batch | engine | median ms | speed-up vs PyTorch FP32 | bit-exact |",
-             "|---|---:|---|---:|---:|---|"]
+             "| model | batch | engine | median ms | speed-up vs PyTorch FP32 | bit-exact "
+             "| setup s |", "|---|---:|---|---:|---:|---|---:|"]
     for r in rows:
         exact = "" if r.exact is None else ("yes" if r.exact else "**NO**")
         lines.append(f"| {r.model} | {r.batch} | {r.engine} | {r.median_ms:.2f} | "
-                     f"{r.speedup:.2f}x | {exact} |")
+                     f"{r.speedup:.2f}x | {exact} | {r.setup_s:.1f} |")
     return "\n".join(lines + ["", *verdicts(rows)])
 
 
@@ -205,6 +214,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--profile", action="store_true",
+                   help="also print the int engine's time by op class (int8 products, "
+                        "requantization, GELU, Softmax, LayerNorm, data movement)")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--update-readme", metavar="README", nargs="?", const="README.md",
                    help="write the table between the README's latency markers")
@@ -221,10 +233,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown engines {unknown}; engines: {', '.join(ENGINES)}")
     start = time.perf_counter()
     rows: list[Row] = []
+    profiles: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in tqdm(models, desc="bench"):
-            rows += bench_model(name, batches, engines, args.family, args.threads,
-                                args.warmup, args.repeats, Path(tmp))
+            model_rows, profile = bench_model(name, batches, engines, args.family,
+                                              args.threads, args.warmup, args.repeats,
+                                              Path(tmp), args.profile)
+            rows += model_rows
+            profiles += [profile] if profile else []
     header = (f"`intvit bench --models {','.join(models)} --batch-sizes "
               f"{','.join(map(str, batches))} --engines {','.join(engines)}` "
               f"({args.family} approximations, {args.threads} threads, median of "
@@ -232,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
               f" min in all, {torch.__version__} torch)")
     table = markdown(rows, header)
     print(table)
+    for profile in profiles:
+        print("\n" + profile)
     write_json(args.json, {"header": header, "rows": [asdict(r) for r in rows]})
     if args.update_readme:
         replace_between(args.update_readme, README_START, README_END, table)

@@ -1,0 +1,68 @@
+"""Where the ``int`` engine's time goes, by op class: each node of the program timed as
+the runtime runs it (``intvit bench --profile``).
+
+| class          | program ops                        |
+|----------------|------------------------------------|
+| int8 products  | ``linear``, ``matmul``             |
+| requantization | ``requantize``                     |
+| GELU           | ``lookup`` (the GELU table)        |
+| Softmax        | ``softmax``                        |
+| LayerNorm      | ``layernorm``                      |
+| quantization   | ``quantize``, ``dequantize``       |
+| data movement  | every other op (reshape, transpose, take, slice, concat, broadcast, roll, pad, where, sum) |
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+
+from .program import IntProgram
+from .runtime import IntRuntime
+
+OP_CLASSES = {"linear": "int8 products", "matmul": "int8 products",
+              "requantize": "requantization", "lookup": "GELU", "softmax": "Softmax",
+              "layernorm": "LayerNorm", "quantize": "quantization",
+              "dequantize": "quantization"}
+CLASSES = ("int8 products", "requantization", "GELU", "Softmax", "LayerNorm",
+           "quantization", "data movement")
+
+
+def op_class(op: str) -> str:
+    return OP_CLASSES.get(op, "data movement")
+
+
+def profile_int(program: IntProgram, images: torch.Tensor, repeats: int = 3
+                ) -> dict[str, float]:
+    """Milliseconds per op class (every class of :data:`CLASSES`) of one ``int`` engine
+    run on ``images``, the mean of ``repeats`` runs after one warm-up run."""
+    runtime = IntRuntime(program)
+    totals: dict[str, float] = defaultdict(float)
+    for run in range(repeats + 1):
+        values = dict(runtime.constants)
+        values[program.input] = images.to(torch.float32)
+        with torch.inference_mode():
+            for node, (fn, inputs, kwargs, output, _) in zip(program.nodes, runtime.steps):
+                start = time.perf_counter()
+                values[output] = fn(*[values[i] for i in inputs], **kwargs)
+                if run:
+                    totals[op_class(node.op)] += time.perf_counter() - start
+    return {c: 1e3 * totals[c] / repeats for c in CLASSES}
+
+
+def profile_markdown(label: str, profiles: dict[int, dict[str, float]]) -> str:
+    """A table: one row per op class, one column per batch size (ms and share)."""
+    batches = sorted(profiles)
+    lines = [f"| {label}: op class | " + " | ".join(f"batch {b}: ms | share" for b in batches)
+             + " |", "|---|" + "---:|---:|" * len(batches)]
+    for c in CLASSES:
+        cells = []
+        for b in batches:
+            total = sum(profiles[b].values()) or 1.0
+            cells += [f"{profiles[b][c]:.1f}", f"{100 * profiles[b][c] / total:.0f}%"]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines.append("| total | " + " | ".join(f"{sum(profiles[b].values()):.1f} | 100%"
+                                           for b in batches) + " |")
+    return "\n".join(lines)
