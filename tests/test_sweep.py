@@ -229,7 +229,7 @@ def test_a_failing_combination_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert sweep.run(sweep_args(str(path), "--out", str(out))) == 1
     records = json.loads((out / "sweep.json").read_text())
     assert [r["status"] for r in records] == ["failed", "failed", "failed", "ok"]
-    assert "invalid int value" in records[0]["error"]  # rejected by the parser
+    assert "invalid positive_int value: 'two'" in records[0]["error"]  # rejected by the parser
     assert "ppoly" in records[1]["error"] and "layernorm" in records[1]["error"].lower()
     assert records[1]["checkpoint"] is None and records[3]["best_top1"] is not None
     table = (out / "sweep.md").read_text()
