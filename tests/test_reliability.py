@@ -89,6 +89,23 @@ def test_golden_vectors_are_written_whole_or_not_at_all(files, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["golden"]
 
 
+@pytest.mark.parametrize("fmt", ["golden", "c"])
+def test_a_folder_export_never_replaces_a_folder_of_other_files(fmt, files, tmp_path, capsys):
+    """Folder outputs replace a folder whole; one holding the user's files is refused
+    before any work, and its files stay; an export over its own earlier export works."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    refused(["export", "--checkpoint", str(files["ck"]), "--format", fmt, "--out", str(out)],
+            "folder of other files", capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    again = tmp_path / "export"
+    for _ in range(2):
+        assert main(["export", "--checkpoint", str(files["ck"]), "--format", fmt,
+                     "--images", "1", "--out", str(again)]) == 0
+    assert (again / fileio.FOLDER_MARK).exists()
+
+
 def test_resume_needs_the_training_state_in_the_checkpoint(files, tmp_path, capsys):
     refused(["train", "--resume", str(files["ck"])], "not written by `intvit train`", capsys)
     from intvit.models.checkpoint import CheckpointError, load_train_state

@@ -7,7 +7,8 @@ sees either the old file or the complete new one, never a truncated one. The new
 gets the mode a plain ``open(path, "w")`` would give it (``0666`` less the umask), not
 the temporary file's ``0600``. Temporary files left by a killed writer (whose process no
 longer runs) are removed by the next write into the same folder. A folder of files
-(golden vectors) is written the same way with :func:`atomic_folder`.
+(golden vectors, a C library) is written the same way with :func:`atomic_folder`, which
+replaces only a folder it wrote itself, never one of the user's.
 
 :func:`check_output` and :func:`check_distinct` run before a command starts its work, so
 an unwritable destination or an output that would overwrite an input is an error at
@@ -94,18 +95,35 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     return path
 
 
+FOLDER_MARK = ".intvit-output"  # in every folder atomic_folder writes
+
+
+def check_replaceable_folder(path: str | Path, what: str = "--out") -> None:
+    """A folder output may replace only an empty folder or one that :func:`atomic_folder`
+    wrote (it holds :data:`FOLDER_MARK`): a folder of the user's own files is never
+    swept away by an export."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not (path / FOLDER_MARK).exists():
+        raise OutputError(f"{what} {path} is a folder of other files, which this output "
+                          f"would replace; give a new or empty folder, e.g. {path / 'out'}")
+
+
 def atomic_folder(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp_folder)`` then put the folder at ``path`` (replacing an old one):
-    a reader finds the old folder or the complete new one."""
+    """Call ``write(tmp_folder)`` then put the folder at ``path`` (replacing an old one
+    that this function wrote, see :func:`check_replaceable_folder`): a reader finds the
+    old folder or the complete new one."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} is a file; give a folder name for this output")
+    check_replaceable_folder(path, "output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path.parent)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_name(path), suffix=TMP_SUFFIX))
     old = tmp.with_name(tmp.name.replace(TMP_SUFFIX, ".old" + TMP_SUFFIX))
     try:
         write(tmp)
+        (tmp / FOLDER_MARK).write_text("written by intvit; replaced whole by the next "
+                                       "export here\n")
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
             os.replace(path, old)

@@ -97,6 +97,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     fmt = export_format(args.format, args.out)
     fileio.check_output(args.out, "--out", folder=fmt in ("golden", "c"))
+    if fmt in ("golden", "c"):
+        fileio.check_replaceable_folder(args.out)
     if fmt == "c":
         fileio.check_distinct({"--out": args.out}, {"--checkpoint": args.checkpoint,
                                                      "--program": args.program})

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ...fileio import write_text
+from ...fileio import atomic_folder
 from ..program import IntProgram
 from .emit import Emitter, emit_network
 from .plan import CTYPE_SIZE, Plan, make_plan
@@ -48,10 +48,10 @@ class CLibrary:
         return self.plan.scratch_bytes
 
     def write(self, out: str | Path) -> Path:
-        out = Path(out)
-        for name, text in self.files.items():
-            write_text(out / name, text)
-        return out
+        def fill(folder: Path) -> None:
+            for name, text in self.files.items():
+                (folder / name).write_text(text, encoding="utf-8")
+        return atomic_folder(out, fill)
 
 
 @dataclass
