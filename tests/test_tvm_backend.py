@@ -10,6 +10,7 @@ other CPUs the same rewrite is checked with its tiles as plain int32 loops.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -290,6 +291,32 @@ def test_offload_rewrite_is_exact_with_plain_tiles():
         expected = reference.run(None, {"a": a})
         for name, g, e in zip(MATMUL_OUTPUTS, got, expected):
             assert np.array_equal(g.numpy(), e), name
+
+
+@pytest.mark.parametrize("before", [None, "7"])
+def test_the_process_environment_is_left_as_it_was(matmuls, monkeypatch, before):
+    """TVM_NUM_THREADS is set only while a module runs (its pool reads it then)."""
+    _, module, _ = matmuls
+    if before is None:
+        monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("TVM_NUM_THREADS", before)
+    seen = []
+    real = module._main_for
+
+    def recording(arrays):
+        main = real(arrays)
+
+        def run(*args):
+            seen.append(os.environ.get("TVM_NUM_THREADS"))
+            return main(*args)
+        return run
+
+    monkeypatch.setattr(module, "_main_for", recording)
+    module(*[np.zeros([1 if d is None else d for d in dims], dtype)
+             for dims, dtype in zip(module._dims, module._dtypes)])
+    assert seen == [str(module.threads)]
+    assert os.environ.get("TVM_NUM_THREADS") == before
 
 
 def test_generic_lowering_without_vnni_matches_the_reference():

@@ -92,8 +92,9 @@ Limits
   first use and caches it by shape (:attr:`TvmModule.dynamic` is then False,
   :attr:`TvmModule.fallback_reason` says why); each new shape pays a compile.
 * TVM's CPU thread pool is process-wide and sized once, at its first parallel launch, from
-  ``TVM_NUM_THREADS``; the constructor sets that variable to ``threads``, so in a process
-  running several modules the first run's thread count wins.
+  ``TVM_NUM_THREADS``; each call sets that variable to ``threads`` while it runs (and
+  restores it after), so in a process running several modules the first run's thread
+  count wins.
 * The parallel/serial decision uses extents at batch 1 (symbolic dims count as 1): small
   kernels stay serial at every batch size. Kernels are parallel over rows with static
   chunks; a tensor with fewer rows than threads uses fewer threads.
@@ -127,6 +128,22 @@ _intrin_registered = False
 
 
 NOISE = ("Fast mode segfaults when there are out-of-bounds indices",)
+
+
+@contextmanager
+def pool_threads(threads: int) -> Iterator[None]:
+    """``TVM_NUM_THREADS=threads`` for the duration of a call only: TVM sizes its
+    process-wide pool from it at the first parallel launch, and the process environment
+    (which other libraries and child processes read) is left as it was."""
+    old = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TVM_NUM_THREADS"]
+        else:
+            os.environ["TVM_NUM_THREADS"] = old
 
 
 @contextmanager
@@ -846,7 +863,6 @@ class TvmModule:
         tvm = _import_tvm()
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        os.environ["TVM_NUM_THREADS"] = str(int(threads))
         self.model = model
         self.threads = int(threads)
         self.schedule = bool(schedule)
@@ -945,7 +961,8 @@ class TvmModule:
         import tvm
         arrays = self._check(inputs)
         main = self._main_for(arrays)
-        result = main(*[tvm.runtime.tensor(x, self._device) for x in arrays])
+        with pool_threads(self.threads):
+            result = main(*[tvm.runtime.tensor(x, self._device) for x in arrays])
         values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
         outputs = []
         for value, dtype in zip(values, self._out_dtypes):
