@@ -54,7 +54,7 @@ def all_engines(program: IntProgram) -> dict:
 
 
 def tvm_available() -> bool:
-    from intvit.engine.tvm_backend import tvm_available as available
+    from intvit.engine.tvm import tvm_available as available
     return available()
 
 

@@ -24,10 +24,10 @@ from onnx.reference import ReferenceEvaluator
 
 tvm = pytest.importorskip("tvm")
 
-from intvit.engine import tvm_backend  # noqa: E402
-from intvit.engine.tvm_backend import TvmModule, tvm_available  # noqa: E402
+from intvit.engine import tvm as intvit_tvm  # noqa: E402
+from intvit.engine.tvm import TvmModule, tvm_available  # noqa: E402
 
-HOST_VNNI = tvm_backend._has_vnni(tvm.target.Target(tvm_backend.host_target()))
+HOST_VNNI = intvit_tvm.has_vnni(tvm.target.Target(intvit_tvm.host_target()))
 C, H, W = 3, 4, 4  # images are (batch, 3, 4, 4): 6 tokens of 8 features
 T, K, N = 6, 8, 16
 
@@ -257,7 +257,7 @@ def test_matmul_integer_matches_the_reference(matmuls):
     elsewhere (then no matmul is offloaded)."""
     _, module, reference = matmuls
     assert module.dynamic, module.fallback_reason
-    vnni = tvm_backend._has_vnni(module.target)
+    vnni = intvit_tvm.has_vnni(module.target)
     assert module.offloaded_matmuls == (MATMULS if vnni else 0)
     _check_matmuls(module, reference, np.random.default_rng(2))
 
@@ -277,11 +277,11 @@ def test_offload_rewrite_is_exact_with_plain_tiles():
 
     model = matmul_model(m=16, k=12, n=20)
     target = tvm.target.Target({"kind": "llvm"})
-    mod, count = tvm_backend.offload_matmul_integer(
+    mod, count = intvit_tvm.offload_matmul_integer(
         from_onnx(model, keep_params_in_input=False), target, tensorize=False)
     assert count == MATMULS
     executable = tvm.compile(mod, target=target,
-                             relax_pipeline=tvm_backend.cpu_pipeline(target))
+                             relax_pipeline=intvit_tvm.cpu_pipeline(target))
     main = relax.VirtualMachine(executable, tvm.cpu())["main"]
     reference = _reference(model)
     rng = np.random.default_rng(6)
@@ -415,11 +415,11 @@ def test_scheduling_pass_parallelizes_fuses_and_stays_exact():
     from tvm.relax.frontend.onnx import from_onnx
 
     model = newton_model()
-    mod, folded = tvm_backend.fold_stacked_min_max(from_onnx(model, keep_params_in_input=False))
+    mod, folded = intvit_tvm.fold_stacked_min_max(from_onnx(model, keep_params_in_input=False))
     assert folded == 17  # every two-input Max/Min became maximum/minimum
-    target = tvm.target.Target(tvm_backend.host_target(2))
+    target = tvm.target.Target(intvit_tvm.host_target(2))
     with target:
-        scheduled = tvm.transform.Sequential(tvm_backend.fusion_passes(target))(mod)
+        scheduled = tvm.transform.Sequential(intvit_tvm.fusion_passes(target))(mod)
     funcs = {gv.name_hint: f for gv, f in scheduled.functions_items()
              if isinstance(f, tirx.PrimFunc)}
     assert funcs and all(bool(f.attrs["tirx.is_scheduled"]) for f in funcs.values())
@@ -449,9 +449,9 @@ def test_scheduling_pass_parallelizes_fuses_and_stays_exact():
 def test_builds_drop_tvms_lookup_warning_and_keep_other_output(capfd):
     import os
 
-    with tvm_backend.native_stderr_without():
-        os.write(2, f"[x] Warning: {tvm_backend.NOISE[0]}. Make sure...\n".encode())
+    with intvit_tvm.native_stderr_without():
+        os.write(2, f"[x] Warning: {intvit_tvm.NOISE[0]}. Make sure...\n".encode())
         os.write(2, b"something else\n")
     TvmModule(all_ops_model())  # its Gather lookups would print the warning
     err = capfd.readouterr().err
-    assert "something else" in err and tvm_backend.NOISE[0] not in err
+    assert "something else" in err and intvit_tvm.NOISE[0] not in err

@@ -84,7 +84,7 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
     from .engine.commands import compare_engines
     from .engine.engines import make_engine
     from .engine.onnx_export import to_onnx
-    from .engine.tvm_backend import tvm_available
+    from .engine.tvm import tvm_available
     from .models.registry import float_twin
 
     program = export_program(model)

@@ -70,7 +70,7 @@ class TvmEngine(Engine):
 
     def __init__(self, program: IntProgram, threads: int | None = 2) -> None:
         from .onnx_export import to_onnx
-        from .tvm_backend import TvmModule
+        from .tvm import TvmModule
         super().__init__(program)
         self.module = TvmModule(to_onnx(program), threads=threads or 2)
 
