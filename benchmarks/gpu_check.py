@@ -34,16 +34,14 @@ try:
     import intvit  # noqa: F401
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
-from intvit.models import build_quant_model, model_config
+from intvit.models import build_quant_model, family, model_config
 from intvit.models.init import trained_scale_init
 from intvit.quant import QuantConfig, calibrate
 
 CUDA_TESTS = ["tests/test_matmul_routes.py", "tests/test_device.py",
               "tests/test_integer_model.py"]
-SMALL_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                 num_classes=10)
-SMALL_SWIN = dict(arch="swin", img_size=32, patch_size=4, embed_dim=16, depths=(2, 2),
-                  heads=(2, 2), window_size=4, num_classes=10)
+SMALL_VIT = family("vit").small
+SMALL_SWIN = family("swin").small
 
 
 def no_gpu_reason() -> str | None:

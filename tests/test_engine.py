@@ -14,7 +14,7 @@ from intvit.engine.engines import make_engine
 from intvit.engine.golden import check_golden, write_golden
 from intvit.engine.onnx_export import op_types, to_onnx
 from intvit.engine.runtime import IntRuntime
-from intvit.models import build_quant_model, model_config
+from intvit.models import build_quant_model, family, model_config, short_names
 from intvit.models.checkpoint import save_checkpoint
 from intvit.quant import Mode, QuantConfig
 
@@ -22,8 +22,7 @@ FAMILIES = {"ivit": dict(gelu="ivit", softmax="ivit", layernorm="ivit"),
             "ibert": dict(gelu="ibert", softmax="ibert", layernorm="ibert"),
             "ppoly": dict(gelu="ppoly", softmax="ppoly", layernorm="ivit"),
             "mixed": dict(gelu="ibert", softmax="ppoly_seg_8", layernorm="ibert")}
-SEVEN = ["deit_tiny", "deit_small", "deit_base", "vit_small", "vit_base", "swin_tiny",
-         "swin_small"]
+SEVEN = list(short_names())
 
 
 def images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -43,9 +42,7 @@ def calibrated(cfg, quant: dict, seed: int = 0) -> torch.nn.Module:
 def small(name: str):
     """A model of the named family's widths and heads, shrunk to a few tokens and blocks."""
     cfg = replace(model_config(name), num_classes=10)
-    if cfg.arch == "swin":  # 16x16 patches: stage 0 has shifted 7x7 windows, padded
-        return replace(cfg, img_size=64, depths=(2, 1, 1, 1))
-    return replace(cfg, img_size=32, depth=1)
+    return family(cfg.arch).shrink(cfg)
 
 
 def all_engines(program: IntProgram) -> dict:

@@ -7,11 +7,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from conftest import randomize, small_model
-from intvit.models import build_quant_model, model_config
+from intvit.models import build_quant_model, family, model_config
 from intvit.quant import QuantConfig, calibrate
 
-SWIN = dict(arch="swin", img_size=32, patch_size=4, embed_dim=16, depths=(2, 2),
-            heads=(2, 2), window_size=4, num_classes=10)
+SWIN = family("swin").small  # the registry's smallest Swin
 
 
 def swin_model():

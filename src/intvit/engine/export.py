@@ -1,7 +1,8 @@
 """``export_program``: a quantized model in eval mode -> an :class:`IntProgram`.
 
 The structure of each model family is written here once more, as program nodes:
-:func:`lower_vit` for ViT/DeiT, :func:`lower_swin` for Swin (:data:`LOWERINGS`). The
+:func:`lower_vit` for ViT/DeiT, :func:`lower_swin` for Swin, each registered as its
+family's ``lower`` (:func:`~intvit.models.families.register_lowering`). The
 :class:`~.lowering.Builder` checks every quantized module's integers against the model
 while it builds, so the two descriptions cannot drift apart unnoticed.
 """
@@ -15,6 +16,7 @@ import torch
 
 from ..arith import qrange, signed_bits
 from ..models.base import QuantModel
+from ..models.families import FAMILIES, ModelError, family_of_model, register_lowering
 from ..models.swin import QuantSwinTransformer
 from ..models.vit import QuantVisionTransformer
 from .lowering import Builder
@@ -70,6 +72,7 @@ def residual_block(b: Builder, block, x: str, attend: Callable[[str], str]) -> s
     return b.act(block.add2, h, residual=x)
 
 
+@register_lowering("vit")
 def lower_vit(b: Builder, model: QuantVisionTransformer) -> str:
     x = patch_tokens(b, model, "images")
     cls = b.constant("cls_token", model.frozen_cls.cpu())
@@ -116,6 +119,7 @@ def patch_merging(b: Builder, merge, x: str) -> str:
     return b.act(merge.out_act, b.linear(merge.reduction, b.kernel(merge.norm, x)))
 
 
+@register_lowering("swin")
 def lower_swin(b: Builder, model: QuantSwinTransformer) -> str:
     x = patch_tokens(b, model, "images")
     x = b.kernel(model.patch_embed.norm, b.reshape(x, -1, *model.grid, b.shape(x)[-1]))
@@ -133,12 +137,6 @@ def lower_swin(b: Builder, model: QuantSwinTransformer) -> str:
     return b.output(model.head.fc, b.linear(model.head.fc, x))
 
 
-LOWERINGS: dict[type, Callable[[Builder, QuantModel], str]] = {
-    QuantVisionTransformer: lower_vit,
-    QuantSwinTransformer: lower_swin,
-}
-
-
 def probe_images(model: QuantModel, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """Seeded standard-normal images of the model's input size (the default probe)."""
     cfg = model.cfg
@@ -150,10 +148,14 @@ def export_program(model: QuantModel, images: torch.Tensor | None = None,
                    info: dict | None = None) -> IntProgram:
     """Lower ``model`` (quantization on; put in eval mode here) to an integer program,
     checked module by module against the model on ``images`` (default: a seeded probe)."""
-    lower = LOWERINGS.get(type(model))
+    try:
+        lower = family_of_model(model).lower
+    except ModelError:
+        lower = None
     if lower is None:
         raise ProgramError(f"no lowering for {type(model).__name__}; exportable: "
-                           f"{', '.join(c.__name__ for c in LOWERINGS)}")
+                           + ", ".join(f.model_class.__name__ for f in FAMILIES.values()
+                                       if f.lower is not None))
     if not model.qcfg.enabled:
         raise ProgramError("the model has quantization off; export needs a quantized "
                            "(calibrated or trained) model")

@@ -3,7 +3,7 @@
 The model runs once in ``Mode.INT`` on probe images with hooks on its quantized
 modules, which record each module's output integers; that run freezes every module's
 integer constants (:class:`~intvit.quant.modules.FrozenConstants`). A family's
-lowering (:data:`LOWERINGS`, keyed by model class) then walks the model's structure
+lowering (its :class:`~intvit.models.families.ModelFamily`'s ``lower``) then walks the model's structure
 with a :class:`Builder`: each quantized module becomes nodes holding the very constants
 the eval-mode model holds (its ``frozen_*`` buffers: dyadic pairs, int8 weights, int32
 biases, kernel tables), each index move a structural node. The builder runs every node on

@@ -1,5 +1,5 @@
-"""One registry of model names: intvit's short names, timm's full names, and any timm
-ViT configuration given by its dimensions."""
+"""Model names and configurations: intvit's short names, timm's full names, and any timm
+ViT configuration given by its dimensions, over the families of :mod:`.families`."""
 
 from __future__ import annotations
 
@@ -10,83 +10,49 @@ import torch
 from torch import nn
 
 from ..quant import QuantConfig
+from . import swin, vit  # noqa: F401  (each registers its family)
 from .config import ModelConfig
+from .families import ModelError, family, family_of_name, family_of_timm, short_names
 
-SHORT_NAMES = {
-    "deit_tiny": "deit_tiny_patch16_224",
-    "deit_small": "deit_small_patch16_224",
-    "deit_base": "deit_base_patch16_224",
-    "vit_small": "vit_small_patch16_224",
-    "vit_base": "vit_base_patch16_224",
-    "swin_tiny": "swin_tiny_patch4_window7_224",
-    "swin_small": "swin_small_patch4_window7_224",
-}
 CUSTOM = "custom"
 # timm buffers that are derived from the architecture, not learned: rebuilt, not loaded.
 DERIVED_BUFFERS = ("relative_position_index", "attn_mask")
 
 
-class ModelError(ValueError):
-    """A model that cannot be built or loaded as asked; the message says why."""
-
-
 def timm_name(name: str) -> str:
-    if name in SHORT_NAMES:
-        return SHORT_NAMES[name]
-    if name in SHORT_NAMES.values():
+    names = short_names()
+    if name in names:
+        return names[name]
+    if name in names.values():
         return name
-    raise ModelError(f"unknown model {name!r}; known: {', '.join(SHORT_NAMES)} (or timm's "
-                     f"names {', '.join(SHORT_NAMES.values())}), or '{CUSTOM}' with "
+    raise ModelError(f"unknown model {name!r}; known: {', '.join(names)} (or timm's "
+                     f"names {', '.join(names.values())}), or '{CUSTOM}' with "
                      f"--patch-size/--embed-dim/--depth/--num-heads")
 
 
 def create_timm(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
     """The float timm model of a configuration (timm's pretrained weights on request)."""
     import timm
-    from timm.models.vision_transformer import VisionTransformer
 
+    fam = family(cfg.arch)
     if cfg.timm_name is not None:
-        extra: dict[str, Any] = {}
-        if cfg.arch == "swin":
-            extra["window_size"] = cfg.window_size
         return timm.create_model(cfg.timm_name, pretrained=pretrained,
                                  num_classes=cfg.num_classes, img_size=cfg.img_size,
-                                 in_chans=cfg.in_chans, **extra)
-    return VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size,
-                             in_chans=cfg.in_chans, num_classes=cfg.num_classes,
-                             embed_dim=cfg.embed_dim, depth=cfg.depth,
-                             num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-                             qkv_bias=cfg.qkv_bias)
+                                 in_chans=cfg.in_chans, **fam.timm_kwargs(cfg))
+    if fam.custom_timm is None:
+        raise ModelError(f"a {CUSTOM} {cfg.arch} model has no timm twin; name one of "
+                         f"{', '.join(fam.names)}")
+    return fam.custom_timm(cfg)
 
 
 def config_from_timm(model: nn.Module, timm_name: str | None = None) -> ModelConfig:
-    """Read a timm ViT or Swin's dimensions into a :class:`ModelConfig`."""
-    from timm.models.swin_transformer import SwinTransformer
-    from timm.models.vision_transformer import VisionTransformer
-
+    """Read the dimensions of a timm model of a registered family into a
+    :class:`ModelConfig`."""
+    fam = family_of_timm(model)
     pe = model.patch_embed
-    common = dict(img_size=pe.img_size[0], patch_size=pe.patch_size[0],
-                  in_chans=pe.proj.in_channels, num_classes=model.num_classes,
-                  timm_name=timm_name)
-    if isinstance(model, SwinTransformer):
-        blocks = [layer.blocks[0] for layer in model.layers]
-        return ModelConfig(arch="swin", embed_dim=model.embed_dim, depth=len(model.layers),
-                           num_heads=blocks[0].attn.num_heads, norm_eps=model.norm.eps,
-                           mlp_ratio=blocks[0].mlp.fc1.out_features / blocks[0].mlp.fc1.in_features,
-                           window_size=blocks[0].window_size[0],
-                           depths=tuple(len(layer.blocks) for layer in model.layers),
-                           heads=tuple(b.attn.num_heads for b in blocks), **common)
-    if not isinstance(model, VisionTransformer):
-        raise ModelError(f"{type(model).__name__} is neither a timm ViT nor a Swin")
-    if model.global_pool != "token" or model.cls_token is None or model.no_embed_class \
-            or model.reg_token is not None:
-        raise ModelError("intvit supports class-token ViTs (ViT, DeiT); this model pools "
-                         f"with {model.global_pool!r}")
-    block = model.blocks[0]
-    return ModelConfig(arch="vit", embed_dim=model.embed_dim, depth=len(model.blocks),
-                       num_heads=block.attn.num_heads, norm_eps=block.norm1.eps,
-                       mlp_ratio=block.mlp.fc1.out_features / block.mlp.fc1.in_features,
-                       qkv_bias=block.attn.qkv.bias is not None, **common)
+    return ModelConfig(arch=fam.arch, img_size=pe.img_size[0], patch_size=pe.patch_size[0],
+                       in_chans=pe.proj.in_channels, num_classes=model.num_classes,
+                       timm_name=timm_name, **fam.read_timm(model))
 
 
 def model_config(name: str, **overrides: Any) -> ModelConfig:
@@ -102,23 +68,14 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
         raise ModelError(f"{name} has a fixed architecture; {sorted(bad)} apply to "
                          f"--model {CUSTOM} only")
     with torch.device("meta"):
-        cfg = config_from_timm(create_timm(ModelConfig(timm_name=full, arch=_arch(full))),
-                               full)
+        cfg = config_from_timm(create_timm(ModelConfig(timm_name=full,
+                                                       arch=family_of_name(full).arch)), full)
     return replace(cfg, **overrides)
 
 
-def _arch(full_name: str) -> str:
-    return "swin" if full_name.startswith("swin") else "vit"
-
-
 def build_quant_model(cfg: ModelConfig, qcfg: QuantConfig) -> nn.Module:
-    if cfg.arch == "swin":
-        from .swin import QuantSwinTransformer
-
-        return QuantSwinTransformer(cfg, qcfg)
-    from .vit import QuantVisionTransformer
-
-    return QuantVisionTransformer(cfg, qcfg)
+    """The quantized model of a configuration (its family's ``model_class``)."""
+    return family(cfg.arch).model_class(cfg, qcfg)
 
 
 def load_float_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

@@ -41,6 +41,8 @@ values with straight-through gradients):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,6 +53,7 @@ from ..quant import (QT, Mode, QuantConfig, QuantLayerNorm, QuantMatMul, QuantPa
 from ..quant.modules import FrozenConstants, quantize_tensor
 from .base import QuantModel
 from .config import ModelConfig
+from .families import ModelFamily, register_family
 from .vit import Mlp, _Builder
 
 # Input width of a shifted block's softmax: room for the masked logits' sentinel.
@@ -341,3 +344,30 @@ class QuantSwinTransformer(QuantModel):
 
     def classifier(self) -> nn.Module:
         return self.head.fc
+
+
+def _timm_swin() -> type[nn.Module]:
+    from timm.models.swin_transformer import SwinTransformer
+    return SwinTransformer
+
+
+def _read_timm_swin(model: nn.Module) -> dict:
+    blocks = [layer.blocks[0] for layer in model.layers]
+    return dict(embed_dim=model.embed_dim, depth=len(model.layers),
+                num_heads=blocks[0].attn.num_heads, norm_eps=model.norm.eps,
+                mlp_ratio=blocks[0].mlp.fc1.out_features / blocks[0].mlp.fc1.in_features,
+                window_size=blocks[0].window_size[0],
+                depths=tuple(len(layer.blocks) for layer in model.layers),
+                heads=tuple(b.attn.num_heads for b in blocks))
+
+
+register_family(ModelFamily(
+    arch="swin", model_class=QuantSwinTransformer,
+    names={"swin_tiny": "swin_tiny_patch4_window7_224",
+           "swin_small": "swin_small_patch4_window7_224"},
+    timm_class=_timm_swin, read_timm=_read_timm_swin,
+    timm_kwargs=lambda cfg: {"window_size": cfg.window_size},
+    small=dict(arch="swin", img_size=32, patch_size=4, embed_dim=16, depths=(2, 2), heads=(2, 2),
+               window_size=4, num_classes=10),
+    # 16x16 patches: stage 0 has shifted 7x7 windows, padded
+    shrink=lambda cfg: replace(cfg, img_size=64, depths=(2, 1, 1, 1))))

@@ -5,6 +5,8 @@ integer-only evaluation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -14,6 +16,7 @@ from ..quant import (QT, Mode, QuantAct, QuantConfig, QuantGELU, QuantLayerNorm,
 from ..quant.modules import quantize_tensor
 from .base import QuantModel
 from .config import ModelConfig
+from .families import ModelError, ModelFamily, register_family
 
 
 class _Builder:
@@ -157,3 +160,37 @@ class QuantVisionTransformer(QuantModel):
 
     def classifier(self) -> nn.Module:
         return self.head
+
+
+def _timm_vit() -> type[nn.Module]:
+    from timm.models.vision_transformer import VisionTransformer
+    return VisionTransformer
+
+
+def _read_timm_vit(model: nn.Module) -> dict:
+    if model.global_pool != "token" or model.cls_token is None or model.no_embed_class \
+            or model.reg_token is not None:
+        raise ModelError("intvit supports class-token ViTs (ViT, DeiT); this model pools "
+                         f"with {model.global_pool!r}")
+    block = model.blocks[0]
+    return dict(embed_dim=model.embed_dim, depth=len(model.blocks),
+                num_heads=block.attn.num_heads, norm_eps=block.norm1.eps,
+                mlp_ratio=block.mlp.fc1.out_features / block.mlp.fc1.in_features,
+                qkv_bias=block.attn.qkv.bias is not None)
+
+
+def _custom_timm_vit(cfg: ModelConfig) -> nn.Module:
+    return _timm_vit()(img_size=cfg.img_size, patch_size=cfg.patch_size,
+                       in_chans=cfg.in_chans, num_classes=cfg.num_classes,
+                       embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                       mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias)
+
+
+register_family(ModelFamily(
+    arch="vit", model_class=QuantVisionTransformer,
+    names={"deit_tiny": "deit_tiny_patch16_224", "deit_small": "deit_small_patch16_224",
+           "deit_base": "deit_base_patch16_224", "vit_small": "vit_small_patch16_224",
+           "vit_base": "vit_base_patch16_224"},
+    timm_class=_timm_vit, read_timm=_read_timm_vit, custom_timm=_custom_timm_vit,
+    small=dict(arch="vit", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10),
+    shrink=lambda cfg: replace(cfg, img_size=32, depth=1)))
