@@ -83,7 +83,8 @@ class TvmEngine(Engine):
 
 
 def c_engine(program: IntProgram, threads: int | None = None) -> Engine:
-    """The exported C library compiled for this host (:mod:`.c.build`); single-threaded."""
+    """The exported C library compiled for this host (:mod:`.c.build`), ``threads``
+    OpenMP threads."""
     from .c.build import CEngine
     return CEngine(program, threads)
 
