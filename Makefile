@@ -25,8 +25,10 @@ data:
 demo: setup
 	$(BIN)/intvit demo
 
+# Two test processes (pytest-xdist), each on one PyTorch thread: most tests are bound by
+# Python, the compilers and TVM's builds, not by PyTorch's kernels.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # CUDA tests, a torchrun training on the GPU, CPU-vs-CUDA integer logits and a throughput
 # table; skips with a message on a machine without CUDA.

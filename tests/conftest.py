@@ -1,5 +1,7 @@
 """Shared fixtures: small model configurations that train and evaluate in seconds."""
 
+import os
+
 import pytest
 import torch
 
@@ -7,7 +9,8 @@ from intvit.models import build_quant_model, family, model_config
 from intvit.models.init import trained_scale_init as randomize  # noqa: F401  (shared)
 from intvit.quant import QuantConfig
 
-torch.set_num_threads(2)
+# one PyTorch thread per process when pytest-xdist runs two (`make test`), else two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 SMALL = family("vit").small  # the registry's smallest ViT
 

@@ -27,7 +27,20 @@ from intvit.engine.golden import write_golden
 from intvit.models import model_config
 from intvit.models.checkpoint import save_checkpoint
 
-TEST_FLAGS = ("-O0",)  # exactness at any level; the sanitized and clang builds use -O2
+TEST_FLAGS = ("-O0", "-DINTVIT_PORTABLE")  # exactness at any level; sanitized, clang: -O2
+
+
+def host_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx2" in f.read()
+    except OSError:
+        return False
+
+
+# the AVX2 kernels (madd_epi16 products) with OpenMP threads where the compiler has them
+AVX2_FLAGS = ("-O0", "-mavx2", "-fopenmp")
+needs_avx2 = pytest.mark.skipif(not host_has_avx2(), reason="the host has no AVX2")
 SWIN = dict(arch="swin", img_size=24, patch_size=2, embed_dim=16, depths=(2, 2), heads=(1, 2),
             window_size=5, num_classes=10)
 ARCHS = {"vit": (SMALL, 32, 12), "swin": (SWIN, 24, 6)}
@@ -66,6 +79,66 @@ def test_c_logits_equal_the_int_engine(models, arch, family):
     assert got.dtype == torch.int64
     assert torch.equal(got, make_engine("int", program)(x))
     assert torch.equal(got, model.forward_int(x).value)
+
+
+@needs_avx2
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_avx2_build_equals_the_int_engine_for_any_threads(models, arch, family):
+    model, program, library = models[arch, family]
+    _, size, n = ARCHS[arch]
+    x = images(n, size, seed=3)
+    want = model.forward_int(x).value
+    for threads in (1, 2):
+        got = CEngine(program, threads=threads, flags=AVX2_FLAGS, library=library)(x)
+        assert torch.equal(got, want)
+
+
+@pytest.fixture(scope="module", params=["portable", "avx2"])
+def matmul_kernels(request, tmp_path_factory):
+    """The matmul kernel alone, for (a, b) in int8 x int8, uint8 x int8, int16 x int8."""
+    flags = {"portable": ("-DINTVIT_PORTABLE",), "avx2": ("-mavx2", "-fopenmp")}[request.param]
+    if request.param == "avx2" and not host_has_avx2():
+        pytest.skip("the host has no AVX2")
+    folder = tmp_path_factory.mktemp("matmul")
+    (folder / "intvit_kernels.h").write_text(kernel_header())
+    (folder / "m.c").write_text(
+        '#include "intvit_kernels.h"\n'
+        "INTVIT_DEFINE_MATMUL(mm_s8_s8, int8_t, int8_t)\n"
+        "INTVIT_DEFINE_MATMUL(mm_u8_s8, uint8_t, int8_t)\n"
+        "INTVIT_DEFINE_MATMUL(mm_s16_s8, int16_t, int8_t)\n")
+    lib = folder / "m.so"
+    subprocess.run([compiler(), "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2",
+                    *flags, "-shared", "-fPIC", "-o", str(lib), str(folder / "m.c")], check=True)
+    return ctypes.CDLL(str(lib))
+
+
+MATMUL_TYPES = {"mm_s8_s8": (torch.int8, -128, 127), "mm_u8_s8": (torch.uint8, 0, 255),
+                "mm_s16_s8": (torch.int16, -300, 300)}
+
+
+@pytest.mark.parametrize("fn", MATMUL_TYPES)
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (4, 16, 2), (5, 17, 3), (7, 33, 257),
+                                   (9, 3, 600), (3, 40, 513)])
+@pytest.mark.parametrize("fill", ["min", "max", "random"])
+def test_matmul_kernel_edges(matmul_kernels, fn, m, n, k, fill):
+    """Odd M, N, K not a multiple of any block, all-minimum and all-maximum operands."""
+    dtype, lo, hi = MATMUL_TYPES[fn]
+    g = torch.Generator().manual_seed(m * 1000 + n * 10 + k)
+    if fill == "random":
+        a = torch.randint(lo, hi + 1, (m, k), generator=g)
+        b = torch.randint(-128, 128, (n, k), generator=g)
+    else:
+        a = torch.full((m, k), lo if fill == "min" else hi)
+        b = torch.full((n, k), -128 if fill == "min" else 127)
+    bias = torch.randint(-1000, 1000, (n,), generator=g, dtype=torch.int32)
+    a_c, b_c = a.to(dtype).contiguous(), b.to(torch.int8).contiguous()
+    c = torch.zeros(m, n, dtype=torch.int32)
+    getattr(matmul_kernels, fn)(m, n, k, ctypes.c_void_p(a_c.data_ptr()),
+                                ctypes.c_void_p(b_c.data_ptr()), ctypes.c_void_p(bias.data_ptr()),
+                                ctypes.c_void_p(c.data_ptr()))
+    want = a.to(torch.int64) @ b.to(torch.int64).T + bias.to(torch.int64)
+    assert torch.equal(c.to(torch.int64), want)
 
 
 @pytest.mark.parametrize("arch,family", [("vit", "ibert"), ("swin", "ivit")])
@@ -107,6 +180,10 @@ def test_debug_build_replays_golden_vectors(models, arch, family, tmp_path):
     assert len(bad.mismatches) == 1 and "layernorm" in bad.mismatches[0]
 
 
+GUARDED_INCLUDES = {"immintrin.h": r"#if defined\(__AVX2__\) && !defined\(INTVIT_PORTABLE\)\s*",
+                    "omp.h": r"#ifdef _OPENMP\s*"}
+
+
 def test_body_is_integer_only_and_self_contained(models):
     _, program, library = models["swin", "ibert"]
     body = {n: t for n, t in library.files.items()
@@ -121,7 +198,10 @@ def test_body_is_integer_only_and_self_contained(models):
                                             for f in floats)
         else:
             assert not floats, name
-        assert set(re.findall(r"#include <([\w.]+)>", code)) <= {"stdint.h", "string.h"}, name
+        includes = set(re.findall(r"#include <([\w.]+)>", code))
+        assert includes <= {"stdint.h", "string.h"} | GUARDED_INCLUDES.keys(), name
+        for header in includes & GUARDED_INCLUDES.keys():  # only where the compiler has it
+            assert re.search(GUARDED_INCLUDES[header] + r"[^#]*#include <" + header, code), name
         assert "malloc" not in code, name
 
 

@@ -62,3 +62,39 @@ def test_pipeline_flags_are_recorded_and_reused():
                                "--crop-pct", "1.0"])
     assert data_config(typed, model, info).crop_pct == 1.0
     assert data_config(typed, model).hflip == DataConfig().hflip
+
+
+def test_every_eval_engine_reads_the_recorded_pipeline(tmp_path):
+    """``eval`` through an engine normalizes the images as the checkpoint's training did,
+    like the model path: same loss, not the default mean and std's."""
+    import json
+
+    import torch
+
+    from conftest import randomize
+    from intvit.cli import main
+    from intvit.models import build_quant_model, model_config
+    from intvit.models.checkpoint import save_checkpoint
+    from intvit.quant import Mode, QuantConfig
+
+    root = image_folder(tmp_path / "digits", 28)
+    torch.manual_seed(0)
+    model = build_quant_model(model_config("custom", img_size=32, patch_size=8, embed_dim=32,
+                                           depth=1, num_heads=2, in_chans=1, num_classes=2),
+                              QuantConfig())
+    randomize(model)
+    model.set_mode(Mode.CALIBRATE)
+    with torch.no_grad():
+        model(torch.randn(8, 1, 32, 32))
+    ck = save_checkpoint(tmp_path / "ck.safetensors", model.eval(),
+                         info={"data_pipeline": {"mean": [0.9], "std": [0.1]}})
+    losses = {}
+    for engine in ("model", "int"):
+        out = tmp_path / f"{engine}.json"
+        assert main(["eval", "--checkpoint", str(ck), "--engine", engine, "--data", str(root),
+                     "--json", str(out)]) == 0
+        losses[engine] = json.loads(out.read_text())["loss"]
+    out = tmp_path / "default.json"
+    assert main(["eval", "--checkpoint", str(ck), "--engine", "int", "--data", str(root),
+                 "--mean", "0.5", "--std", "0.5", "--json", str(out)]) == 0
+    assert losses["model"] == losses["int"] != json.loads(out.read_text())["loss"]

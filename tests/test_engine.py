@@ -285,3 +285,20 @@ def test_bench_times_every_row_in_its_own_process(tmp_path):
     assert "| small | 2 | onnx |" in table
     tiny = [replace(r, model="deit_tiny", batch=1) for r in rows]
     assert "deit_tiny, batch 1" in verdicts(tiny, TARGETS)[0]
+
+
+@pytest.mark.parametrize("int8_dot,order", [(True, ("tvm", "c", "int")),
+                                            (False, ("c", "tvm", "int"))])
+def test_auto_takes_the_fastest_engine_this_machine_can_build(monkeypatch, int8_dot, order):
+    from intvit.engine import engines
+
+    monkeypatch.setattr(engines, "cpu_has_int8_dot", lambda: int8_dot)
+    assert engines.engine_preference() == order
+    assert engines.fastest_engine() == order[0]
+    monkeypatch.setenv("PATH", "")  # no compiler, so no c engine
+    monkeypatch.delenv("CC", raising=False)
+    assert "needs a C compiler" in engines.unavailable("c")
+    assert engines.fastest_engine() == "tvm"
+    monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name: None)
+    assert "needs tvm, which is not installed" in engines.unavailable("tvm")
+    assert engines.fastest_engine() == "int"

@@ -5,8 +5,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from intvit.arith import int_matmul
-from intvit.arith.matmul import ROUTES, choose_route, forced_route
+from intvit.arith import int_matmul, matmul
+from intvit.arith.matmul import ROUTES, choose_route, cpu_has_int8_dot, forced_route
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
                           reason="needs a CUDA GPU (run `make gpu-check` on a GPU machine)")
@@ -93,7 +93,7 @@ def test_float32_route_ignores_tf32_settings():
 
 def test_choice_and_errors():
     a8, w = operand((4, 16), 8), operand((16, 8), 8)
-    assert choose_route(a8, w, 8, 8) == "int8"
+    assert choose_route(a8, w, 8, 8) == ("int8" if cpu_has_int8_dot() else "int32")
     heads = operand((2, 4, 16), 8), operand((2, 16, 4), 8)
     assert choose_route(*heads, 8, 8) == "int32"
     wide = operand((4, 16), 30), operand((16, 8), 8)
@@ -106,6 +106,17 @@ def test_choice_and_errors():
         int_matmul(a8, w.to("meta"))
     with pytest.raises(TypeError):
         int_matmul(a8.float(), w)
+
+
+@pytest.mark.parametrize("int8_dot", [True, False])
+def test_cpu_takes_int8_only_where_it_has_int8_dot_products(monkeypatch, int8_dot):
+    """Without VNNI/AMX, ``_int_mm`` is oneDNN's slow generic loop: the int32 matmul is
+    taken instead; either way the integers are the same."""
+    monkeypatch.setattr(matmul, "cpu_has_int8_dot", lambda: int8_dot)
+    a, w = operand((4, 16), 8), operand((16, 8), 8)
+    assert choose_route(a, w, 8, 8) == ("int8" if int8_dot else "int32")
+    assert matmul.auto_routes("cuda") == ("int8", "float32", "float64")
+    assert torch.equal(int_matmul(a, w), a @ w)
 
 
 @CUDA

@@ -8,6 +8,7 @@ import torch
 from conftest import SMALL
 
 from intvit.cli import main
+from intvit.engine.engines import fastest_engine
 from intvit.models.checkpoint import load_checkpoint
 from intvit.train.loop import run_training
 from intvit.train.options import TrainConfig, TrainingStopped
@@ -38,7 +39,8 @@ def test_qat_lowers_the_loss_and_eval_reproduces_after_reload(tmp_path):
     assert main(["eval", "--checkpoint", result["checkpoint"], "--data", "synthetic",
                  "--val-limit", "64", "--batch-size", "32", "--json", str(out)]) == 0
     metrics = json.loads(out.read_text())
-    assert set(metrics) == {"top1", "top3", "top5", "loss", "images_per_s"}
+    assert set(metrics) == {"top1", "top3", "top5", "loss", "images_per_s", "engine"}
+    assert metrics["engine"] == fastest_engine()  # --engine auto on a CPU: the same integers
     assert metrics["top1"] == last["val_top1"] and metrics["loss"] == last["val_loss"]
 
 

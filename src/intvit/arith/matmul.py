@@ -27,10 +27,14 @@ which it runs much faster); zero rows and columns add nothing and are cut off af
 unsigned 8-bit left operand (softmax probabilities, ``0..255``) enters as ``a - 128``
 and the product gets ``128 * sum_k b_kn`` back per column.
 
-The automatic choice (:func:`choose_route`): ``int8`` where it applies; otherwise on CPU
-the integer matmul of the narrowest accumulator that holds ``bound`` (``int32`` runs a
-batch of attention heads in one ``bmm``, 20x faster here than a loop of ``_int_mm``); on
-CUDA, which has no integer ``bmm``/``matmul``, ``float32`` or ``float64``. A product no
+The automatic choice (:func:`choose_route`, order in :func:`auto_routes`): ``int8`` where
+it applies and the device runs it fast; otherwise on CPU the integer matmul of the
+narrowest accumulator that holds ``bound`` (``int32`` runs a batch of attention heads in
+one ``bmm``, 20x faster than a loop of ``_int_mm``); on CUDA, which has no integer
+``bmm``/``matmul``, ``float32`` or ``float64``. On a CPU without int8 dot-product
+instructions (AVX-512 VNNI or AMX) oneDNN's ``_int_mm`` is a slow generic loop (on an
+AVX2 Zen 1: 0.6 GMAC/s, 2-4x slower than the ``int32`` matmul), so ``int8`` is not
+chosen there. A product no
 route can do exactly is an error, never a wrapped result. :func:`forced_route` forces one
 route (tests, benchmarks).
 """
@@ -125,7 +129,19 @@ ROUTES: dict[str, Route] = {
     "float32": Route(_float(torch.float32), 24, ("cpu", "cuda")),
     "float64": Route(_float(torch.float64), 53, ("cpu", "cuda")),
 }
-AUTO = {"cpu": ("int8", "int32", "int64"), "cuda": ("int8", "float32", "float64")}
+
+
+def cpu_has_int8_dot() -> bool:
+    """Whether this CPU has the int8 dot-product instructions (AVX-512 VNNI, AMX) that
+    oneDNN's ``_int_mm`` kernels are fast with."""
+    return torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def auto_routes(device_type: str) -> tuple[str, ...]:
+    """The routes :func:`choose_route` tries on a device type, fastest first."""
+    if device_type == "cpu":
+        return ("int8", "int32", "int64") if cpu_has_int8_dot() else ("int32", "int64")
+    return ("int8", "float32", "float64")
 
 _forced: list[str] = []
 
@@ -170,7 +186,7 @@ def choose_route(a: torch.Tensor, b: torch.Tensor, a_bits: int, b_bits: int,
         if why:
             raise ValueError(f"forced int_matmul route: {why}")
         return _forced[-1]
-    candidates = AUTO.get(a.device.type, AUTO["cuda"])
+    candidates = auto_routes(a.device.type)
     for name in candidates:
         if _applies(name, a, b, a_bits, b_bits, a_unsigned) is None:
             return name

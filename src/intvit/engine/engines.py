@@ -1,16 +1,20 @@
 """The engines that run an integer program, by name: ``int`` (PyTorch integer ops),
 ``onnx`` (ONNX Runtime on :func:`~.onnx_export.to_onnx`'s graph), ``tvm`` (that
-graph compiled by Apache TVM) and ``c`` (the C export, :mod:`.c`, compiled for the host). Each maps float images to int64 logits and checks its
-input the same way; ``exact_logits`` gives the float64 logits (integer times scale)."""
+graph compiled by Apache TVM) and ``c`` (the C export, :mod:`.c`, compiled for the host).
+Each maps float images to int64 logits and checks its input the same way;
+``exact_logits`` gives the float64 logits (integer times scale). :func:`fastest_engine`
+names the fastest one this machine can build."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .program import IntProgram
+from ..arith.matmul import cpu_has_int8_dot
+from .program import IntProgram, ProgramError
 from .runtime import IntRuntime, check_images
 
 
@@ -79,13 +83,42 @@ class TvmEngine(Engine):
 
 
 def c_engine(program: IntProgram, threads: int | None = None) -> Engine:
-    """The exported C library compiled for this host (:mod:`.c.build`); single-threaded."""
+    """The exported C library compiled for this host (:mod:`.c.build`), ``threads``
+    OpenMP threads."""
     from .c.build import CEngine
     return CEngine(program, threads)
 
 
 ENGINES: dict[str, Callable[..., Engine]] = {
     "int": IntEngine, "onnx": OnnxEngine, "tvm": TvmEngine, "c": c_engine}
+
+
+def engine_preference() -> tuple[str, ...]:
+    """The engines by speed on this CPU, fastest first (``benchmarks/eval_speed.py``
+    measures them; every one gives the same integers). With int8 dot-product instructions
+    (AVX-512 VNNI, AMX) TVM's tensorized products lead; without them (AVX2) TVM and
+    PyTorch have only slow generic int8 products and the C library's int16 multiply-add
+    kernels lead."""
+    return ("tvm", "c", "int") if cpu_has_int8_dot() else ("c", "tvm", "int")
+
+
+def unavailable(kind: str) -> str | None:
+    """Why engine ``kind`` cannot be built on this machine (None: it can)."""
+    if kind == "c":
+        from .c.build import compiler
+        try:
+            compiler()
+        except ProgramError as err:
+            return str(err)
+    needs = {"tvm": "tvm", "onnx": "onnxruntime"}.get(kind)
+    if needs and importlib.util.find_spec(needs) is None:
+        return f"the {kind} engine needs {needs}, which is not installed"
+    return None
+
+
+def fastest_engine() -> str:
+    """The first engine of :func:`engine_preference` that this machine can build."""
+    return next(kind for kind in engine_preference() if unavailable(kind) is None)
 
 
 def make_engine(kind: str, program: IntProgram, threads: int | None = 2,

@@ -136,7 +136,9 @@ def generate(program: IntProgram) -> CLibrary:
         + "\n".join(e.array_text) + "\n\n"
         f"int32_t {PREFIX}_run(const {x.ctype} *input, int32_t *logits, void *scratch) {{\n"
         "    uint8_t *s = (uint8_t *)scratch;\n    int32_t l = 0;\n    (void)s;\n    (void)l;\n"
-        + "\n".join(e.lines) + _copy_logits(plan, e) + "\n    return 0;\n}\n")
+        + "\n".join(e.lines) + _copy_logits(plan, e) + "\n    return 0;\n}\n\n"
+        f"void {PREFIX}_set_threads(int32_t n) {{\n#ifdef _OPENMP\n    omp_set_num_threads(n);\n"
+        "#else\n    (void)n;\n#endif\n}\n")
     scale = float(program.tensors["input.scale"])
     node0 = program.nodes[0].attrs
     out_scale = program.tensors["output.scale"].reshape(-1).tolist()
@@ -185,6 +187,8 @@ def _header(plan: Plan, mem: MemoryFigures, in_type: str, chw, classes: int) -> 
  *   the model does (round half up of image / scale, saturated).
  * scratch: {PREFIX.upper()}_SCRATCH_BYTES bytes, aligned to 16, owned by the caller; the
  *   run needs nothing else (no allocation, no global state, re-entrant per scratch).
+ * {PREFIX}_set_threads(n): the OpenMP threads of the products when built with -fopenmp
+ *   (the logits are the same for any n); without OpenMP it does nothing.
  *
  * {mem.lines()[0]}
  * {mem.lines()[1]}
@@ -207,6 +211,7 @@ typedef {in_type} {PREFIX}_input_t;
 int32_t {PREFIX}_run(const {PREFIX}_input_t *input, int32_t *logits, void *scratch);
 void {PREFIX}_quantize(const float *image, {PREFIX}_input_t *input);
 int32_t {PREFIX}_run_float(const float *image, int32_t *logits, void *scratch);
+void {PREFIX}_set_threads(int32_t n);
 extern const float {PREFIX}_logit_scale[{classes}];
 
 #ifdef INTVIT_DEBUG

@@ -32,6 +32,16 @@
 #include <stdint.h>
 #include <string.h>
 
+/* INTVIT_OMP("omp ...") is an OpenMP pragma when compiled with OpenMP, else nothing (the
+ * kernels are the same integers for any number of threads: threads split the output
+ * columns, never a sum). */
+#ifdef _OPENMP
+#include <omp.h>
+#define INTVIT_OMP(text) _Pragma(text)
+#else
+#define INTVIT_OMP(text)
+#endif
+
 /* Blocking of the matmul kernel: KC values of the reduction per pass, JB columns of B
  * widened to int16 per block (stack use: 2 * (JB + 2) * KC bytes). */
 #ifndef INTVIT_MATMUL_KC
@@ -90,13 +100,127 @@ static inline int32_t intvit_dot16(const int16_t *x, const int16_t *y, int32_t n
 /* --- matmul ---------------------------------------------------------------------------
  * c[i][j] = bias[j] + sum_k a[i][k] * bt[j][k]   (bias may be NULL)
  * a: M x K, bt: N x K (B transposed: a linear layer's weight as stored), c: M x N int32.
- * Blocked over K (INTVIT_MATMUL_KC) and over N (INTVIT_MATMUL_JB columns, widened to
- * int16 once per block), 2 x 2 register block inside.
+ * Both kernels widen the operands to int16 (the plan proves every operand fits 16 bits)
+ * and add exact int16 products in int32: every partial sum of c[i][j] is bounded by the
+ * plan's proven bound of the whole sum (sum_k |a_ik| |b_jk| + |bias_j| <= 2^31 - 1), so no
+ * order of the additions can wrap.
+ *
+ * Portable kernel (INTVIT_PORTABLE, or no AVX2): blocked over K (INTVIT_MATMUL_KC) and
+ * over N (INTVIT_MATMUL_JB columns, widened to int16 once per block), 2 x 2 register
+ * block inside.
+ *
+ * AVX2 kernel: per K block of INTVIT_MATMUL_KC and M block of INTVIT_MATMUL_MC rows, the
+ * rows of a are widened to int16 (zero-padded to an even length), and each panel of 16
+ * columns of bt is packed as pairs: panel[p][j][q] = bt[j][2p + q]. A 4 x 16 block of
+ * int32 accumulators is updated per pair p by _mm256_madd_epi16(a[i][2p..2p+1]
+ * broadcast, panel[p][0..7 | 8..15]) = a[i][2p] b[j][2p] + a[i][2p+1] b[j][2p+1] exactly
+ * (vpmaddwd sums two int16 products into int32; it is never the saturating
+ * _mm256_maddubs_epi16).
  */
+#ifndef INTVIT_MATMUL_MC
+#define INTVIT_MATMUL_MC 256
+#endif
+
 #define INTVIT_DECLARE_MATMUL(NAME, TA, TB)                                               \
     void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt,                 \
               const int32_t *bias, int32_t *c)
 
+#if defined(__AVX2__) && !defined(INTVIT_PORTABLE)
+#include <immintrin.h>
+
+/* c[r][j] += sum_p a16[r][2p..2p+1] . panel[p][j][0..1] for r < rows (<= 4), j < cols
+ * (<= 16); lda: a16's row stride; pairs: kc / 2 rounded up. */
+static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
+                                     const int16_t *a16, int32_t lda, const int16_t *panel,
+                                     int32_t *c, int32_t ldc) {
+    const int16_t *r0 = a16, *r1 = a16 + (rows > 1 ? lda : 0);
+    const int16_t *r2 = a16 + (rows > 2 ? 2 * lda : 0), *r3 = a16 + (rows > 3 ? 3 * lda : 0);
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
+    __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    int32_t p, r, j;
+    for (p = 0; p < pairs; p++) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + 32 * p));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + 32 * p + 16));
+        __m256i x;
+        int32_t w;
+        memcpy(&w, r0 + 2 * p, 4); x = _mm256_set1_epi32(w);
+        c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x, b0));
+        c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x, b1));
+        memcpy(&w, r1 + 2 * p, 4); x = _mm256_set1_epi32(w);
+        c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x, b0));
+        c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x, b1));
+        memcpy(&w, r2 + 2 * p, 4); x = _mm256_set1_epi32(w);
+        c20 = _mm256_add_epi32(c20, _mm256_madd_epi16(x, b0));
+        c21 = _mm256_add_epi32(c21, _mm256_madd_epi16(x, b1));
+        memcpy(&w, r3 + 2 * p, 4); x = _mm256_set1_epi32(w);
+        c30 = _mm256_add_epi32(c30, _mm256_madd_epi16(x, b0));
+        c31 = _mm256_add_epi32(c31, _mm256_madd_epi16(x, b1));
+    }
+    if (rows == 4 && cols == 16) {
+        __m256i *o;
+        o = (__m256i *)c; _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c00));
+        o = (__m256i *)(c + 8); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c01));
+        o = (__m256i *)(c + ldc); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c10));
+        o = (__m256i *)(c + ldc + 8); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c11));
+        o = (__m256i *)(c + 2 * ldc); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c20));
+        o = (__m256i *)(c + 2 * ldc + 8); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c21));
+        o = (__m256i *)(c + 3 * ldc); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c30));
+        o = (__m256i *)(c + 3 * ldc + 8); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c31));
+    } else {
+        int32_t t[4][16];
+        _mm256_storeu_si256((__m256i *)t[0], c00); _mm256_storeu_si256((__m256i *)(t[0] + 8), c01);
+        _mm256_storeu_si256((__m256i *)t[1], c10); _mm256_storeu_si256((__m256i *)(t[1] + 8), c11);
+        _mm256_storeu_si256((__m256i *)t[2], c20); _mm256_storeu_si256((__m256i *)(t[2] + 8), c21);
+        _mm256_storeu_si256((__m256i *)t[3], c30); _mm256_storeu_si256((__m256i *)(t[3] + 8), c31);
+        for (r = 0; r < rows; r++)
+            for (j = 0; j < cols; j++) c[(int64_t)r * ldc + j] += t[r][j];
+    }
+}
+
+#define INTVIT_DEFINE_MATMUL(NAME, TA, TB)                                                \
+    INTVIT_DECLARE_MATMUL(NAME, TA, TB) {                                                 \
+        int16_t a16[INTVIT_MATMUL_MC * INTVIT_MATMUL_KC];                                 \
+        int32_t i, k0, i0, j0, kc, mc, pairs;                                             \
+        for (i = 0; i < M; i++) {                                                         \
+            int32_t j;                                                                    \
+            for (j = 0; j < N; j++) c[(int64_t)i * N + j] = bias ? bias[j] : 0;           \
+        }                                                                                 \
+        for (k0 = 0; k0 < K; k0 += INTVIT_MATMUL_KC) {                                    \
+            kc = K - k0 < INTVIT_MATMUL_KC ? K - k0 : INTVIT_MATMUL_KC;                   \
+            pairs = (kc + 1) / 2;                                                         \
+            for (i0 = 0; i0 < M; i0 += INTVIT_MATMUL_MC) {                                \
+                mc = M - i0 < INTVIT_MATMUL_MC ? M - i0 : INTVIT_MATMUL_MC;               \
+                for (i = 0; i < mc; i++) {                                                \
+                    const TA *ar = a + (int64_t)(i0 + i) * K + k0;                        \
+                    int16_t *wr = a16 + i * 2 * pairs;                                    \
+                    int32_t k;                                                            \
+                    for (k = 0; k < kc; k++) wr[k] = (int16_t)ar[k];                      \
+                    if (kc & 1) wr[kc] = 0;                                               \
+                }                                                                         \
+                INTVIT_OMP("omp parallel for schedule(static)")                           \
+                for (j0 = 0; j0 < N; j0 += 16) {                                          \
+                    int16_t panel[INTVIT_MATMUL_KC * 16];                                 \
+                    int32_t jb = N - j0 < 16 ? N - j0 : 16, j, k, r;                      \
+                    if (jb < 16 || (kc & 1)) memset(panel, 0, sizeof(panel));             \
+                    for (j = 0; j < jb; j++) {                                            \
+                        const TB *br = bt + (int64_t)(j0 + j) * K + k0;                   \
+                        int16_t *pj = panel + (j & 7) * 2 + (j >> 3) * 16;                \
+                        for (k = 0; k + 1 < kc; k += 2) {                                 \
+                            pj[k * 16] = (int16_t)br[k];                                  \
+                            pj[k * 16 + 1] = (int16_t)br[k + 1];                          \
+                        }                                                                 \
+                        if (kc & 1) pj[(kc - 1) * 16] = (int16_t)br[kc - 1];              \
+                    }                                                                     \
+                    for (r = 0; r < mc; r += 4)                                           \
+                        intvit_avx2_block(mc - r < 4 ? mc - r : 4, jb, pairs,             \
+                                          a16 + r * 2 * pairs, 2 * pairs, panel,          \
+                                          c + (int64_t)(i0 + r) * N + j0, N);             \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+#else
 #define INTVIT_DEFINE_MATMUL(NAME, TA, TB)                                                \
     INTVIT_DECLARE_MATMUL(NAME, TA, TB) {                                                 \
         int16_t b16[INTVIT_MATMUL_JB][INTVIT_MATMUL_KC];                                  \
@@ -140,6 +264,7 @@ static inline int32_t intvit_dot16(const int16_t *x, const int16_t *y, int32_t n
             }                                                                             \
         }                                                                                 \
     }
+#endif
 
 /* --- requantize -----------------------------------------------------------------------
  * y[r][c] = clamp(R(x[r][c]; m[c], e[c]), lo, hi) over rows x C values; per_channel = 0

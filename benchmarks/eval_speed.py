@@ -1,0 +1,139 @@
+"""Evaluation speed: FP32 against the integer model and every integer engine, one run.
+
+Builds the named model (default ``deit_small``, 224x224) with trained-like random weights,
+calibrates it on synthetic images, and evaluates the same synthetic validation images
+with :func:`intvit.evaluation.evaluate` (the loop ``intvit eval`` runs) through:
+
+- ``fp32``: the float timm twin of the model (the baseline);
+- ``model``: the eval-mode integer model (``intvit eval --engine model``);
+- every engine this machine can build (``int``, ``onnx``, ``tvm``, ``c``), each built once
+  from the exported program (its build seconds in the table);
+
+at batch 8 and 32, and prints a table of images/s, the batch-32/batch-8 rate per image
+(below 1: slower per image at the larger batch) and the rate against FP32 at batch 32.
+``auto`` marks the engine ``intvit eval --engine auto`` chooses here. Every engine's
+logits are checked equal to the model's on the first batch. ``--update-readme`` puts the
+table into the README between its markers.
+
+    python benchmarks/eval_speed.py                       # about 10 minutes on 2 cores
+    python benchmarks/eval_speed.py --model deit_tiny --images 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+try:
+    import intvit  # noqa: F401
+except ImportError:  # running from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from intvit.analysis.tables import replace_between
+from intvit.engine import export_program
+from intvit.engine.engines import ENGINES, fastest_engine, make_engine, unavailable
+from intvit.evaluation import evaluate
+from intvit.models import build_quant_model, model_config
+from intvit.models.init import trained_scale_init
+from intvit.models.registry import float_twin
+from intvit.quant import Mode, QuantConfig
+
+README_START, README_END = "<!-- eval-speed:start -->", "<!-- eval-speed:end -->"
+BATCHES = (8, 32)
+
+
+def calibrated_model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_quant_model(model_config(name), QuantConfig())
+    trained_scale_init(model)
+    model.set_mode(Mode.CALIBRATE)
+    size = model.cfg.img_size
+    with torch.no_grad():
+        model(torch.randn(8, model.cfg.in_chans, size, size))
+    return model.eval()
+
+
+def loader(images: torch.Tensor, batch: int) -> DataLoader:
+    labels = torch.zeros(images.shape[0], dtype=torch.int64)
+    return DataLoader(TensorDataset(images, labels), batch_size=batch)
+
+
+def rates(runner, images: torch.Tensor, desc: str) -> dict[int, float]:
+    """images/s of ``evaluate`` at each batch size, after one warm-up batch."""
+    out = {}
+    for batch in BATCHES:
+        with torch.no_grad():
+            runner(images[:batch])
+            out[batch] = evaluate(runner, loader(images, batch), desc=f"{desc} b{batch}")\
+                .images_per_s
+        print(f"{desc}: batch {batch}: {out[batch]:.2f} images/s", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="deit_small")
+    parser.add_argument("--images", type=int, default=64,
+                        help="validation images per batch size (a multiple of 32)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--engines", default=",".join(ENGINES),
+                        help="comma-separated engines to measure (default: all buildable)")
+    parser.add_argument("--update-readme", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = calibrated_model(args.model)
+    size = model.cfg.img_size
+    images = torch.randn(args.images, model.cfg.in_chans, size, size,
+                         generator=torch.Generator().manual_seed(1))
+    rows: list[tuple[str, dict[int, float], float | None]] = []
+    rows.append(("fp32 (timm float twin)", rates(float_twin(model), images, "fp32"), None))
+    rows.append(("model (eval-mode integer model)", rates(model, images, "model"), None))
+    started = time.perf_counter()
+    program = export_program(model, images[:2])
+    export_s = time.perf_counter() - started
+    want = model.forward_int(images[:BATCHES[0]]).value
+    auto = fastest_engine()
+    for kind in args.engines.split(","):
+        why = unavailable(kind)
+        if why:
+            print(f"{kind}: skipped ({why})")
+            continue
+        started = time.perf_counter()
+        engine = make_engine(kind, program, threads=args.threads)
+        build_s = time.perf_counter() - started
+        if not torch.equal(engine(images[:BATCHES[0]]), want):
+            raise SystemExit(f"engine {kind} differs from the model: not bit-exact")
+        label = f"{kind}" + (" (auto)" if kind == auto else "")
+        rows.append((label, rates(engine, images, kind), build_s))
+    table = markdown(args, rows, export_s)
+    print(table)
+    if args.update_readme:
+        replace_between(Path(__file__).resolve().parents[1] / "README.md", README_START,
+                        README_END, table)
+    return 0
+
+
+def markdown(args: argparse.Namespace, rows, export_s: float) -> str:
+    fp32 = rows[0][1][BATCHES[-1]]
+    cpu = platform.processor() or platform.machine()
+    lines = [f"`python benchmarks/eval_speed.py --model {args.model} --images {args.images}`: "
+             f"`evaluate()` images/s, {args.threads} threads, {torch.__version__}, {cpu}; "
+             f"every engine's logits equal the model's; export {export_s:.0f} s.", "",
+             "| evaluated by | b8 images/s | b32 images/s | b32 / b8 | vs FP32 at b32 | build s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for label, r, build_s in rows:
+        b8, b32 = r[BATCHES[0]], r[BATCHES[-1]]
+        build = "" if build_s is None else f"{build_s:.1f}"
+        lines.append(f"| {label} | {b8:.2f} | {b32:.2f} | {b32 / b8:.2f} | "
+                     f"{b32 / fp32:.2f}x | {build} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
