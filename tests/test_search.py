@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SMALL, randomize
-from intvit.analysis import search as search_mod
+from intvit.analysis.search import algorithm as search_algorithm
 from intvit.cli import analysis as analysis_cli
 from intvit.analysis.hwcost import (COST_WEIGHTS, HardwareCost, Site, block_of,
                                     combine_costs, kernel_sites, vit_shapes)
@@ -193,7 +193,7 @@ def test_best_is_at_least_each_single_family_and_failures_are_recorded(setup):
 
 def test_bad_names_rejected_before_running(setup, monkeypatch):
     ran = []
-    monkeypatch.setattr(search_mod, "evaluate_candidate", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(search_algorithm, "evaluate_candidate", lambda *a, **k: ran.append(a))
     uncalibrated = build_quant_model(setup["model"].cfg, QuantConfig())
     with pytest.raises(SearchError) as err:
         search(uncalibrated, setup["val"], ["ivit", "nonsense"], ["ivit_m_3"],

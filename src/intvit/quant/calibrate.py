@@ -11,6 +11,7 @@ from torch import nn
 from ..progress import tqdm
 
 from ..device import model_device, to_device
+from .observer import RangeObserver
 from .qtensor import Mode
 
 
@@ -23,6 +24,12 @@ def calibration(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(model.training)
+
+
+def is_calibrated(model: nn.Module) -> bool:
+    """Every range observer of ``model`` has recorded a range (a model without observers
+    counts as calibrated)."""
+    return all(m.ready for m in model.modules() if isinstance(m, RangeObserver))
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ from ..evaluation import evaluate
 from ..fileio import DirLock
 from ..models.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from ..models.factory import ModelSource, make_model
-from ..quant import QuantConfig, calibrate
+from ..quant import QuantConfig, calibrate, is_calibrated
 from ..device import resolve_device, to_device
 from .distributed import init_from_env, is_main, shutdown
 from .options import TrainConfig, TrainingStopped
@@ -134,7 +134,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> dic
         raise ValueError(f"the model has {mcfg.num_classes} classes but --data {cfg.data} has "
                          f"{train_loader.num_classes}; drop --nb-classes (or give "
                          f"--nb-classes {train_loader.num_classes})")
-    if qcfg.enabled and not state and not _calibrated(model):
+    if qcfg.enabled and not state and not is_calibrated(model):
         used = calibrate(model, train_loader, cfg.calib_batches, cfg.progress and is_main())
         log(f"calibrated activation ranges on {used} batches")
     torch.manual_seed(cfg.seed + rank)  # from here on, each rank draws its own augmentation
@@ -273,9 +273,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _np_state_to_tensor() -> torch.Tensor:
     _, keys, pos, *_ = np.random.get_state()
     return torch.tensor([*keys.tolist(), pos], dtype=torch.int64)
-
-
-def _calibrated(model: nn.Module) -> bool:
-    from ..quant import RangeObserver
-
-    return all(m.ready for m in model.modules() if isinstance(m, RangeObserver))
