@@ -5,7 +5,9 @@ import, relative ones resolved and those inside functions included, is checked a
 the rules:
 
 - no library module imports the command line, ``intvit.cli`` (only ``intvit/cli/`` itself
-  and the ``python -m intvit`` entry point ``intvit/__main__.py`` may);
+  and the ``python -m intvit`` entry point ``intvit/__main__.py`` may), nor ``argparse``:
+  flags are parsed in the CLI, library functions take typed arguments, never an
+  ``argparse.Namespace``;
 - nothing under ``intvit/engine/`` imports ``intvit.train`` (an exported program does not
   depend on how it was trained);
 - ``intvit/arith/`` and ``intvit/approx/`` (integer primitives and kernels: pure
@@ -67,6 +69,8 @@ def violations(path: Path) -> list[str]:
     if not within(name, "intvit.cli") and name not in ENTRY_POINTS:
         rules.append(("a library module imports the command line",
                       lambda m: within(m, "intvit.cli")))
+        rules.append(("a library module parses flags (argparse belongs in intvit.cli)",
+                      lambda m: within(m, "argparse")))
     if within(name, "intvit.engine"):
         rules.append(("the engine imports training", lambda m: within(m, "intvit.train")))
     if within(name, "intvit.arith") or within(name, "intvit.approx"):
@@ -89,6 +93,7 @@ def test_the_package_keeps_its_import_rules():
 @pytest.mark.parametrize("where,source,needle", [
     ("engine/fake.py", "from ..cli.common import write_json\n", "imports the command line"),
     ("analysis/fake.py", "def f():\n    from intvit import cli\n", "imports the command line"),
+    ("train/fake.py", "import argparse\n", "parses flags"),
     ("engine/fake.py", "from ..train.loop import run_training\n", "engine imports training"),
     ("engine/sub/fake.py", "from ...train import options\n", "engine imports training"),
     ("arith/fake.py", "from torch import nn\n", "torch.nn module code"),
@@ -107,7 +112,8 @@ def test_the_check_names_the_module_and_the_import(tmp_path, monkeypatch, where,
 
 
 @pytest.mark.parametrize("where,source", [
-    ("cli/fake.py", "from ..train.loop import run_training\nfrom .common import write_json\n"),
+    ("cli/fake.py", "import argparse\nfrom ..train.loop import run_training\n"
+                    "from .common import write_json\n"),
     ("__main__.py", "from .cli import main\n"),
     ("arith/fake.py", "import torch.nn.functional as F\n"),
     ("train/fake.py", "from ..engine import export_program\n"),
