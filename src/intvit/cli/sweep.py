@@ -136,7 +136,7 @@ def sweep_run(name: str, params: dict[str, Any], argv: list[str]) -> SweepRun:
         check_outputs(args, {}, {"--output-dir": "output_dir"},
                       {"--checkpoint": "checkpoint", "--weights": "weights"})
         return SweepRun(name, params, argv, train_config(args))
-    except ValueError as err:
+    except Exception as err:  # noqa: BLE001  (any failure is the run's result)
         return SweepRun(name, params, argv, error=f"{type(err).__name__}: {err}")
 
 
