@@ -66,3 +66,20 @@ def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "intvit.cli", "analyze", "--op", "exp",
                              "--variants", "ivit"], capture_output=True, text=True, check=True)
     assert "| ivit |" in result.stdout
+
+
+HEAVY = ("tvm", "onnxruntime", "wandb")
+
+
+def test_help_and_analyze_do_not_import_the_heavy_backends():
+    """Commands are imported lazily: listing them, a command's help, or analyzing loads
+    no engine backend and no W&B (one fresh interpreter runs all three)."""
+    script = ("import sys\nfrom intvit.cli import main\n"
+              "for argv in (['--help'], ['analyze', '--help'],\n"
+              "             ['analyze', '--op', 'exp', '--variants', 'ivit']):\n"
+              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+              f"print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)}))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert "| ivit |" in result.stdout and "{analyze," in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "LOADED []", result.stdout[-500:]

@@ -5,7 +5,8 @@ import numpy as np
 from PIL import Image
 
 from conftest import small_model
-from intvit.cli import build_parser, data_config, pipeline_options, recorded_pipeline
+from intvit.cli import build_parser
+from intvit.cli.common import data_config, pipeline_options, recorded_pipeline
 from intvit.data import DataConfig, build_loader
 
 

@@ -271,6 +271,7 @@ def test_onnx_floor_division_and_requantize_match_torch_on_extremes():
 
 
 def test_bench_times_every_row_in_its_own_process(tmp_path):
+    from intvit.cli.bench import TARGETS
     from intvit.engine.bench import markdown, time_engines, verdicts
     from intvit.models.registry import float_twin
     model = calibrated(model_config("custom", **SMALL), FAMILIES["ivit"])
@@ -283,7 +284,7 @@ def test_bench_times_every_row_in_its_own_process(tmp_path):
     table = markdown(rows, "header")
     assert "| small | 2 | onnx |" in table
     tiny = [replace(r, model="deit_tiny", batch=1) for r in rows]
-    assert "deit_tiny, batch 1" in verdicts(tiny)[0]
+    assert "deit_tiny, batch 1" in verdicts(tiny, TARGETS)[0]
 
 
 @pytest.mark.parametrize("int8_dot,order", [(True, ("tvm", "c", "int")),

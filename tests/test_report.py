@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 
 from intvit.analysis import report  # noqa: E402
 from intvit.analysis.report import PNG_SIGNATURE, build_report  # noqa: E402
+from intvit.cli import analysis as analysis_cli  # noqa: E402
 
 SECTIONS = {"summary", "accuracy", "analysis", "search", "raw"}
 EVIL = "<script>alert('x')</script>"
@@ -281,7 +282,7 @@ def make_run(root: Path) -> Path:
 
 def report_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="intvit report")
-    report.add_arguments(parser)
+    analysis_cli.report_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -295,7 +296,7 @@ def test_run_discovers_a_demo_folder(tmp_path, capsys):
     assert found["search_plot"] == [root / "search" / "pareto.png"]
     assert found["command"] == "intvit demo --out r"
 
-    assert report.run(report_args("--run", str(root))) == 0
+    assert analysis_cli.run_report(report_args("--run", str(root))) == 0
     out = root / "report.html"
     assert capsys.readouterr().out.strip() == str(out)
     text = out.read_text()
@@ -306,7 +307,7 @@ def test_run_discovers_a_demo_folder(tmp_path, capsys):
     assert text.count('class="pareto"') == 2
 
     other = tmp_path / "elsewhere" / "r.html"
-    assert report.run(report_args("--run", str(root), "--out", str(other),
+    assert analysis_cli.run_report(report_args("--run", str(root), "--out", str(other),
                                   "--title", "T")) == 0
     assert other.is_file() and "<title>T</title>" in other.read_text()
 
@@ -315,14 +316,14 @@ def test_run_on_a_folder_with_only_results(tmp_path, capsys):
     root = tmp_path / "partial"
     root.mkdir()
     (root / "results.json").write_text(json.dumps({"fp32": RESULTS["fp32"]}))
-    assert report.run(report_args("--run", str(root))) == 0
+    assert analysis_cli.run_report(report_args("--run", str(root))) == 0
     assert "no approximation analysis" in Page((root / "report.html").read_text()).plain
 
 
 @pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
 def test_run_without_anything_to_report_is_an_error(tmp_path, make):
     with pytest.raises(ValueError):
-        report.run(report_args("--run", str(make(tmp_path))))
+        analysis_cli.run_report(report_args("--run", str(make(tmp_path))))
 
 
 def test_report_of_a_real_analysis(tmp_path):
@@ -332,7 +333,7 @@ def test_report_of_a_real_analysis(tmp_path):
     out = tmp_path / "run" / "analysis"
     assert main(["analyze", "--op", "gelu", "--variants", "float,ivit", "--out", str(out),
                  "--json", str(out / "analysis.json")]) == 0
-    assert report.run(report_args("--run", str(tmp_path / "run"))) == 0
+    assert analysis_cli.run_report(report_args("--run", str(tmp_path / "run"))) == 0
     page = Page((tmp_path / "run" / "report.html").read_text())
     assert len(decoded_images(page)) == 1
     assert "ivit" in page.plain and "every 8-bit integer" in page.plain
@@ -341,17 +342,17 @@ def test_report_of_a_real_analysis(tmp_path):
 def test_arguments_leave_args_run_to_the_cli(tmp_path):
     """The CLI keeps each command's function in ``args.run``: --run must not take it."""
     parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
-    parser.set_defaults(run=report.run)
+    analysis_cli.report_arguments(parser)
+    parser.set_defaults(run=analysis_cli.run_report)
     args = parser.parse_args(["--run", str(tmp_path)])
-    assert args.run is report.run and args.run_dir == str(tmp_path)
+    assert args.run is analysis_cli.run_report and args.run_dir == str(tmp_path)
 
 
 def test_run_folder_of_a_sweep(tmp_path, capsys):
     records = [{"run": "01_gelu=ivit", "params": {"gelu": "ivit"}, "status": "ok",
                 "best_top1": 71.5}]
     (tmp_path / "sweep.json").write_text(json.dumps(records))
-    assert report.run(report_args("--run", str(tmp_path))) == 0
+    assert analysis_cli.run_report(report_args("--run", str(tmp_path))) == 0
     text = (tmp_path / "report.html").read_text()
     assert "<th>params.gelu</th>" in text and "71.5" in text
     assert "extra" in Page(text).ids

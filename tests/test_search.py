@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from conftest import SMALL, randomize
 from intvit.analysis import search as search_mod
+from intvit.cli import analysis as analysis_cli
 from intvit.analysis.hwcost import (COST_WEIGHTS, HardwareCost, Site, block_of,
                                     combine_costs, kernel_sites, vit_shapes)
 from intvit.analysis.search import (Candidate, Entry, SearchError, apply_candidate,
@@ -271,14 +272,14 @@ def test_apply_candidate_sets_block_modules(setup):
 def test_command_on_a_float_checkpoint(setup, tmp_path, capsys):
     path = save_checkpoint(tmp_path / "float.safetensors", setup["float_model"])
     parser = argparse.ArgumentParser(prog="intvit search")
-    search_mod.add_arguments(parser)
+    analysis_cli.search_arguments(parser)
     out = tmp_path / "search"
     args = parser.parse_args(["--checkpoint", str(path), "--data", "synthetic",
                               "--train-limit", "128", "--val-limit", "64", "--batch-size", "64",
                               "--calib-batches", "1", "--gelu-list", "ivit,ibert",
                               "--softmax-list", "ivit", "--layernorm-list", "ivit",
                               "--out", str(out), "--json", str(tmp_path / "s.json")])
-    assert search_mod.run(args) == 0
+    assert analysis_cli.run_search(args) == 0
     printed = capsys.readouterr().out
     assert "calibrated activation ranges on 1 training batches" in printed
     assert f"plot: {out / 'pareto.png'}" in printed and "| rank |" in printed
@@ -287,7 +288,7 @@ def test_command_on_a_float_checkpoint(setup, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == {"pareto.png", "search.json", "search.md"}
     args.layernorm_list = "ivit,ppoly"
     with pytest.raises(SearchError, match="layernorm 'ppoly'"):
-        search_mod.run(args)
+        analysis_cli.run_search(args)
 
 
 @pytest.mark.skipif("search" not in __import__("intvit.cli").cli.COMMANDS,

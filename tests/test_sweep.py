@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from intvit.cli import COMMANDS, build_parser, main, quant_config
+from intvit.cli import COMMANDS, build_parser, main
+from intvit.cli import sweep
+from intvit.cli.common import quant_config
+from intvit.cli.sweep import apply_overrides, check_conflicts
 from intvit.quant import BitWidths
-from intvit.train import sweep
-from intvit.train.sweep import (SweepError, apply_overrides, check_conflicts, load_sweep,
-                                param_flags, train_argv)
+from intvit.train.sweep import SweepError, load_sweep, param_flags, train_argv
 
 SWEEP_YAML = Path(__file__).resolve().parents[1] / "sweep.yaml"
 TINY = ["--model", "custom", "--input-size", "32", "--patch-size", "8", "--embed-dim", "32",

@@ -10,7 +10,7 @@ every input is optional: a part that is missing (or unreadable) leaves its secti
 note instead of failing the report. The raw JSON inputs are attached in collapsible
 ``<details>`` blocks.
 
-:func:`run` is ``intvit report --run DIR``: it finds the files of a run folder written by
+:func:`write_run_report` is ``intvit report --run DIR``: it finds the files of a run folder written by
 ``intvit demo`` (``analysis/analysis.json`` and ``analysis/*.png``, ``results.json``,
 ``search/*.json`` and ``search/*.png``; a sweep's ``sweep.json``) and writes
 ``DIR/report.html``.
@@ -18,7 +18,6 @@ note instead of failing the report. The raw JSON inputs are attached in collapsi
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as _dt
 import html
@@ -608,23 +607,16 @@ def discover(run_dir: PathLike) -> dict[str, Any]:
     return found
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    # dest run_dir: the CLI keeps each command's function in args.run
-    p.add_argument("--run", required=True, metavar="DIR", dest="run_dir",
-                   help="a run folder of `intvit demo` (analysis/, results.json, search/)")
-    p.add_argument("--out", metavar="FILE", help="the HTML file (default DIR/report.html)")
-    p.add_argument("--title", help="the report's title (default: intvit report: DIR)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``intvit report``: write the run folder's report and print its path."""
-    root = Path(args.run_dir)
+def write_run_report(run_dir: PathLike, out: PathLike | None = None,
+                     title: str | None = None) -> Path:
+    """The report of a run folder (``intvit report --run DIR``): its inputs found by
+    :func:`discover`, written to ``out`` (default ``DIR/report.html``) under ``title``
+    (default ``intvit report: DIR``); ValueError when the folder holds nothing to report."""
+    root = Path(run_dir)
     found = discover(root)
     if not found or set(found) <= {"command"}:
         raise ValueError(f"nothing to report in {root}: no analysis/analysis.json, "
                          f"analysis/*.png, results.json, search/ or sweep.json")
-    out = Path(args.out) if args.out else root / REPORT_FILE
-    path = build_report(out, title=args.title or f"{DEFAULT_TITLE}: {root}", run_dir=root,
+    path = Path(out) if out else root / REPORT_FILE
+    return build_report(path, title=title or f"{DEFAULT_TITLE}: {root}", run_dir=root,
                         **found)
-    print(path)
-    return 0

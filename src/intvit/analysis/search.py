@@ -69,12 +69,9 @@ with the kernels' integers, ranges frozen) and evaluated again.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -86,7 +83,7 @@ from torch import nn
 
 from ..fileio import atomic_write, write_json, write_text
 from ..approx import build
-from ..device import model_device, resolve_device, to_device
+from ..device import model_device, to_device
 from ..evaluation import evaluate
 from ..models.registry import build_quant_model
 from ..quant import QuantConfig, RangeObserver, calibrate
@@ -723,62 +720,3 @@ def search(model: nn.Module, val_loader, gelus: Sequence[str] = DEFAULT_LISTS["g
                else f"failed: {q['error']}"))
     return SearchResult(entries, lists, sites, base.cfg.as_dict(), base.qcfg.as_dict(),
                         images, weights, block_result, used, time.perf_counter() - began)
-
-
-# ------------------------------------------------------------------------------ command line
-
-
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import _data_arguments, device_argument
-
-    p.add_argument("--checkpoint", required=True,
-                   help="an intvit checkpoint (float or quantized; calibrated first if its "
-                        "ranges are not)")
-    _data_arguments(p, required=True)
-    device_argument(p)
-    g = p.add_argument_group("search")
-    for op in SEARCH_OPS:
-        g.add_argument(f"--{op}-list", default=",".join(DEFAULT_LISTS[op]),
-                       help=f"comma-separated {op} approximations "
-                            f"(default {','.join(DEFAULT_LISTS[op])})")
-    g.add_argument("--per-block", action="store_true",
-                   help="refine the best combination greedily, block by block")
-    g.add_argument("--qat-top", type=int, default=0, metavar="K",
-                   help="fine-tune the best K combinations briefly and re-evaluate")
-    g.add_argument("--qat-steps", type=int, default=20, metavar="N", help="QAT steps")
-    g.add_argument("--qat-lr", type=float, default=1e-5, help="QAT learning rate")
-    g.add_argument("--calib-batches", type=int, default=8,
-                   help="calibration batches when the checkpoint is not calibrated")
-    p.add_argument("--out", default="runs/search", metavar="DIR",
-                   help="search.md, search.json and pareto.png (default runs/search)")
-    p.add_argument("--json", metavar="FILE", help="also write the JSON here")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``intvit search``: 0 when at least one combination ran, 1 when all failed."""
-    from ..cli import data_config, write_json
-    from ..data import build_loader
-    from ..models.checkpoint import load_checkpoint
-
-    lists = check_lists(_names(args.gelu_list), _names(args.softmax_list),
-                        _names(args.layernorm_list))
-    model, meta = load_checkpoint(args.checkpoint)
-    model.to(resolve_device(args.device))
-    data = data_config(args, model, meta["info"])
-    train_loader, val_loader = build_loader(data, "train"), build_loader(data, "val")
-    if val_loader.num_classes != model.cfg.num_classes:
-        raise SearchError(f"{args.data} has {val_loader.num_classes} classes, the checkpoint's "
-                          f"model {model.cfg.num_classes}")
-    result = search(model, val_loader, lists["gelu"], lists["softmax"], lists["layernorm"],
-                    per_block=args.per_block, qat_top=args.qat_top, train_loader=train_loader,
-                    qat_steps=args.qat_steps, qat_lr=args.qat_lr,
-                    calib_batches=args.calib_batches)
-    paths = result.write(args.out, "intvit " + " ".join(sys.argv[1:]))
-    print(result.markdown())
-    print(f"plot: {paths['plot']}  table: {paths['table']}  JSON: {paths['json']}")
-    write_json(args.json, result.as_dict())
-    return 0 if result.ranking() else 1

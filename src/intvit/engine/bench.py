@@ -13,19 +13,18 @@ integer engines' logits are compared with the eval-mode model's (``exact``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 from ..progress import tqdm
 
-from ..analysis.tables import replace_between
 from ..models.init import trained_scale_init
 from ..models.registry import (build_quant_model, config_from_timm, create_timm,
                                load_float_weights, model_config)
@@ -36,8 +35,6 @@ from .timing import measure, threads
 
 MODELS = ("deit_tiny", "deit_small", "deit_base", "swin_tiny")
 BASELINES = ("torch_fp32", "ort_fp32", "ort_int8_dynamic")
-# Targets of the engine issue: speed-up of the fastest integer engine at batch 1.
-TARGETS = {"deit_tiny": 2.5, "deit_small": 3.0, "deit_base": 3.0}
 README_START, README_END = "<!-- latency:start -->", "<!-- latency:end -->"
 
 
@@ -174,7 +171,10 @@ def worker(spec: dict) -> dict:
                 setup_s=setup)
 
 
-def markdown(rows: list[Row], header: str) -> str:
+def markdown(rows: list[Row], header: str, targets: Mapping[str, float] | None = None
+             ) -> str:
+    """The rows as a Markdown table under ``header``, then :func:`verdicts` for
+    ``targets``."""
     lines = [header, "",
              "| model | batch | engine | median ms | speed-up vs PyTorch FP32 | bit-exact "
              "| setup s |", "|---|---:|---|---:|---:|---|---:|"]
@@ -182,14 +182,15 @@ def markdown(rows: list[Row], header: str) -> str:
         exact = "" if r.exact is None else ("yes" if r.exact else "**NO**")
         lines.append(f"| {r.model} | {r.batch} | {r.engine} | {r.median_ms:.2f} | "
                      f"{r.speedup:.2f}x | {exact} | {r.setup_s:.1f} |")
-    return "\n".join(lines + ["", *verdicts(rows)])
+    return "\n".join(lines + ["", *verdicts(rows, targets or {})])
 
 
-def verdicts(rows: list[Row]) -> list[str]:
-    """One line per target: the fastest integer engine at batch 1 against its goal and
-    against ONNX Runtime's dynamic int8."""
+def verdicts(rows: list[Row], targets: Mapping[str, float]) -> list[str]:
+    """One line per target (model -> the speed-up over PyTorch FP32 its fastest integer
+    engine should reach at batch 1) that ``rows`` measure: that engine against its goal
+    and against ONNX Runtime's dynamic int8."""
     lines = []
-    for model, goal in TARGETS.items():
+    for model, goal in targets.items():
         mine = [r for r in rows if r.model == model and r.batch == 1 and r.engine in ENGINES]
         dynamic = [r for r in rows if r.model == model and r.batch == 1
                    and r.engine == "ort_int8_dynamic"]
@@ -204,58 +205,23 @@ def verdicts(rows: list[Row]) -> list[str]:
     return lines
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", default=",".join(MODELS),
-                   help=f"comma-separated (default {','.join(MODELS)})")
-    p.add_argument("--batch-sizes", default="1,8")
-    p.add_argument("--engines", default=",".join(ENGINES),
-                   help=f"integer engines to time (default {','.join(ENGINES)})")
-    p.add_argument("--family", default="ivit", help="approximation family (default ivit)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--profile", action="store_true",
-                   help="also print the int engine's time by op class (int8 products, "
-                        "requantization, GELU, Softmax, LayerNorm, data movement)")
-    p.add_argument("--json", metavar="FILE")
-    p.add_argument("--update-readme", metavar="README", nargs="?", const="README.md",
-                   help="write the table between the README's latency markers")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..cli import write_json
-
-    models = [m for m in args.models.split(",") if m]
-    batches = [int(b) for b in args.batch_sizes.split(",") if b]
-    engines = [e for e in args.engines.split(",") if e]
+def run_bench(models: Sequence[str], batches: Sequence[int], engines: Sequence[str],
+              family: str = "ivit", n_threads: int = 2, warmup: int = 3, repeats: int = 10,
+              profile: bool = False) -> tuple[list[Row], list[str]]:
+    """Every model's rows (see :func:`bench_model`), and with ``profile`` the ``int``
+    engine's time by op class per model; ValueError for an unknown engine."""
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
         raise ValueError(f"unknown engines {unknown}; engines: {', '.join(ENGINES)}")
-    start = time.perf_counter()
     rows: list[Row] = []
     profiles: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in tqdm(models, desc="bench"):
-            model_rows, profile = bench_model(name, batches, engines, args.family,
-                                              args.threads, args.warmup, args.repeats,
-                                              Path(tmp), args.profile)
+            model_rows, table = bench_model(name, list(batches), list(engines), family,
+                                            n_threads, warmup, repeats, Path(tmp), profile)
             rows += model_rows
-            profiles += [profile] if profile else []
-    header = (f"`intvit bench --models {','.join(models)} --batch-sizes "
-              f"{','.join(map(str, batches))} --engines {','.join(engines)}` "
-              f"({args.family} approximations, {args.threads} threads, median of "
-              f"{args.repeats} runs after {args.warmup}; {(time.perf_counter() - start) / 60:.1f}"
-              f" min in all, {torch.__version__} torch)")
-    table = markdown(rows, header)
-    print(table)
-    for profile in profiles:
-        print("\n" + profile)
-    write_json(args.json, {"header": header, "rows": [asdict(r) for r in rows]})
-    if args.update_readme:
-        replace_between(args.update_readme, README_START, README_END, table)
-    return 0 if all(r.exact is not False for r in rows) else 1
-
-
+            profiles += [table] if table else []
+    return rows, profiles
 
 
 if __name__ == "__main__":

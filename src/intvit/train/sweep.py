@@ -4,11 +4,13 @@ The sweep file (``sweep.yaml`` at the repository root) is an ordinary W&B sweep:
 ``command`` runs ``intvit train`` with fixed flags followed by ``${args}``, which the W&B
 agent replaces with one ``--NAME=VALUE`` per parameter. :func:`load_sweep` reads the same
 file into the fixed flags and the grid (the cartesian product of every parameter's
-``values``), and :func:`run` trains every combination in this process, one after the
-other, each in its own folder under ``--out``, then writes a table (``sweep.md``) and one
-JSON record per run (``sweep.json``, and ``--json FILE``). A run that fails (flags the
-parser rejects, an approximation that cannot be built, an overflow, a non-finite loss)
-is recorded with its error and the sweep goes on.
+``values``), and :func:`run_sweep` trains every combination (a :class:`SweepRun`, whose
+:class:`~intvit.train.options.TrainConfig` the command line builds from the run's flags,
+:mod:`intvit.cli.sweep`) in this process with :func:`~intvit.train.loop.run_training`,
+one after the other, each in its own folder, then writes a table (``sweep.md``) and one
+JSON record per run (``sweep.json``, and a second file if asked). A run that fails (flags
+the parser rejects, an approximation that cannot be built, an overflow, a non-finite
+loss) is recorded with its error and the sweep goes on.
 
 Only ``${args}`` is understood as the place of the parameters (W&B's other argument
 macros, ``${args_no_hyphens}``, ``${args_json}``..., do not produce flags for
@@ -18,26 +20,21 @@ sample a ``distribution``.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import itertools
-import json
 import os
 import re
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..fileio import write_json, write_text
+from .options import TrainConfig
 
 ARGS_MACRO = "${args}"
 # W&B's ${envvar:NAME} macro, expanded as the agent does (left as NAME when unset).
 ENVVAR_MACRO = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")
-# Flags of the sweep file a local run leaves out: no W&B here.
-LOCAL_DROPS = ("wandb_project", "wandb_entity")
-RESULT_FILE = "result.json"
 
 
 class SweepError(ValueError):
@@ -134,134 +131,42 @@ def param_flags(params: dict[str, Any]) -> list[str]:
     return [f"--{name}={value}" for name, value in params.items()]
 
 
-def train_argv(fixed: list[str], params: dict[str, Any], output_dir: str | Path | None = None,
-               json_file: str | Path | None = None) -> list[str]:
+def train_argv(fixed: list[str], params: dict[str, Any], output_dir: str | Path | None = None
+               ) -> list[str]:
     """The ``intvit`` argv of one run: ``train``, the fixed flags, the parameters and,
-    when given, the run's own ``--output-dir`` and ``--json``."""
+    when given, the run's own ``--output-dir``."""
     argv = ["train", *fixed, *param_flags(params)]
     if output_dir is not None:
         argv += ["--output-dir", str(output_dir)]
-    if json_file is not None:
-        argv += ["--json", str(json_file)]
     return argv
-
-
-# --------------------------------------------------------------- flags of `intvit train`
-
-
-def _train_options() -> dict[str, argparse.Action]:
-    """Option string -> action of ``intvit train`` (its own argument function, so this
-    follows cli.py)."""
-    from ..cli import COMMANDS
-
-    parser = argparse.ArgumentParser(prog="intvit train", add_help=False)
-    COMMANDS["train"][1](parser)
-    return dict(parser._option_string_actions)
-
-
-def _lookup(options: dict[str, argparse.Action], key: str) -> argparse.Action | None:
-    name = key.lstrip("-")
-    for candidate in (name, name.replace("_", "-"), name.replace("-", "_")):
-        if f"--{candidate}" in options:
-            return options[f"--{candidate}"]
-    return None
-
-
-def _takes_value(action: argparse.Action) -> bool:
-    return action.nargs != 0
-
-
-def _split_flags(tokens: list[str], options: dict[str, argparse.Action]
-                 ) -> list[tuple[argparse.Action | None, list[str]]]:
-    """The tokens grouped as (action, [flag, value?]); unknown tokens stand alone."""
-    groups, i = [], 0
-    while i < len(tokens):
-        token = tokens[i]
-        action = options.get(token.split("=", 1)[0]) if token.startswith("--") else None
-        width = 2 if action and "=" not in token and _takes_value(action) else 1
-        groups.append((action, tokens[i:i + width]))
-        i += width
-    return groups
-
-
-def _drop(tokens: list[str], dests: set[str], options: dict[str, argparse.Action]) -> list[str]:
-    return [t for action, group in _split_flags(tokens, options)
-            if action is None or action.dest not in dests for t in group]
-
-
-def apply_overrides(fixed: list[str], grid: list[dict[str, Any]], overrides: list[str]
-                    ) -> tuple[list[str], list[dict[str, Any]]]:
-    """``--set KEY=VALUE`` (or ``--set FLAG`` for a switch such as ``no-quant``): KEY is a
-    flag of ``intvit train`` with or without its dashes; its fixed value is replaced, or a
-    grid parameter setting the same option is pinned to VALUE (duplicates removed)."""
-    options = _train_options()
-    for item in overrides:
-        key, has_value, value = item.partition("=")
-        action = _lookup(options, key)
-        if action is None or action.dest == "help":
-            raise SweepError(f"--set {item}: `intvit train` has no flag --{key.lstrip('-')}")
-        fixed = _drop(fixed, {action.dest}, options)
-        pinned = []
-        for combo in grid:
-            combo = {k: v for k, v in combo.items()
-                     if getattr(_lookup(options, k), "dest", None) != action.dest}
-            if combo not in pinned:
-                pinned.append(combo)
-        grid = pinned
-        flag = action.option_strings[0]
-        if _takes_value(action):
-            if not has_value:
-                raise SweepError(f"--set {item}: {flag} takes a value (--set {key}=VALUE)")
-            fixed.append(f"{flag}={value}")
-        elif value.lower() not in ("false", "0", "no", "off"):
-            fixed.append(flag)
-    return fixed, grid
-
-
-def check_conflicts(fixed: list[str], grid: list[dict[str, Any]]) -> None:
-    """A parameter must not set an option the fixed flags set too (which wins would
-    depend on where ``${args}`` stands)."""
-    options = _train_options()
-    fixed_dests = {a.dest for a, _ in _split_flags(fixed, options) if a is not None}
-    names = {name for combo in grid for name in combo}
-    both = sorted(n for n in names if getattr(_lookup(options, n), "dest", None) in fixed_dests)
-    if both:
-        raise SweepError(f"parameter(s) {', '.join(both)} also set by the fixed flags of the "
-                         f"command; keep one")
 
 
 # ------------------------------------------------------------------------------ running
 
 
-def _parse(argv: list[str]) -> tuple[argparse.Namespace | None, str | None]:
-    """The CLI's own parse of ``argv``; (None, argparse's message) when it rejects it."""
-    from ..cli import build_parser
+@dataclass
+class SweepRun:
+    """One combination of the grid: its name, parameters and ``intvit`` argv, and the
+    training configuration of those flags, or why there is none (``error``)."""
 
-    captured = io.StringIO()
+    name: str
+    params: dict[str, Any]
+    argv: list[str]
+    config: TrainConfig | None = None
+    error: str | None = None
+
+
+def train_one(run: SweepRun) -> dict[str, Any]:
+    """:func:`~intvit.train.loop.run_training` of the run's configuration: its result, or
+    ``{"error": ...}`` (any failure is the run's result)."""
+    from .loop import run_training
+
+    if run.config is None:
+        return {"error": run.error or "no training configuration"}
     try:
-        with contextlib.redirect_stderr(captured):
-            return build_parser().parse_args(argv), None
-    except SystemExit:
-        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
-        return None, lines[-1] if lines else f"invalid arguments: {shlex.join(argv)}"
-
-
-def run_one(argv: list[str], json_file: str | Path) -> dict[str, Any]:
-    """Run ``intvit`` with ``argv`` in this process; the result JSON it wrote, read back,
-    or ``{"error": ...}``."""
-    args, error = _parse(argv)
-    if args is None:
-        return {"error": error}
-    try:
-        code = args.run(args)
+        return run_training(run.config)
     except Exception as err:  # noqa: BLE001  (any failure is the run's result)
         return {"error": f"{type(err).__name__}: {err}"}
-    if code:
-        return {"error": f"exit status {code}"}
-    try:
-        return json.loads(Path(json_file).read_text())
-    except (OSError, ValueError) as err:
-        return {"error": f"no result JSON {json_file}: {err}"}
 
 
 def run_name(index: int, params: dict[str, Any]) -> str:
@@ -305,61 +210,32 @@ def report(path: str | Path, fixed: list[str], records: list[dict[str, Any]]) ->
             f"`{shlex.join(fixed)}`\n\n{markdown_table(records)}\n")
 
 
-def _write(out: Path, json_file: str | None, text: str, records: list[dict[str, Any]]) -> None:
+def _write(out: Path, json_file: str | Path | None, text: str,
+           records: list[dict[str, Any]]) -> None:
     write_text(out / "sweep.md", text)
     write_json(out / "sweep.json", records)
     if json_file:
         write_json(json_file, records)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep", help="a W&B sweep file whose command runs `intvit train ... "
-                                 "${args}` (e.g. sweep.yaml)")
-    p.add_argument("--out", default="runs/sweep", metavar="DIR",
-                   help="one folder per run, sweep.md and sweep.json (default runs/sweep)")
-    p.add_argument("--json", metavar="FILE", help="also write the records (one per run) here")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--set", action="append", default=[], dest="overrides",
-                   metavar="KEY=VALUE",
-                   help="override a flag of `intvit train` (repeatable), e.g. --set epochs=1 "
-                        "--set train-limit=2048; a swept parameter is pinned to VALUE")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the sweep file's grid locally; 0 when every run succeeded, 1 otherwise (the
-    failures are in the table and the JSON)."""
+def run_sweep(path: str | Path, fixed: list[str], runs: list[SweepRun], out: str | Path,
+              json_file: str | Path | None = None) -> list[dict[str, Any]]:
+    """Train every run, one after the other; after each, write the table (``out/sweep.md``)
+    and the records (``out/sweep.json``, and ``json_file`` when given). Returns the
+    records, one per run, in order."""
     from ..progress import tqdm
 
-    fixed, grid = load_sweep(args.sweep)
-    fixed = _drop(fixed, set(LOCAL_DROPS), _train_options())
-    fixed, grid = apply_overrides(fixed, grid, list(args.overrides or []))
-    check_conflicts(fixed, grid)
-    out = Path(args.out)
-    runs = []
-    for i, params in enumerate(grid, 1):
-        name = run_name(i, params)
-        result = out / name / RESULT_FILE
-        runs.append((name, params, train_argv(fixed, params, out / name, result), result))
-    if args.dry_run:
-        for name, _, argv, _ in runs:
-            args_ok, error = _parse(argv)
-            print("intvit " + shlex.join(argv) + ("" if args_ok else f"  # rejected: {error}"))
-        return 0
+    out = Path(out)
     records: list[dict[str, Any]] = []
     bar = tqdm(runs, desc="sweep", unit="run")
-    for name, params, argv, result in bar:
-        bar.set_postfix_str(name)
-        if result.exists():
-            result.unlink()  # a stale result from an earlier sweep must not count
+    for run in bar:
+        bar.set_postfix_str(run.name)
         start = time.perf_counter()
-        records.append(record(name, params, argv, run_one(argv, result),
+        records.append(record(run.name, run.params, run.argv, train_one(run),
                               time.perf_counter() - start))
         if records[-1]["status"] == "failed":
-            tqdm.write(f"{name} failed: {records[-1]['error']}")
-        _write(out, args.json, report(args.sweep, fixed, records), records)
+            tqdm.write(f"{run.name} failed: {records[-1]['error']}")
+        _write(out, json_file, report(path, fixed, records), records)
     bar.close()
-    text = report(args.sweep, fixed, records)
-    _write(out, args.json, text, records)
-    print(f"\n{text}\ntable: {out / 'sweep.md'}, records: {out / 'sweep.json'}"
-          + (f" and {args.json}" if args.json else ""))
-    return 0 if all(r["status"] == "ok" for r in records) else 1
+    _write(out, json_file, report(path, fixed, records), records)
+    return records

@@ -1,0 +1,63 @@
+"""``intvit bench``: the latency table of :mod:`intvit.engine.bench`, judged against the
+project's goals (:data:`TARGETS`), optionally written into the README."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+
+from .common import write_json
+
+# The engine issue's goals: speed-up over PyTorch FP32 of the fastest integer engine at
+# batch 1, per model.
+TARGETS = {"deit_tiny": 2.5, "deit_small": 3.0, "deit_base": 3.0}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..engine.bench import MODELS
+    from ..engine.engines import ENGINES
+
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma-separated (default {','.join(MODELS)})")
+    p.add_argument("--batch-sizes", default="1,8")
+    p.add_argument("--engines", default=",".join(ENGINES),
+                   help=f"integer engines to time (default {','.join(ENGINES)})")
+    p.add_argument("--family", default="ivit", help="approximation family (default ivit)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--profile", action="store_true",
+                   help="also print the int engine's time by op class (int8 products, "
+                        "requantization, GELU, Softmax, LayerNorm, data movement)")
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--update-readme", metavar="README", nargs="?", const="README.md",
+                   help="write the table between the README's latency markers")
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 when every integer engine gave the model's logits exactly, 1 otherwise."""
+    import torch
+
+    from ..analysis.tables import replace_between
+    from ..engine.bench import README_END, README_START, markdown, run_bench
+
+    models = [m for m in args.models.split(",") if m]
+    batches = [int(b) for b in args.batch_sizes.split(",") if b]
+    engines = [e for e in args.engines.split(",") if e]
+    start = time.perf_counter()
+    rows, profiles = run_bench(models, batches, engines, args.family, args.threads,
+                               args.warmup, args.repeats, args.profile)
+    header = (f"`intvit bench --models {','.join(models)} --batch-sizes "
+              f"{','.join(map(str, batches))} --engines {','.join(engines)}` "
+              f"({args.family} approximations, {args.threads} threads, median of "
+              f"{args.repeats} runs after {args.warmup}; {(time.perf_counter() - start) / 60:.1f}"
+              f" min in all, {torch.__version__} torch)")
+    table = markdown(rows, header, TARGETS)
+    print(table)
+    for profile in profiles:
+        print("\n" + profile)
+    write_json(args.json, {"header": header, "rows": [asdict(r) for r in rows]})
+    if args.update_readme:
+        replace_between(args.update_readme, README_START, README_END, table)
+    return 0 if all(r.exact is not False for r in rows) else 1
