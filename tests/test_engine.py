@@ -302,3 +302,12 @@ def test_auto_takes_the_fastest_engine_this_machine_can_build(monkeypatch, int8_
     monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name: None)
     assert "needs tvm, which is not installed" in engines.unavailable("tvm")
     assert engines.fastest_engine() == "int"
+
+
+@pytest.mark.parametrize("kind", ["int", "onnx"])
+def test_a_batch_runs_in_chunks_with_the_same_integers(program_file, kind):
+    model, path = program_file
+    engine = make_engine(kind, IntProgram.load(path))
+    x = images(7, seed=8)
+    engine.batch_chunk = 3  # chunks of 3, 3 and 1 images
+    assert torch.equal(engine(x), model.forward_int(x).value)

@@ -172,6 +172,17 @@ def test_search_2x2x1_table_json_plot(setup, tmp_path):
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("engine", ["int", "auto"])
+def test_an_engine_evaluates_every_combination_to_the_model_s_figures(setup, engine):
+    """The engine's integers are the model's: the same top-1 and loss for each, and a
+    float reference kernel (no integer program) is evaluated by the model itself."""
+    lists = (["ibert", "float"], ["ivit"], ["ivit"])
+    by_model = search(setup["model"], setup["val"], *lists, progress=False)
+    by_engine = search(setup["model"], setup["val"], *lists, progress=False, engine=engine)
+    figures = lambda r: [(e.candidate.label, e.top1, e.loss) for e in r.entries]  # noqa: E731
+    assert figures(by_engine) == figures(by_model) and all(e.ok for e in by_engine.entries)
+
+
 def test_best_is_at_least_each_single_family_and_failures_are_recorded(setup):
     result = search(setup["model"], setup["val"], ["ivit", "ibert", "ppoly", FAILING_GELU],
                     ["ivit", "ibert", "ppoly"], ["ivit", "ibert"], progress=False)

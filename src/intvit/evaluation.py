@@ -44,6 +44,34 @@ def exact_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images).double()
 
 
+def integer_evaluator(model: nn.Module, engine: str = "model"):
+    """What evaluates ``model``'s integers: the eval-mode model itself (``model``), or the
+    engine ``engine`` of :mod:`intvit.engine` (``auto``: the fastest this machine can
+    build; on a GPU the model) on the program exported from it. All give the same
+    integers, so the same accuracy; an engine pays its export and build once. A model
+    with a kernel that has no integer data (a float reference) is evaluated by itself."""
+    engine = resolve_engine(model, engine)
+    if engine == "model":
+        return model
+    from .engine import export_program
+    from .engine.engines import make_engine
+    from .engine.program import NotIntegerOnly
+    try:
+        program = export_program(model)
+    except NotIntegerOnly:
+        return model
+    return make_engine(engine, program)
+
+
+def resolve_engine(model: nn.Module, engine: str) -> str:
+    """``auto``: the model on a GPU, else the fastest engine this machine can build; any
+    other name as it is."""
+    if engine != "auto":
+        return engine
+    from .engine.engines import fastest_engine
+    return "model" if model_device(model).type != "cpu" else fastest_engine()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, progress: bool = True, desc: str = "eval") -> EvalResult:
     """Evaluate in the model's eval mode (the integer model when quantization is on), or

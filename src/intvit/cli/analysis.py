@@ -107,6 +107,7 @@ def _analyze_from_stats(args: argparse.Namespace) -> int:
 
 def search_arguments(p: argparse.ArgumentParser) -> None:
     from ..analysis.search import DEFAULT_LISTS, SEARCH_OPS
+    from ..engine.engines import ENGINES
 
     p.add_argument("--checkpoint", required=True,
                    help="an intvit checkpoint (float or quantized; calibrated first if its "
@@ -124,6 +125,10 @@ def search_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tune the best K combinations briefly and re-evaluate")
     g.add_argument("--qat-steps", type=int, default=20, metavar="N", help="QAT steps")
     g.add_argument("--qat-lr", type=float, default=1e-5, help="QAT learning rate")
+    g.add_argument("--engine", choices=("auto", "model", *ENGINES), default="auto",
+                   help="what evaluates each combination's integers (the same accuracy from "
+                        "any): auto (default): the model on a GPU, else the fastest engine "
+                        "this CPU can build; model: the eval-mode model")
     g.add_argument("--calib-batches", type=int, default=8,
                    help="calibration batches when the checkpoint is not calibrated")
     p.add_argument("--out", default="runs/search", metavar="DIR",
@@ -150,7 +155,7 @@ def run_search(args: argparse.Namespace) -> int:
     result = search(model, val_loader, lists["gelu"], lists["softmax"], lists["layernorm"],
                     per_block=args.per_block, qat_top=args.qat_top, train_loader=train_loader,
                     qat_steps=args.qat_steps, qat_lr=args.qat_lr,
-                    calib_batches=args.calib_batches)
+                    calib_batches=args.calib_batches, engine=args.engine)
     paths = result.write(args.out, command_line())
     print(result.markdown())
     print(f"plot: {paths['plot']}  table: {paths['table']}  JSON: {paths['json']}")

@@ -24,7 +24,7 @@ from ..models.base import QuantModel
 from ..quant import QuantAct, QuantModule
 from ..quant.frozen import compact
 from .ops import OPS, as_value
-from .program import Node, ProgramError
+from .program import Node, NotIntegerOnly, ProgramError
 
 
 @dataclass
@@ -167,11 +167,11 @@ class Builder:
         name = self.names[module]
         kernel = module.kernel(self.call(module).args[0].scale)
         if not kernel.integer_only:
-            raise ProgramError(f"{name} uses {module.op} '{module.approx.name}', a float "
+            raise NotIntegerOnly(f"{name} uses {module.op} '{module.approx.name}', a float "
                                "reference that is not integer-only; export a model whose "
                                "GELU, Softmax and LayerNorm use ivit, ibert or ppoly")
         if module.frozen_op is None:
-            raise ProgramError(f"{name}: {module.op} with {kernel.in_bits}-bit inputs "
+            raise NotIntegerOnly(f"{name}: {module.op} with {kernel.in_bits}-bit inputs "
                                "cannot be tabulated")
         params = {k: v.cpu() for k, v in module.frozen_tensors().items() if k != "scale"}
         attrs = dict(module.frozen_attrs, approx=module.approx.name)

@@ -42,6 +42,11 @@ class ProgramError(ValueError):
     """A program that cannot be built, read or run; the message says why and what to do."""
 
 
+class NotIntegerOnly(ProgramError):
+    """A model that has no integer program: a kernel of it is a float reference or has no
+    integer data (only the model itself evaluates it)."""
+
+
 @dataclass
 class Node:
     op: str

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from ...evaluation import evaluate
+from ...evaluation import evaluate, integer_evaluator, resolve_engine
 from ...quant import calibrate, is_calibrated
 from ..hwcost import COST_WEIGHTS, Site, hardware_cost, kernel_sites
 from .candidates import DEFAULT_LISTS, Candidate, SearchError, check_lists, materialize
@@ -45,13 +45,15 @@ def calibrated_base(model: nn.Module, train_loader=None, calib_batches: int = 8,
 
 def evaluate_candidate(base: nn.Module, candidate: Candidate, val_loader,
                        sites: Sequence[Site], weights: dict[str, int] = COST_WEIGHTS,
-                       progress: bool = False) -> Entry:
-    """PTQ evaluation of one candidate (integer model); a kernel that refuses the model's
-    scales gives a failed entry with its message."""
+                       progress: bool = False, engine: str = "model") -> Entry:
+    """PTQ evaluation of one candidate (its integers, by the eval-mode model or by
+    ``engine``: :func:`~intvit.evaluation.integer_evaluator`); a kernel that refuses the
+    model's scales gives a failed entry with its message."""
     start = time.perf_counter()
     try:
         model = materialize(base, candidate)
-        result = evaluate(model, val_loader, progress=progress, desc=candidate.label)
+        result = evaluate(integer_evaluator(model, engine), val_loader, progress=progress,
+                          desc=candidate.label)
         cost = hardware_cost(model, sites, weights)
     except (ValueError, OverflowError) as err:
         return Entry(candidate, error=str(err), seconds=time.perf_counter() - start)
@@ -70,9 +72,9 @@ def _groups(sites: Sequence[Site]) -> list[tuple[str, list[str]]]:
 
 def per_block_search(base: nn.Module, start: Entry, lists: dict[str, list[str]], val_loader,
                      sites: Sequence[Site], weights: dict[str, int] = COST_WEIGHTS,
-                     progress: bool = False, log: Callable[[str], None] = print
-                     ) -> PerBlockResult:
-    """Greedy per-block refinement of ``start`` (see the module docstring)."""
+                     progress: bool = False, log: Callable[[str], None] = print,
+                     engine: str = "model") -> PerBlockResult:
+    """Greedy per-block refinement of ``start`` (see the package docstring)."""
     groups = _groups(sites)
     current, trials = start, []
     for group, ops in groups:
@@ -81,7 +83,7 @@ def per_block_search(base: nn.Module, start: Entry, lists: dict[str, list[str]],
                 if name == current.candidate.name(op, group):
                     continue
                 entry = evaluate_candidate(base, current.candidate.with_override(group, op, name),
-                                           val_loader, sites, weights, progress)
+                                           val_loader, sites, weights, progress, engine)
                 accepted = entry.ok and entry.key() < current.key()
                 trials.append(Trial(group, op, name, entry, accepted))
                 log(f"  per-block {group} {op}={name}: "
@@ -98,10 +100,13 @@ def search(model: nn.Module, val_loader, gelus: Sequence[str] = DEFAULT_LISTS["g
            layernorms: Sequence[str] = DEFAULT_LISTS["layernorm"], per_block: bool = False,
            qat_top: int = 0, train_loader=None, qat_steps: int = 20, qat_lr: float = 1e-5,
            calib_batches: int = 8, weights: dict[str, int] | None = None,
-           progress: bool = True, log: Callable[[str], None] | None = None) -> SearchResult:
+           progress: bool = True, log: Callable[[str], None] | None = None,
+           engine: str = "model") -> SearchResult:
     """Evaluate every gelu x softmax x layernorm combination (integer model, PTQ, one
     calibration); optionally refine the best per block and fine-tune the best
-    ``qat_top`` briefly. ``model`` is left unchanged."""
+    ``qat_top`` briefly. ``engine`` evaluates each combination's integers (``model``,
+    an engine of :mod:`intvit.engine`, or ``auto``; the same accuracy from any).
+    ``model`` is left unchanged."""
     began = time.perf_counter()
     log = log or (print if progress else (lambda *_: None))
     weights = dict(COST_WEIGHTS if weights is None else weights)
@@ -112,12 +117,15 @@ def search(model: nn.Module, val_loader, gelus: Sequence[str] = DEFAULT_LISTS["g
     if qat_top and train_loader is None:
         raise SearchError("QAT (qat_top > 0) needs training batches (train_loader)")
     base, used = calibrated_base(model, train_loader, calib_batches, progress, log)
+    engine = resolve_engine(base, engine)
+    log(f"evaluating each combination with engine {engine}")
     candidates = [Candidate(g, s, n) for g, s, n in
                   itertools.product(lists["gelu"], lists["softmax"], lists["layernorm"])]
     sites = kernel_sites(materialize(base, candidates[0]))
     entries = []
     for i, candidate in enumerate(candidates, 1):
-        entry = evaluate_candidate(base, candidate, val_loader, sites, weights, progress)
+        entry = evaluate_candidate(base, candidate, val_loader, sites, weights, progress,
+                                   engine)
         entries.append(entry)
         log(f"[{i}/{len(candidates)}] {candidate.label}: "
             + (f"top-1 {entry.top1:.2f}%, loss {entry.loss:.4f}, cost "
@@ -128,7 +136,7 @@ def search(model: nn.Module, val_loader, gelus: Sequence[str] = DEFAULT_LISTS["g
     if per_block and ranked:
         log(f"per-block search from {ranked[0].candidate.label}")
         block_result = per_block_search(base, ranked[0], lists, val_loader, sites, weights,
-                                        progress, log)
+                                        progress, log, engine)
     for entry in ranked[:qat_top]:
         entry.qat = short_qat(base, entry.candidate, train_loader, val_loader, qat_steps,
                               qat_lr, progress=progress)
