@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from intvit.analysis.tables import replace_between
+from intvit.arith.matmul import cpu_has_int8_dot
 from intvit.engine import export_program
 from intvit.engine.engines import ENGINES, fastest_engine, make_engine, unavailable
 from intvit.evaluation import evaluate
@@ -119,10 +120,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def markdown(args: argparse.Namespace, rows, export_s: float) -> str:
     fp32 = rows[0][1][BATCHES[-1]]
-    cpu = platform.processor() or platform.machine()
-    lines = [f"`python benchmarks/eval_speed.py --model {args.model} --images {args.images}`: "
+    cpu = cpu_name() + (", int8 dot products" if cpu_has_int8_dot() else
+                        ", no int8 dot products (no VNNI/AMX)")
+    lines = [f"`python benchmarks/eval_speed.py --model {args.model} --images {args.images} "
+             f"--engines {args.engines}`: "
              f"`evaluate()` images/s, {args.threads} threads, {torch.__version__}, {cpu}; "
              f"every engine's logits equal the model's; export {export_s:.0f} s.", "",
              "| evaluated by | b8 images/s | b32 images/s | b32 / b8 | vs FP32 at b32 | build s |",
