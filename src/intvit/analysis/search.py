@@ -90,6 +90,7 @@ from ..device import model_device, resolve_device, to_device
 from ..evaluation import evaluate
 from ..models.registry import build_quant_model
 from ..quant import QuantConfig, RangeObserver, calibrate
+from ..tables import markdown_table
 from .hwcost import (COST_WEIGHTS, HardwareCost, Site, block_of, hardware_cost,
                      kernel_modules, kernel_sites)
 
@@ -421,14 +422,13 @@ class SearchResult:
         cols += ["QAT top-1 %", "QAT loss"] if qat else []
         cols += ["cost/image", "gelu", "softmax", "layernorm", "widest bits", "requant bits",
                  "Pareto"]
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        rows = []
         for i, e in enumerate(ranked + self.failed, 1):
             c = e.candidate
             row = [str(i) if e.ok else "-", c.gelu, c.softmax, c.layernorm]
             if not e.ok:
                 msg = (e.error or "").replace("|", "/").replace("\n", " ")
-                lines.append("| " + " | ".join(row + [f"failed: {msg}"]
-                                               + [""] * (len(cols) - 5)) + " |")
+                rows.append(row + [f"failed: {msg}"] + [""] * (len(cols) - 5))
                 continue
             row += [_pct(e.top1), f"{e.loss:.4f}"]
             if qat:
@@ -446,7 +446,8 @@ class SearchResult:
                           for op in SEARCH_OPS),
                         str(cost.widest_bits), str(cost.requant_bits)]
             row.append("yes" if id(e) in front else "")
-            lines.append("| " + " | ".join(row) + " |")
+            rows.append(row)
+        lines.append(markdown_table(cols, rows))
         if self.per_block:
             pb = self.per_block
             groups_ops = [op for op in SEARCH_OPS if any(op in ops for _, ops in pb.groups)]
@@ -455,16 +456,13 @@ class SearchResult:
                           f"{_human(pb.start.cost_value)}): top-1 {_pct(pb.best.top1)}%, "
                           f"loss {pb.best.loss:.4f}, cost {_human(pb.best.cost_value)}; "
                           f"{len(pb.trials)} trials, "
-                          f"{sum(t.accepted for t in pb.trials)} kept.", "",
-                      "| block | " + " | ".join(groups_ops) + " |",
-                      "|" + "---|" * (len(groups_ops) + 1)]
+                          f"{sum(t.accepted for t in pb.trials)} kept.", ""]
             assignment = pb.assignment()
-            for group, _ in pb.groups:
-                chosen = assignment[group]
-                lines.append(f"| {group} | " + " | ".join(
-                    (chosen[op] + (" *" if (group, op, chosen[op]) in pb.best.candidate.overrides
-                                   else "")) if op in chosen else "-"
-                    for op in groups_ops) + " |")
+            overrides = pb.best.candidate.overrides
+            lines.append(markdown_table(["block", *groups_ops], [
+                [group, *((chosen[op] + (" *" if (group, op, chosen[op]) in overrides else ""))
+                          if op in chosen else "-" for op in groups_ops)]
+                for group, chosen in ((g, assignment[g]) for g, _ in pb.groups)]))
             lines += ["", "`*` differs from the global choice. Reproduce with "
                           "`apply_candidate(model, Candidate.from_dict(json['per_block']"
                           "['best']['candidate']))` on the calibrated model."]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import write_json, write_text
+from ..tables import markdown_cell, markdown_table
 
 ARGS_MACRO = "${args}"
 # W&B's ${envvar:NAME} macro, expanded as the agent does (left as NAME when unset).
@@ -280,29 +281,21 @@ def record(name: str, params: dict[str, Any], argv: list[str], out: dict[str, An
             "seconds": round(seconds, 2), "command": "intvit " + shlex.join(argv)}
 
 
-def _cell(value: Any, fmt: str = "{}") -> str:
-    if value is None:
-        return ""
-    return (fmt.format(value) if isinstance(value, (int, float)) else str(value)) \
-        .replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(records: list[dict[str, Any]]) -> str:
+def records_table(records: list[dict[str, Any]]) -> str:
+    """The Markdown table of the run records: one row per run, one column per parameter."""
     names = list(dict.fromkeys(k for r in records for k in r["params"]))
     head = ["run", *names, "status", "best top-1 (%)", "final val loss", "checkpoint / error"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in records:
-        row = [r["run"], *(_cell(r["params"].get(n)) for n in names), r["status"],
-               _cell(r["best_top1"], "{:.2f}"), _cell(r["final_val_loss"], "{:.4f}"),
-               _cell(r["error"] if r["status"] == "failed" else r["checkpoint"])]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    rows = [[r["run"], *(markdown_cell(r["params"].get(n)) for n in names), r["status"],
+             markdown_cell(r["best_top1"], ".2f"), markdown_cell(r["final_val_loss"], ".4f"),
+             markdown_cell(r["error"] if r["status"] == "failed" else r["checkpoint"])]
+            for r in records]
+    return markdown_table(head, rows)
 
 
 def report(path: str | Path, fixed: list[str], records: list[dict[str, Any]]) -> str:
     ok = sum(r["status"] == "ok" for r in records)
     return (f"# Sweep {path}\n\n{ok} of {len(records)} runs succeeded. Fixed flags: "
-            f"`{shlex.join(fixed)}`\n\n{markdown_table(records)}\n")
+            f"`{shlex.join(fixed)}`\n\n{records_table(records)}\n")
 
 
 def _write(out: Path, json_file: str | None, text: str, records: list[dict[str, Any]]) -> None:
