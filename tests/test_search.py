@@ -284,7 +284,8 @@ def test_command_on_a_float_checkpoint(setup, tmp_path, capsys):
     assert f"plot: {out / 'pareto.png'}" in printed and "| rank |" in printed
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["calibration_batches"] == 1 and data["images"] == 64
-    assert {p.name for p in out.iterdir()} == {"pareto.png", "search.json", "search.md"}
+    assert {p.name for p in out.iterdir()} == {"pareto.png", "search.json", "search.md",
+                                              "run.json"}
     args.layernorm_list = "ivit,ppoly"
     with pytest.raises(SearchError, match="layernorm 'ppoly'"):
         search_mod.run(args)

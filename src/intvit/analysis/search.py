@@ -84,7 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fileio import atomic_write, write_json, write_text
+from ..fileio import atomic_write, command_line, write_json, write_run_manifest, write_text
 from ..approx import build
 from ..device import model_device, resolve_device, to_device
 from ..evaluation import evaluate
@@ -779,4 +779,7 @@ def run(args: argparse.Namespace) -> int:
     print(result.markdown())
     print(f"plot: {paths['plot']}  table: {paths['table']}  JSON: {paths['json']}")
     write_json(args.json, result.as_dict())
+    write_run_manifest(args.out, command_line(),
+                       {"checkpoint": args.checkpoint, "data": args.data},
+                       paths | {"json": args.json})
     return 0 if result.ranking() else 1

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_json, write_text
+from ..fileio import command_line, write_json, write_run_manifest, write_text
 from ..tables import markdown_cell, markdown_table
 
 ARGS_MACRO = "${args}"
@@ -253,6 +253,7 @@ def run_one(argv: list[str], json_file: str | Path) -> dict[str, Any]:
     args, error = _parse(argv)
     if args is None:
         return {"error": error}
+    args.command_line = command_line(argv)
     try:
         code = args.run(args)
     except Exception as err:  # noqa: BLE001  (any failure is the run's result)
@@ -353,6 +354,9 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     text = report(args.sweep, fixed, records)
     _write(out, args.json, text, records)
+    write_run_manifest(out, command_line(), {"sweep": args.sweep}, {
+        "table": out / "sweep.md", "records": out / "sweep.json", "json": args.json,
+        "runs": [out / name for name, *_ in runs]})
     print(f"\n{text}\ntable: {out / 'sweep.md'}, records: {out / 'sweep.json'}"
           + (f" and {args.json}" if args.json else ""))
     return 0 if all(r["status"] == "ok" for r in records) else 1
