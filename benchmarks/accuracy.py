@@ -32,12 +32,12 @@ except ImportError:  # running from a checkout without installing
 import torch
 
 from intvit.analysis.search import search
-from intvit.analysis.tables import replace_between
 from intvit.data import DataConfig, build_loader
 from intvit.evaluation import evaluate
 from intvit.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from intvit.models.factory import requantized
 from intvit.quant import QuantConfig, calibrate
+from intvit.tables import markdown_table, replace_between
 from intvit.train.loop import run_training
 from intvit.train.options import TrainConfig
 
@@ -158,15 +158,15 @@ def markdown(results: dict[str, Any]) -> str:
              f"{results['seed']}, ViT {results['arch']['embed_dim']}-dim x "
              f"{results['arch']['depth']} blocks, 8-bit everywhere; integer models evaluated "
              f"in `eval()` (integer kernels only); {results['total_s'] / 60:.1f} min on 2 cores.",
-             "",
-             "| model | GELU | Softmax | LayerNorm | PTQ top-1 | PTQ - FP32 | QAT top-1 | QAT - FP32 |",
-             "|---|---|---|---|---:|---:|---:|---:|",
-             f"| FP32 | float | float | float | {base:.2f} | | | |"]
+             ""]
+    rows = [["FP32", "float", "float", "float", f"{base:.2f}", "", "", ""]]
     for row in results["rows"]:
         ptq, qat = row["ptq"]["top1"], row["qat"]["top1"]
-        lines.append(f"| {row['label']} | {row['gelu']} | {row['softmax']} | "
-                     f"{row['layernorm']} | {ptq:.2f} | {ptq - base:+.2f} | {qat:.2f} | "
-                     f"{qat - base:+.2f} |")
+        rows.append([row["label"], row["gelu"], row["softmax"], row["layernorm"],
+                     f"{ptq:.2f}", f"{ptq - base:+.2f}", f"{qat:.2f}", f"{qat - base:+.2f}"])
+    lines.append(markdown_table(["model", "GELU", "Softmax", "LayerNorm", "PTQ top-1",
+                                 "PTQ - FP32", "QAT top-1", "QAT - FP32"], rows,
+                                align="llllrrrr"))
     return "\n".join(lines)
 
 

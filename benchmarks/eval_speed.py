@@ -35,7 +35,7 @@ except ImportError:  # running from a checkout without installing
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from intvit.analysis.tables import replace_between
+from intvit.tables import markdown_table, replace_between
 from intvit.arith.matmul import cpu_has_int8_dot
 from intvit.engine import export_program
 from intvit.engine.engines import ENGINES, fastest_engine, make_engine, unavailable
@@ -138,14 +138,12 @@ def markdown(args: argparse.Namespace, rows, export_s: float) -> str:
     lines = [f"`python benchmarks/eval_speed.py --model {args.model} --images {args.images} "
              f"--engines {args.engines}`: "
              f"`evaluate()` images/s, {args.threads} threads, {torch.__version__}, {cpu}; "
-             f"every engine's logits equal the model's; export {export_s:.0f} s.", "",
-             "| evaluated by | b8 images/s | b32 images/s | b32 / b8 | vs FP32 at b32 | build s |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for label, r, build_s in rows:
-        b8, b32 = r[BATCHES[0]], r[BATCHES[-1]]
-        build = "" if build_s is None else f"{build_s:.1f}"
-        lines.append(f"| {label} | {b8:.2f} | {b32:.2f} | {b32 / b8:.2f} | "
-                     f"{b32 / fp32:.2f}x | {build} |")
+             f"every engine's logits equal the model's; export {export_s:.0f} s.", ""]
+    cells = [[label, f"{r[BATCHES[0]]:.2f}", f"{r[BATCHES[-1]]:.2f}",
+              f"{r[BATCHES[-1]] / r[BATCHES[0]]:.2f}", f"{r[BATCHES[-1]] / fp32:.2f}x",
+              "" if build_s is None else f"{build_s:.1f}"] for label, r, build_s in rows]
+    lines.append(markdown_table(["evaluated by", "b8 images/s", "b32 images/s", "b32 / b8",
+                                 "vs FP32 at b32", "build s"], cells, align="lrrrrr"))
     return "\n".join(lines)
 
 

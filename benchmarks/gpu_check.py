@@ -37,6 +37,7 @@ except ImportError:  # running from a checkout without installing
 from intvit.models import build_quant_model, family, model_config
 from intvit.models.init import trained_scale_init
 from intvit.quant import QuantConfig, calibrate
+from intvit.tables import markdown_table
 
 CUDA_TESTS = ["tests/test_matmul_routes.py", "tests/test_device.py",
               "tests/test_integer_model.py"]
@@ -151,13 +152,12 @@ def throughput(name: str = "deit_small", batch: int = 128, device: str = "cuda",
 
 
 def markdown(rows: list[dict], device: str, name: str, batch: int) -> str:
-    lines = [f"`{name}`, batch {batch}, on {device}:", "",
-             "| what | images/s | step time vs FP32 step |", "|---|---:|---:|"]
-    for row in rows:
-        ratio = row.get("step_time_vs_fp32")
-        lines.append(f"| {row['what']} | {row['images_per_s']:.1f} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}x'} |")
-    return "\n".join(lines)
+    cells = [[row["what"], f"{row['images_per_s']:.1f}",
+              "" if row.get("step_time_vs_fp32") is None
+              else f"{row['step_time_vs_fp32']:.2f}x"] for row in rows]
+    return (f"`{name}`, batch {batch}, on {device}:\n\n"
+            + markdown_table(["what", "images/s", "step time vs FP32 step"], cells,
+                             align="lrr"))
 
 
 def run_step(label: str, argv: list[str], timeout: int) -> dict:

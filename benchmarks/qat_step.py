@@ -41,6 +41,7 @@ except ImportError:  # running from a checkout without installing
     from intvit.models import build_quant_model, model_config
 from intvit.models.init import trained_scale_init
 from intvit.quant import QuantConfig, calibrate
+from intvit.tables import markdown_table
 
 TARGET_RATIO = 3.0
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -273,36 +274,32 @@ def profile(qat: Stepper, fp32: Stepper, args: argparse.Namespace) -> dict:
 # --- report ---------------------------------------------------------------------------
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | layer type | batch | FP32 step ms | QAT step ms | ratio (QAT/FP32) "
-             "| target | pass |", "|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['layer_type']} | {r['batch']} | "
-                     f"{r['fp32_ms']:.1f} | {r['qat_ms']:.1f} | {r['ratio']:.2f}x | "
-                     f"{TARGET_RATIO:g}x | {'pass' if r['pass'] else 'FAIL'} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["model", "layer type", "batch", "FP32 step ms", "QAT step ms", "ratio (QAT/FP32)",
+         "target", "pass"],
+        [[r["model"], r["layer_type"], r["batch"], f"{r['fp32_ms']:.1f}", f"{r['qat_ms']:.1f}",
+          f"{r['ratio']:.2f}x", f"{TARGET_RATIO:g}x", "pass" if r["pass"] else "FAIL"]
+         for r in rows], align="llrrrrrl")
 
 
 def stability_table(rows: list[dict]) -> str:
-    lines = ["| layer type | clean steps FP32 / QAT | FP32 min ms | QAT min ms | ratio of minima |",
-             "|---|---|---:|---:|---:|"]
-    for r in rows:
-        c = r["clean_steps"]
-        lines.append(f"| {r['layer_type']} | {c['fp32']} / {c['qat']} of {r['repeats']} | "
-                     f"{r['fp32_min_ms']:.1f} | {r['qat_min_ms']:.1f} | "
-                     f"{r['ratio_of_minima']:.2f}x |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["layer type", "clean steps FP32 / QAT", "FP32 min ms", "QAT min ms",
+         "ratio of minima"],
+        [[r["layer_type"],
+          f"{r['clean_steps']['fp32']} / {r['clean_steps']['qat']} of {r['repeats']}",
+          f"{r['fp32_min_ms']:.1f}", f"{r['qat_min_ms']:.1f}", f"{r['ratio_of_minima']:.2f}x"]
+         for r in rows], align="llrrr")
 
 
 def phase_table(rows: list[dict]) -> str:
-    lines = ["| layer type | model | forward ms | backward ms | optimizer ms "
-             "| page faults per step |", "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        for name in ("fp32", "qat"):
-            p = r["phases_ms"][name]
-            lines.append(f"| {r['layer_type']} | {name.upper()} | {p['forward']:.1f} | "
-                         f"{p['backward']:.1f} | {p['optimizer']:.1f} | "
-                         f"{p['page_faults']:.0f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["layer type", "model", "forward ms", "backward ms", "optimizer ms",
+         "page faults per step"],
+        [[r["layer_type"], name.upper(), f"{p['forward']:.1f}", f"{p['backward']:.1f}",
+          f"{p['optimizer']:.1f}", f"{p['page_faults']:.0f}"]
+         for r in rows for name, p in ((n, r["phases_ms"][n]) for n in ("fp32", "qat"))],
+        align="llrrrr")
 
 
 def profile_report(row: dict) -> str:
@@ -310,16 +307,19 @@ def profile_report(row: dict) -> str:
     out = [f"\n### Profile: {row['model']}, {row['layer_type']}, batch {row['batch']} "
            f"(per step; other processes used {100 * p['foreign']:.0f}% of the CPUs meanwhile)"
            f"\n", "QAT forward by module class (hooks; FP32 for comparison):\n",
-           "| module | QAT ms | FP32 ms |", "|---|---:|---:|"]
-    for name, ms in p["qat_modules_ms"].items():
-        out.append(f"| {name} | {ms:.1f} | {p['fp32_modules_ms'].get(name, 0.0):.1f} |")
+           markdown_table(["module", "QAT ms", "FP32 ms"],
+                          [[name, f"{ms:.1f}", f"{p['fp32_modules_ms'].get(name, 0.0):.1f}"]
+                           for name, ms in p["qat_modules_ms"].items()], align="lrr")]
     for label, key in (("QAT", "qat_ops"), ("FP32", "fp32_ops")):
         out += [f"\n{label} top ops by self CPU time (torch.profiler, forward + backward "
-                f"+ optimizer):\n", "| op | self ms | calls |", "|---|---:|---:|"]
-        out += [f"| {e['op']} | {e['self_ms']:.1f} | {e['calls']} |" for e in p[key]]
+                f"+ optimizer):\n",
+                markdown_table(["op", "self ms", "calls"],
+                               [[e["op"], f"{e['self_ms']:.1f}", e["calls"]] for e in p[key]],
+                               align="lrr")]
     out += ["\nQAT: intvit functions by cumulative time (cProfile; nested calls overlap):\n",
-            "| function | cum ms | calls |", "|---|---:|---:|"]
-    out += [f"| {e['function']} | {e['cum_ms']:.1f} | {e['calls']} |" for e in p["qat_python"]]
+            markdown_table(["function", "cum ms", "calls"],
+                           [[e["function"], f"{e['cum_ms']:.1f}", e["calls"]]
+                            for e in p["qat_python"]], align="lrr")]
     return "\n".join(out)
 
 

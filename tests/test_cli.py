@@ -1,12 +1,14 @@
 """The intvit command line: analyze's table, JSON and plots; clear errors."""
 
 import json
+import shlex
 import subprocess
 import sys
 
 import pytest
 
 from intvit.cli import main
+from intvit.fileio import read_run_manifest
 
 
 def test_analyze_json_schema(tmp_path, capsys):
@@ -35,6 +37,13 @@ def test_analyze_all_ops_writes_plots_and_table(tmp_path):
     assert "**layernorm**" in table and "![softmax](softmax.png)" in table
     ops = [entry["op"] for entry in json.loads((tmp_path / "all.json").read_text())["ops"]]
     assert ops == ["gelu", "exp", "softmax", "layernorm"]
+    manifest = read_run_manifest(out)
+    assert manifest["command"] == "intvit " + shlex.join(["analyze", "--rows", "16", "--out",
+                                                          str(out), "--json",
+                                                          str(tmp_path / "all.json")])
+    assert manifest["outputs"]["plots"] == [str(out / f"{op}.png") for op in ops]
+    assert manifest["outputs"]["table"] == str(out / "approximations.md")
+    assert set(manifest["versions"]) == {"intvit", "torch", "python"}
 
 
 def test_variant_that_cannot_run_is_reported_not_dropped(tmp_path):

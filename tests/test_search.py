@@ -290,13 +290,16 @@ def test_command_on_a_float_checkpoint(setup, tmp_path, capsys):
                               "--calib-batches", "1", "--gelu-list", "ivit,ibert",
                               "--softmax-list", "ivit", "--layernorm-list", "ivit",
                               "--out", str(out), "--json", str(tmp_path / "s.json")])
+    args.command_line = "intvit search --checkpoint float.safetensors"  # main sets it
     assert analysis_cli.run_search(args) == 0
     printed = capsys.readouterr().out
     assert "calibrated activation ranges on 1 training batches" in printed
     assert f"plot: {out / 'pareto.png'}" in printed and "| rank |" in printed
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["calibration_batches"] == 1 and data["images"] == 64
-    assert {p.name for p in out.iterdir()} == {"pareto.png", "search.json", "search.md"}
+    assert {p.name for p in out.iterdir()} == {"pareto.png", "search.json", "search.md",
+                                              "run.json"}
+    assert json.loads((out / "run.json").read_text())["command"] == args.command_line
     args.layernorm_list = "ivit,ppoly"
     with pytest.raises(SearchError, match="layernorm 'ppoly'"):
         analysis_cli.run_search(args)

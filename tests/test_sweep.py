@@ -19,6 +19,7 @@ from intvit.cli import COMMANDS, build_parser, main
 from intvit.cli import sweep
 from intvit.cli.common import quant_config
 from intvit.cli.sweep import apply_overrides, check_conflicts
+from intvit.fileio import read_run_manifest
 from intvit.quant import BitWidths
 from intvit.train.sweep import SweepError, load_sweep, param_flags, train_argv
 
@@ -214,6 +215,9 @@ def test_local_sweep_runs_the_grid_and_writes_table_and_json(tmp_path, capsys):
         assert Path(r["checkpoint"]).is_file()
         assert Path(r["checkpoint"]).parent.parent == out
         assert "--wandb-project" not in r["command"]  # no W&B in a local sweep
+        run_manifest = read_run_manifest(Path(r["checkpoint"]).parent)
+        assert run_manifest["command"] == r["command"]  # the run's own, not the sweep's
+    assert read_run_manifest(out)["outputs"]["records"] == str(out / "sweep.json")
     table = (out / "sweep.md").read_text()
     assert "| run | layer-type | layernorm | bitwidth | status |" in table
     assert table.count("| ok |") == 2 and "2 of 2 runs succeeded" in table

@@ -9,6 +9,7 @@ from conftest import SMALL
 
 from intvit.cli import main
 from intvit.engine.engines import fastest_engine
+from intvit.fileio import read_run_manifest
 from intvit.models.checkpoint import load_checkpoint
 from intvit.train.loop import run_training
 from intvit.train.options import TrainConfig, TrainingStopped
@@ -180,6 +181,9 @@ def test_resume_from_the_command_line_keeps_the_run_configuration(tmp_path):
     assert main(["train", *common, "--epochs", "1", "--lr", "0.002",
                  "--output-dir", str(out)]) == 0
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    manifest = read_run_manifest(out)
+    assert manifest["command"] == f"intvit train --resume {out} --epochs 2"
+    assert manifest["inputs"]["resume"] == str(out)
     _, meta = load_checkpoint(out / "last.safetensors")
     saved = meta["info"]["train"]
     assert meta["info"]["epoch"] == 2

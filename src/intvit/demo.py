@@ -19,6 +19,7 @@ from .fileio import write_bytes, write_json, write_text
 from .models.checkpoint import read_metadata, save_checkpoint
 from .models.factory import ModelSource, make_model
 from .quant import QuantConfig, calibrate
+from .tables import markdown_table
 from .train.loop import run_training
 from .train.options import TrainConfig
 
@@ -106,11 +107,12 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     base = results["fp32"]["top1"]
-    rows = ["| model | top-1 | vs FP32 | loss |", "|---|---|---|---|"]
-    for key, label in (("fp32", "FP32"), ("ptq", "PTQ int8 (integer model)"),
-                       ("qat", "QAT int8 (integer model)")):
-        r = results[key]
-        rows.append(f"| {label} | {r['top1']:.2f} | {r['top1'] - base:+.2f} | {r['loss']:.4f} |")
+    rows = [markdown_table(
+        ["model", "top-1", "vs FP32", "loss"],
+        [[label, f"{r['top1']:.2f}", f"{r['top1'] - base:+.2f}", f"{r['loss']:.4f}"]
+         for label, r in (("FP32", results["fp32"]),
+                          ("PTQ int8 (integer model)", results["ptq"]),
+                          ("QAT int8 (integer model)", results["qat"]))])]
     if "engines" in results:
         for name, c in results["engines"]["parity"].items():
             rows.append(f"\nengine {name} vs the eval-mode model: {c['differing_logits']} of "

@@ -13,22 +13,32 @@ replaces only a folder it wrote itself, never one of the user's.
 :func:`check_output` and :func:`check_distinct` run before a command starts its work, so
 an unwritable destination or an output that would overwrite an input is an error at
 once, not after an hour of training. :func:`DirLock` keeps two runs out of one folder.
+
+Every command that writes a run folder records what it did in the folder's ``run.json``
+(:func:`write_run_manifest`, read back by :func:`read_run_manifest`): the command line,
+the intvit, torch and Python versions, the inputs it read, the outputs it wrote and when
+it finished. ``intvit report`` reads it.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
+import shlex
 import shutil
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping, Sequence
 
 TMP_SUFFIX = ".tmp"
 LOCK_FILE = ".intvit.lock"
+RUN_MANIFEST = "run.json"
+MANIFEST_FORMAT = "intvit-run/1"
 
 
 class OutputError(ValueError):
@@ -148,6 +158,61 @@ def write_json(path: str | Path, payload: object) -> Path:
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """``path.write_bytes(data)``, atomically (an ONNX model's serialization, say)."""
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command line ``intvit ARGS`` as a shell would read it back (``argv``: the
+    arguments after the program name, default this process's)."""
+    return "intvit " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+
+
+def _manifest_paths(paths: Mapping[str, Any] | None) -> dict[str, Any]:
+    def one(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [one(v) for v in value]
+        return None if value is None else str(value)
+
+    return {name: one(value) for name, value in (paths or {}).items()}
+
+
+def write_run_manifest(folder: str | Path, command: str,
+                       inputs: Mapping[str, Any] | None = None,
+                       outputs: Mapping[str, Any] | None = None) -> Path:
+    """Write ``folder/run.json`` atomically and return its path.
+
+    ``command`` is the command line (see :func:`command_line`); ``inputs`` and
+    ``outputs`` name the files and folders the command read and wrote (a path, a list
+    of paths, or None for an option not given), stored as strings. The manifest also
+    holds ``format`` (:data:`MANIFEST_FORMAT`), ``versions`` (intvit, torch, Python) and
+    ``finished`` (ISO 8601, local time with offset)."""
+    import torch
+
+    from . import __version__
+
+    manifest = {"format": MANIFEST_FORMAT, "command": command,
+                "versions": {"intvit": __version__, "torch": torch.__version__,
+                             "python": platform.python_version()},
+                "inputs": _manifest_paths(inputs), "outputs": _manifest_paths(outputs),
+                "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    return write_json(Path(folder) / RUN_MANIFEST, manifest)
+
+
+def read_run_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The ``run.json`` of ``folder`` written by :func:`write_run_manifest`, or None if
+    there is none (a folder written before intvit wrote manifests). Raises ValueError
+    if the file is not such a manifest."""
+    path = Path(folder) / RUN_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); rerun the command that wrote "
+                         "the folder") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path} is not an intvit run manifest (format "
+                         f"{MANIFEST_FORMAT!r}); rerun the command that wrote the folder")
+    return manifest
 
 
 def _writable_folder(folder: Path, what: str) -> None:

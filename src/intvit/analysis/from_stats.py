@@ -38,6 +38,7 @@ from ..fileio import write_text
 from .domains import Domain
 from .errors import OpAnalysis, analyze
 from .iostats import SAMPLES_FORMAT, samples_path
+from ..tables import markdown_table as render_table
 from .tables import markdown_table
 
 MEASURED_OPS = ("gelu", "softmax", "layernorm")
@@ -219,18 +220,16 @@ def summary_table(results: Sequence[OpAnalysis]) -> str:
     lines = []
     for op, variants in summary(results).items():
         layers = sum(1 for a in results if a.op == op)
-        lines += [f"**{op}** over {layers} recorded layer(s), errors in output LSBs", "",
-                  "| variant | layers | max abs err | mean abs err | rms err | worst layer "
-                  "| cannot run on |", "|---|---|---|---|---|---|---|"]
+        rows = []
         for name, e in variants.items():
             failed = ", ".join(e["failed"]) or "-"
-            if not e["layers"]:
-                lines.append(f"| {name} | 0 | n/a | n/a | n/a | - | {failed} |")
-                continue
-            lines.append(f"| {name} | {e['layers']} | {e['max_abs_error_lsb']:.3g} | "
-                         f"{e['mean_abs_error_lsb']:.3g} | {e['rms_error_lsb']:.3g} | "
-                         f"{e['worst_layer']} | {failed} |")
-        lines.append("")
+            rows.append([name, 0, "n/a", "n/a", "n/a", "-", failed] if not e["layers"] else
+                        [name, e["layers"], f"{e['max_abs_error_lsb']:.3g}",
+                         f"{e['mean_abs_error_lsb']:.3g}", f"{e['rms_error_lsb']:.3g}",
+                         e["worst_layer"], failed])
+        lines += [f"**{op}** over {layers} recorded layer(s), errors in output LSBs", "",
+                  render_table(["variant", "layers", "max abs err", "mean abs err", "rms err",
+                                "worst layer", "cannot run on"], rows), ""]
     return "\n".join(lines)
 
 

@@ -455,7 +455,7 @@ class IOStats(AbstractContextManager):
                 writer = csv.DictWriter(f, fieldnames=COLUMNS)
                 writer.writeheader()
                 for row in self.rows():
-                    writer.writerow({k: _cell(v) for k, v in row.items()})
+                    writer.writerow({k: _csv_value(v) for k, v in row.items()})
         return atomic_write(path, write)
 
     def to_parquet(self, path: str | Path) -> Path:
@@ -511,7 +511,9 @@ class IOStats(AbstractContextManager):
         return table, self.save_samples(samples_path(path))
 
 
-def _cell(value: Any) -> Any:
+def _csv_value(value: Any) -> Any:
+    """A CSV field that reads back as the same value: None empty, booleans 0/1, finite
+    floats as ``repr`` (every digit), anything else as it is."""
     if value is None:
         return ""
     if isinstance(value, bool):

@@ -28,7 +28,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..fileio import write_text
+from ..fileio import read_run_manifest, write_text
+from ..tables import format_value as fmt
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPORT_FILE = "report.html"
@@ -161,27 +162,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def fmt(value: Any, spec: str = ".4g") -> str:
-    """A cell's text: numbers with ``spec`` (integers as they are), booleans yes/no,
-    containers as compact JSON, None empty."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        return format(value, spec)
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def _cell(value: Any, spec: str = ".4g", tag: str = "td") -> str:
+def _td(value: Any, spec: str = ".4g") -> str:
+    """An HTML cell of :func:`~intvit.tables.format_value`; numbers get the class ``num``."""
     cls = ' class="num"' if _is_number(value) else ""
-    return f"<{tag}{cls}>{esc(fmt(value, spec))}</{tag}>"
+    return f"<td{cls}>{esc(fmt(value, spec))}</td>"
 
 
 def _table(header: Sequence[str], rows: Iterable[str], cls: str = "") -> str:
@@ -257,7 +241,7 @@ def records_table(records: Sequence[Mapping[str, Any]], highlight: str | None = 
     for i, r in enumerate(flat, 1):
         cls = (' class="pareto"' if highlight and r.get(highlight) is True
                else ' class="failed"' if r.get("error") else "")
-        cells = ([_cell(i)] if numbered else []) + [_cell(r.get(c)) for c in columns]
+        cells = ([_td(i)] if numbered else []) + [_td(r.get(c)) for c in columns]
         rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
     return _table((["#"] if numbered else []) + columns, rows)
 
@@ -320,11 +304,11 @@ def _accuracy(source: _Source) -> str:
     for label, r in entries:
         top1 = r.get("top1")
         diff = (top1 - base) if _is_number(top1) and _is_number(base) else None
-        cells = [f"<td>{esc(label)}</td>", _cell(top1, ".2f"),
+        cells = [f"<td>{esc(label)}</td>", _td(top1, ".2f"),
                  f'<td class="num">{esc("" if diff is None else format(diff, "+.2f"))}</td>',
-                 _cell(r.get("top3"), ".2f"), _cell(r.get("top5"), ".2f"),
-                 _cell(r.get("loss"), ".4f"), _cell(r.get("images_per_s"), ".1f"),
-                 _cell(r.get("images"))]
+                 _td(r.get("top3"), ".2f"), _td(r.get("top5"), ".2f"),
+                 _td(r.get("loss"), ".4f"), _td(r.get("images_per_s"), ".1f"),
+                 _td(r.get("images"))]
         rows.append(f"<tr>{''.join(cells)}</tr>")
     body = _table(["model", "top-1 (%)", "vs FP32 (points)", "top-3 (%)", "top-5 (%)",
                    "loss", "images/s", "images"], rows)
@@ -355,16 +339,16 @@ def _variant_row(name: str, result: Any, lsb: Any, best: str | None) -> str:
     integer = cost.get("integer_only", True)
     max_err = result.get("max_abs_error")
     in_lsb = max_err / lsb if _is_number(max_err) and _is_number(lsb) and lsb else None
-    cells = [f"<td>{esc(name)}</td>", _cell(max_err, ".3g"),
-             _cell(result.get("mean_abs_error"), ".3g"), _cell(result.get("rms_error"), ".3g"),
-             _cell(in_lsb, ".2f")]
+    cells = [f"<td>{esc(name)}</td>", _td(max_err, ".3g"),
+             _td(result.get("mean_abs_error"), ".3g"), _td(result.get("rms_error"), ".3g"),
+             _td(in_lsb, ".2f")]
     if integer:
         per_row = cost.get("per_row")
         per_row = (", ".join(f"{v} {k}" for k, v in per_row.items()) or "-"
                    if isinstance(per_row, dict) else fmt(per_row))
-        cells += [_cell(cost.get(k)) for k in COST_KEYS]
-        cells += [f"<td>{esc(per_row)}</td>", _cell(cost.get("widest_bits")),
-                  _cell(cost.get("requant_bits")), "<td>yes</td>"]
+        cells += [_td(cost.get(k)) for k in COST_KEYS]
+        cells += [f"<td>{esc(per_row)}</td>", _td(cost.get("widest_bits")),
+                  _td(cost.get("requant_bits")), "<td>yes</td>"]
     else:
         cells += ["<td>float</td>"] * 5 + ["<td>-</td>"] * 3 + ["<td>no</td>"]
     cls = ' class="best"' if name == best else ""
@@ -562,7 +546,8 @@ def _has_records(path: Path) -> bool:
 def discover(run_dir: PathLike) -> dict[str, Any]:
     """The report's inputs found in a run folder of ``intvit demo`` (or of ``intvit
     analyze --out``, ``intvit search``, ``intvit sweep``): keyword arguments for
-    :func:`build_report`, only those found."""
+    :func:`build_report`, only those found. The command line comes from the folder's
+    ``run.json`` (or its analysis folder's); ValueError if that file is not a manifest."""
     root = Path(run_dir)
     if not root.is_dir():
         raise ValueError(f"no run folder {root}")
@@ -599,11 +584,9 @@ def discover(run_dir: PathLike) -> dict[str, Any]:
     sweep = _first(root / "sweep.json")
     if sweep is not None:
         found["extra_tables"] = {"Sweep (sweep.json)": sweep}
-    markdown = (plot_dir or root) / "approximations.md"
-    if markdown.is_file():  # `intvit analyze --out` records its command line there
-        match = re.search(r"Generated by `([^`]*)`", markdown.read_text(errors="replace"))
-        if match:
-            found["command"] = match.group(1)
+    manifest = read_run_manifest(root) or (read_run_manifest(plot_dir) if plot_dir else None)
+    if manifest is not None:  # folders written before run.json existed show no command
+        found["command"] = manifest["command"]
     return found
 
 

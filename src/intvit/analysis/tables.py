@@ -1,10 +1,8 @@
-"""Markdown tables of an analysis (printed by the CLI and written to reports)."""
+"""The Markdown table of one op's analysis (printed by the CLI and written to reports)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..fileio import write_text
+from ..tables import markdown_table as render_table
 from .errors import OpAnalysis
 
 COLUMNS = ("variant", "max abs err", "mean abs err", "rms err", "mul", "shift", "add",
@@ -25,23 +23,8 @@ def _row(name: str, result) -> list[str]:
 
 
 def markdown_table(analysis: OpAnalysis) -> str:
-    lines = [f"**{analysis.op}** on {analysis.domain.describe()}, "
-             f"{analysis.out_bits}-bit output (LSB {analysis.lsb:.3g})", "",
-             "| " + " | ".join(COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    for name, result in analysis.variants.items():
-        lines.append("| " + " | ".join(_row(name, result)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-
-def replace_between(path: str | Path, start: str, end: str, text: str) -> None:
-    """Put ``text`` into the file at ``path`` between the marker lines ``start`` and
-    ``end`` (generated tables in the README)."""
-    path = Path(path)
-    content = path.read_text()
-    if start not in content or end not in content:
-        raise ValueError(f"{path} has no {start} ... {end} markers")
-    head, rest = content.split(start, 1)
-    _, tail = rest.split(end, 1)
-    write_text(path, f"{head}{start}\n{text}\n{end}{tail}")
+    """A caption line, then one row per variant: errors in real units and hardware cost."""
+    rows = [_row(name, result) for name, result in analysis.variants.items()]
+    return (f"**{analysis.op}** on {analysis.domain.describe()}, "
+            f"{analysis.out_bits}-bit output (LSB {analysis.lsb:.3g})\n\n"
+            + render_table(COLUMNS, rows) + "\n")

@@ -20,7 +20,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..arith import WidthLog, dyadic, mantissa_bits_for, qrange, record_widths, requantize
+from ..arith import (WidthLog, dyadic, mantissa_bits_for, qrange, record_widths, requantize,
+                     round_half_even)
 from .ops import OPS
 
 
@@ -171,7 +172,7 @@ class Kernel(ABC):
         """Hardware cost; the widest width is read from a run on a probe row that spans
         the whole input domain (declared widths depend on the row length, not the data)."""
         lo, hi = self.spec.domain(self.in_bits)
-        probe = torch.linspace(lo, hi, row_length, dtype=torch.float64).round()
+        probe = round_half_even(torch.linspace(lo, hi, row_length, dtype=torch.float64))
         log = WidthLog()
         with record_widths(log):
             self.compute(probe.to(torch.int64)[None])

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..arith import round_half_up
+from ..arith import quantize
 from .base import Approx, Kernel
 from .ops import OPS
 from .registry import register
@@ -31,7 +31,7 @@ class FloatKernel(Kernel):
         affine = {k: v.to(torch.float64) for k, v in self.affine.items() if v is not None}
         y = self.spec.reference(q.to(torch.float64) * self.in_scale, **affine)
         lo, hi = self.out_range
-        return round_half_up(y / self.out_scale).clamp(lo, hi).to(torch.int64)
+        return quantize(y, self.out_scale, lo, hi).to(torch.int64)
 
     def counts(self) -> dict[str, Any]:
         return {}

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..arith import horner, horner_bits, round_half_up
+from ..arith import horner, horner_bits, round_half_even, round_half_up
 from .base import REQUANT_COST, Approx, Kernel, Param, plus, positive_int
 from .registry import register
 from .rows import NUMERATOR_IVIT, SoftmaxKernel
@@ -84,7 +84,7 @@ class PiecewisePoly:
             coeffs[i, : len(fit)] = fit
         self.starts = torch.from_numpy(starts.astype(np.int64))
         self.float_coeffs = torch.from_numpy(coeffs)
-        self.int_coeffs = torch.from_numpy(np.round(coeffs).astype(np.int64))
+        self.int_coeffs = round_half_even(self.float_coeffs).to(torch.int64)
         columns = [self.int_coeffs[:, k] for k in range(deg + 1)]
         self.out_bits = horner_bits(columns, self.t_max, self.shift)[-1]
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from .rounding import round_half_even
 from .width import active, declare, signed_bits
 
 MANTISSA_BITS = 31
@@ -44,7 +45,7 @@ def dyadic(multiplier: float | torch.Tensor, mantissa_bits: int = MANTISSA_BITS
     if not bool(torch.isfinite(real).all()):
         raise ValueError("dyadic multipliers must be finite")
     frac, exp = torch.frexp(real)
-    m = torch.round(frac * float(1 << mantissa_bits)).to(torch.int64)
+    m = round_half_even(frac * float(1 << mantissa_bits)).to(torch.int64)
     e = mantissa_bits - exp.to(torch.int64)
     carry = m.abs() == (1 << mantissa_bits)
     m = torch.where(carry, m // 2, m)

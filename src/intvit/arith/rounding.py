@@ -16,7 +16,11 @@ All functions take int64 tensors and return int64 tensors.
 Every function is exact on the whole int64 range.
 
 ``round_half_up(x) = floor(x + 1/2)`` is the same rule for float tensors: the one
-rounding of a real value to the integer grid (quantizing inputs, weights, constants).
+rounding of a real value to the integer grid (quantizing inputs, weights, constants), and
+``quantize(x, s, lo, hi) = clamp(floor(x / s + 1/2), lo, hi)`` that rounding of ``x`` at
+scale ``s`` saturated to ``[lo, hi]``. ``round_half_even(x)`` (ties to the even integer,
+IEEE 754's default) is the other rule, used only where a constant is fitted offline: a
+dyadic multiplier's mantissa, a polynomial's coefficients, a probe of an input domain.
 
 Shift amounts are limited to ``0 <= k <= 62`` so that ``2^k`` is an int64.
 """
@@ -79,3 +83,16 @@ def round_div(x: torch.Tensor, d: int | torch.Tensor) -> torch.Tensor:
 def round_half_up(x: torch.Tensor) -> torch.Tensor:
     """``floor(x + 1/2)`` of a float tensor (quantization's rounding; stays float)."""
     return torch.floor(x + 0.5)
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor | float, lo: int, hi: int) -> torch.Tensor:
+    """``clamp(floor(x / scale + 1/2), lo, hi)``: ``x`` rounded half up to the integer grid
+    of ``scale`` and saturated to ``[lo, hi]``; a float tensor of integers (no gradient
+    of its own: wrap it in a straight-through estimator for training)."""
+    return round_half_up(x / scale).clamp(lo, hi)
+
+
+def round_half_even(x: torch.Tensor) -> torch.Tensor:
+    """The nearest integer of a float tensor, ties to the even one (``torch.round``);
+    stays float. For constants fitted offline, not for quantizing values."""
+    return torch.round(x)

@@ -16,7 +16,7 @@ import importlib
 import sys
 from typing import Callable
 
-from .. import progress
+from .. import fileio, progress
 from ..approx import UnknownApproximation
 from ..train.options import TrainingStopped
 
@@ -88,6 +88,7 @@ def build_parser(only_given: bool = False) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.given = set(vars(build_parser(only_given=True).parse_args(argv))) - {"command"}
+    args.command_line = fileio.command_line(argv)
     progress.enable(not args.no_progress)
     try:
         return args.run(args)

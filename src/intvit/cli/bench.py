@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """0 when every integer engine gave the model's logits exactly, 1 otherwise."""
     import torch
 
-    from ..analysis.tables import replace_between
+    from ..tables import replace_between
     from ..engine.bench import README_END, README_START, markdown, run_bench
 
     models = [m for m in args.models.split(",") if m]

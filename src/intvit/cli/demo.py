@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import fileio
 from .common import device_argument, quant_arguments, quant_config
 
 
@@ -25,8 +26,12 @@ def run_demo(args: argparse.Namespace) -> int:
     analyze_args = build_parser().parse_args(["analyze", "--op", "all", "--out",
                                               str(out / "analysis"), "--json",
                                               str(out / "analysis" / "analysis.json")])
+    analyze_args.command_line = args.command_line
     run_analyze(analyze_args)
     results = demo(out, quant_config(args), args.device)
+    fileio.write_run_manifest(out, args.command_line, {}, {
+        "analysis": out / "analysis", "results": out / "results.json",
+        "engines": results["engines"]["program"], "report": out / REPORT_FILE})
     found = discover(out)
     engines = results["engines"]
     found["extra_tables"] = found.get("extra_tables", {}) | {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from .. import fileio
 from ..data import DataConfig
 from ..device import resolve_device
 from .common import (check_outputs, data_arguments, data_config, declared_options,
@@ -95,10 +96,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     check_outputs(args, {"--json": "json"}, {"--output-dir": "output_dir"},
                   {"--checkpoint": "checkpoint", "--weights": "weights"})
-    result = run_training(resumed_config(args) if args.resume else train_config(args))
+    config = resumed_config(args) if args.resume else train_config(args)
+    result = run_training(config)
     if result.pop("rank") == 0:
         print(f"checkpoint: {result['checkpoint']}; best top-1 {result['best_top1']:.2f}%")
         write_json(args.json, result)
+        fileio.write_run_manifest(config.output_dir, args.command_line, {
+            "checkpoint": args.checkpoint, "weights": args.weights, "resume": args.resume,
+            "data": args.data}, {"checkpoint": result["checkpoint"], "json": args.json})
     return 0
 
 

@@ -29,6 +29,7 @@ from ..models.init import trained_scale_init
 from ..models.registry import (build_quant_model, config_from_timm, create_timm,
                                load_float_weights, model_config)
 from ..quant import Mode, QuantConfig
+from ..tables import markdown_table, replace_between
 from .engines import ENGINES, make_engine
 from .export import export_program, probe_images
 from .timing import measure, threads
@@ -175,14 +176,13 @@ def markdown(rows: list[Row], header: str, targets: Mapping[str, float] | None =
              ) -> str:
     """The rows as a Markdown table under ``header``, then :func:`verdicts` for
     ``targets``."""
-    lines = [header, "",
-             "| model | batch | engine | median ms | speed-up vs PyTorch FP32 | bit-exact "
-             "| setup s |", "|---|---:|---|---:|---:|---|---:|"]
-    for r in rows:
-        exact = "" if r.exact is None else ("yes" if r.exact else "**NO**")
-        lines.append(f"| {r.model} | {r.batch} | {r.engine} | {r.median_ms:.2f} | "
-                     f"{r.speedup:.2f}x | {exact} | {r.setup_s:.1f} |")
-    return "\n".join(lines + ["", *verdicts(rows, targets or {})])
+    cells = [[r.model, r.batch, r.engine, f"{r.median_ms:.2f}", f"{r.speedup:.2f}x",
+              "" if r.exact is None else ("yes" if r.exact else "**NO**"), f"{r.setup_s:.1f}"]
+             for r in rows]
+    table = markdown_table(["model", "batch", "engine", "median ms",
+                            "speed-up vs PyTorch FP32", "bit-exact", "setup s"], cells,
+                           align="lrlrrlr")
+    return "\n".join([header, "", table, "", *verdicts(rows, targets or {})])
 
 
 def verdicts(rows: list[Row], targets: Mapping[str, float]) -> list[str]:

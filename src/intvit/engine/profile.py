@@ -19,6 +19,7 @@ from collections import defaultdict
 
 import torch
 
+from ..tables import markdown_table
 from .program import IntProgram
 from .runtime import IntRuntime
 
@@ -55,14 +56,14 @@ def profile_int(program: IntProgram, images: torch.Tensor, repeats: int = 3
 def profile_markdown(label: str, profiles: dict[int, dict[str, float]]) -> str:
     """A table: one row per op class, one column per batch size (ms and share)."""
     batches = sorted(profiles)
-    lines = [f"| {label}: op class | " + " | ".join(f"batch {b}: ms | share" for b in batches)
-             + " |", "|---|" + "---:|---:|" * len(batches)]
+    headers = [f"{label}: op class"] + [h for b in batches for h in (f"batch {b}: ms", "share")]
+    rows = []
     for c in CLASSES:
-        cells = []
+        cells = [c]
         for b in batches:
             total = sum(profiles[b].values()) or 1.0
             cells += [f"{profiles[b][c]:.1f}", f"{100 * profiles[b][c] / total:.0f}%"]
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    lines.append("| total | " + " | ".join(f"{sum(profiles[b].values()):.1f} | 100%"
-                                           for b in batches) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    rows.append(["total"] + [cell for b in batches
+                             for cell in (f"{sum(profiles[b].values()):.1f}", "100%")])
+    return markdown_table(headers, rows, align="l" + "rr" * len(batches))

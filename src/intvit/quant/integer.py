@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import torch
 
-from ..arith import declare, int_matmul, requantize, round_half_up
+from ..arith import declare, int_matmul, quantize, requantize
 
 ACC_BITS = 32
 
 
 def quantize_input(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Float input to ``[lo, hi]`` integers at ``scale`` (round half up)."""
-    return round_half_up(x / scale).clamp(lo, hi).to(torch.int64)
+    return quantize(x, scale, lo, hi).to(torch.int64)
 
 
 def linear_int(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..approx import build
-from ..arith import dyadic, qrange, round_half_up
+from ..arith import dyadic, qrange, quantize, round_half_up
 from .frozen import KERNEL_OPS, FreezeError, FrozenKernel, freeze_kernel
 from .integer import ACC_BITS, linear_int, matmul_int, quantize_input, requantize_sum
 from .observer import RangeObserver
-from .qtensor import QT, Mode, ste, to_integers
+from .qtensor import QT, Mode, fake_quantize, ste, to_integers
 
 
 FROZEN = "frozen_"
@@ -75,7 +75,7 @@ def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
     top = qrange(bits)[1]
     scale = (w.detach().abs().flatten(1).amax(dim=1) / top).clamp_min(1e-12)
     shape = (-1,) + (1,) * (w.dim() - 1)
-    q = round_half_up(w / scale.view(shape)).clamp(-top, top)
+    q = quantize(w, scale.view(shape), -top, top)
     return q, scale
 
 
@@ -83,8 +83,9 @@ def quantize_tensor(x: torch.Tensor, scale: torch.Tensor, bits: int, mode: Mode
                     ) -> torch.Tensor:
     """A parameter quantized at ``scale`` to signed ``bits``: int64 integers in INT mode,
     fake-quantized with a straight-through gradient in FAKE mode."""
-    q = round_half_up(x / scale).clamp(*qrange(bits))
-    return q.to(torch.int64) if mode is Mode.INT else ste(q * scale, x)
+    if mode is Mode.INT:
+        return quantize(x, scale, *qrange(bits)).to(torch.int64)
+    return fake_quantize(x, scale, *qrange(bits))
 
 
 def quantize_bias(b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,7 @@ class QuantAct(QuantModule):
             s = self.scale()
             x = a.value if residual is None else a.value + residual.value
             x = x.float()  # under bf16 autocast too: fake-quantized values stay exact
-            return QT(ste(round_half_up(x / s).clamp(lo, hi) * s, x), s)
+            return QT(fake_quantize(x, s, lo, hi), s)
         if not self.is_frozen:
             self.freeze_for(a.scale, None if residual is None else residual.scale)
         f = self.frozen_tensors()

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..arith import round_half_up
+from ..arith import quantize, round_half_up
 
 
 class Mode(enum.Enum):
@@ -32,6 +32,12 @@ class QT(NamedTuple):
 def ste(exact: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     """Forward value ``exact``, gradient of ``surrogate`` (straight-through)."""
     return surrogate + (exact - surrogate).detach()
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``quantize(x, scale, lo, hi) * scale`` (:func:`~intvit.arith.quantize`: round half
+    up, saturate) with the identity gradient of ``x`` (straight-through)."""
+    return ste(quantize(x, scale, lo, hi) * scale, x)
 
 
 def to_integers(a: QT) -> torch.Tensor:

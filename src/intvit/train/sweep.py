@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_json, write_text
+from ..fileio import command_line, write_json, write_run_manifest, write_text
+from ..tables import markdown_cell, markdown_table
 from .options import TrainConfig
 
 ARGS_MACRO = "${args}"
@@ -164,9 +165,12 @@ def train_one(run: SweepRun) -> dict[str, Any]:
     if run.config is None:
         return {"error": run.error or "no training configuration"}
     try:
-        return run_training(run.config)
+        result = run_training(run.config)
     except Exception as err:  # noqa: BLE001  (any failure is the run's result)
         return {"error": f"{type(err).__name__}: {err}"}
+    write_run_manifest(run.config.output_dir, command_line(run.argv),
+                       {"data": run.config.data}, {"checkpoint": result.get("checkpoint")})
+    return result
 
 
 def run_name(index: int, params: dict[str, Any]) -> str:
@@ -185,29 +189,21 @@ def record(name: str, params: dict[str, Any], argv: list[str], out: dict[str, An
             "seconds": round(seconds, 2), "command": "intvit " + shlex.join(argv)}
 
 
-def _cell(value: Any, fmt: str = "{}") -> str:
-    if value is None:
-        return ""
-    return (fmt.format(value) if isinstance(value, (int, float)) else str(value)) \
-        .replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(records: list[dict[str, Any]]) -> str:
+def records_table(records: list[dict[str, Any]]) -> str:
+    """The Markdown table of the run records: one row per run, one column per parameter."""
     names = list(dict.fromkeys(k for r in records for k in r["params"]))
     head = ["run", *names, "status", "best top-1 (%)", "final val loss", "checkpoint / error"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in records:
-        row = [r["run"], *(_cell(r["params"].get(n)) for n in names), r["status"],
-               _cell(r["best_top1"], "{:.2f}"), _cell(r["final_val_loss"], "{:.4f}"),
-               _cell(r["error"] if r["status"] == "failed" else r["checkpoint"])]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    rows = [[r["run"], *(markdown_cell(r["params"].get(n)) for n in names), r["status"],
+             markdown_cell(r["best_top1"], ".2f"), markdown_cell(r["final_val_loss"], ".4f"),
+             markdown_cell(r["error"] if r["status"] == "failed" else r["checkpoint"])]
+            for r in records]
+    return markdown_table(head, rows)
 
 
 def report(path: str | Path, fixed: list[str], records: list[dict[str, Any]]) -> str:
     ok = sum(r["status"] == "ok" for r in records)
     return (f"# Sweep {path}\n\n{ok} of {len(records)} runs succeeded. Fixed flags: "
-            f"`{shlex.join(fixed)}`\n\n{markdown_table(records)}\n")
+            f"`{shlex.join(fixed)}`\n\n{records_table(records)}\n")
 
 
 def _write(out: Path, json_file: str | Path | None, text: str,
@@ -238,4 +234,7 @@ def run_sweep(path: str | Path, fixed: list[str], runs: list[SweepRun], out: str
         _write(out, json_file, report(path, fixed, records), records)
     bar.close()
     _write(out, json_file, report(path, fixed, records), records)
+    write_run_manifest(out, command_line(), {"sweep": str(path)}, {
+        "table": out / "sweep.md", "records": out / "sweep.json", "json": json_file,
+        "runs": [out / run.name for run in runs]})
     return records

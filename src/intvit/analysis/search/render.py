@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ...fileio import atomic_write, write_json, write_text
+from ...tables import markdown_table
 from .candidates import SEARCH_OPS
 from .results import Entry, SearchResult
 
@@ -71,14 +72,13 @@ def markdown(result: SearchResult) -> str:
     cols += ["QAT top-1 %", "QAT loss"] if qat else []
     cols += ["cost/image", "gelu", "softmax", "layernorm", "widest bits", "requant bits",
              "Pareto"]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows = []
     for i, e in enumerate(ranked + result.failed, 1):
         c = e.candidate
         row = [str(i) if e.ok else "-", c.gelu, c.softmax, c.layernorm]
         if not e.ok:
             msg = (e.error or "").replace("|", "/").replace("\n", " ")
-            lines.append("| " + " | ".join(row + [f"failed: {msg}"]
-                                           + [""] * (len(cols) - 5)) + " |")
+            rows.append(row + [f"failed: {msg}"] + [""] * (len(cols) - 5))
             continue
         row += [_pct(e.top1), f"{e.loss:.4f}"]
         if qat:
@@ -96,7 +96,8 @@ def markdown(result: SearchResult) -> str:
                       for op in SEARCH_OPS),
                     str(cost.widest_bits), str(cost.requant_bits)]
         row.append("yes" if id(e) in front else "")
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    lines.append(markdown_table(cols, rows))
     if result.per_block:
         pb = result.per_block
         groups_ops = [op for op in SEARCH_OPS if any(op in ops for _, ops in pb.groups)]
@@ -105,16 +106,13 @@ def markdown(result: SearchResult) -> str:
                       f"{human_number(pb.start.cost_value)}): top-1 {_pct(pb.best.top1)}%, "
                       f"loss {pb.best.loss:.4f}, cost {human_number(pb.best.cost_value)}; "
                       f"{len(pb.trials)} trials, "
-                      f"{sum(t.accepted for t in pb.trials)} kept.", "",
-                  "| block | " + " | ".join(groups_ops) + " |",
-                  "|" + "---|" * (len(groups_ops) + 1)]
+                      f"{sum(t.accepted for t in pb.trials)} kept.", ""]
         assignment = pb.assignment()
-        for group, _ in pb.groups:
-            chosen = assignment[group]
-            lines.append(f"| {group} | " + " | ".join(
-                (chosen[op] + (" *" if (group, op, chosen[op]) in pb.best.candidate.overrides
-                               else "")) if op in chosen else "-"
-                for op in groups_ops) + " |")
+        overrides = pb.best.candidate.overrides
+        lines.append(markdown_table(["block", *groups_ops], [
+            [group, *((chosen[op] + (" *" if (group, op, chosen[op]) in overrides else ""))
+                      if op in chosen else "-" for op in groups_ops)]
+            for group, chosen in ((g, assignment[g]) for g, _ in pb.groups)]))
         lines += ["", "`*` differs from the global choice. Reproduce with "
                       "`apply_candidate(model, Candidate.from_dict(json['per_block']"
                       "['best']['candidate']))` on the calibrated model."]
