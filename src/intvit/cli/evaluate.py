@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 
 from ..device import resolve_device
+from ..engine.engines import ENGINES
 from .common import (check_outputs, data_arguments, data_config, device_argument,
                      pipeline_options, recorded_pipeline, write_json)
 
-ENGINE_CHOICES = ("auto", "model", "int", "onnx", "tvm", "c")
+ENGINE_CHOICES = ("auto", "model", *ENGINES)
 
 
 def eval_arguments(p: argparse.ArgumentParser) -> None:
