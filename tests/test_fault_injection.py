@@ -110,6 +110,8 @@ def test_a_sigkill_inside_a_write_leaves_no_half_file_and_no_blocking_lock(whole
     root = tmp_path / "sigkill"
     script = (
         "import os, signal, sys\n"
+        "import torch\n"
+        "torch.set_num_threads(%d)  # the parent's: the same float sums, bit for bit\n"
         "sys.path.insert(0, %r)\n"
         "from intvit.models import checkpoint as ck\n"
         "from intvit.train.loop import run_training\n"
@@ -126,7 +128,7 @@ def test_a_sigkill_inside_a_write_leaves_no_half_file_and_no_blocking_lock(whole
         "    return real(path, dying)\n"
         "ck.atomic_write = atomic_write\n"
         "run_training(config(__import__('pathlib').Path(%r), **%r))\n"
-    ) % (str(Path(__file__).parent), str(root), TINY)
+    ) % (torch.get_num_threads(), str(Path(__file__).parent), str(root), TINY)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
