@@ -89,9 +89,11 @@ def test_avx2_build_equals_the_int_engine_for_any_threads(models, arch, family):
     _, size, n = ARCHS[arch]
     x = images(n, size, seed=3)
     want = model.forward_int(x).value
+    before = torch.get_num_threads()
     for threads in (1, 2):
         got = CEngine(program, threads=threads, flags=AVX2_FLAGS, library=library)(x)
         assert torch.equal(got, want)
+        assert torch.get_num_threads() == before  # PyTorch's own threads are left alone
 
 
 @pytest.fixture(scope="module", params=["portable", "avx2"])

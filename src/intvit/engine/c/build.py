@@ -129,9 +129,14 @@ class CEngine(Engine):
     def run(self, images: torch.Tensor) -> torch.Tensor:
         x = images.numpy()
         logits = np.zeros((x.shape[0], self.classes), dtype=np.int32)
+        # the library sets the process's OpenMP threads, which PyTorch shares: restored
+        torch_threads = torch.get_num_threads()
         self.lib.intvit_model_set_threads(self.threads)
-        for b in range(x.shape[0]):
-            image = np.ascontiguousarray(x[b])
-            self.lib.intvit_model_run_float(image.ctypes.data, logits[b].ctypes.data,
-                                            self.scratch_ptr)
+        try:
+            for b in range(x.shape[0]):
+                image = np.ascontiguousarray(x[b])
+                self.lib.intvit_model_run_float(image.ctypes.data, logits[b].ctypes.data,
+                                                self.scratch_ptr)
+        finally:
+            torch.set_num_threads(torch_threads)
         return torch.from_numpy(logits.astype(np.int64))
