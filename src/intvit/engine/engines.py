@@ -52,7 +52,7 @@ class IntEngine(Engine):
         self.runtime = IntRuntime(program, debug=debug)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        # the runtime checks its input itself
+        check_images(self.program, images)  # before the split: an empty batch is an error
         return torch.cat([self.runtime(chunk) for chunk in images.split(self.batch_chunk)])
 
 
