@@ -102,16 +102,21 @@ def matmul_kernels(request, tmp_path_factory):
     flags = {"portable": ("-DINTVIT_PORTABLE",), "avx2": ("-mavx2", "-fopenmp")}[request.param]
     if request.param == "avx2" and not host_has_avx2():
         pytest.skip("the host has no AVX2")
-    folder = tmp_path_factory.mktemp("matmul")
+    return kernel_snippet(tmp_path_factory.mktemp("matmul"),
+                          "INTVIT_DEFINE_MATMUL(mm_s8_s8, int8_t, int8_t)\n"
+                          "INTVIT_DEFINE_MATMUL(mm_u8_s8, uint8_t, int8_t)\n"
+                          "INTVIT_DEFINE_MATMUL(mm_s16_s8, int16_t, int8_t)\n", flags)
+
+
+def kernel_snippet(folder, source: str, flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """``source`` after ``#include "intvit_kernels.h"``, compiled strictly (-Werror
+    -pedantic, -O2) into a shared library in ``folder`` and loaded."""
     (folder / "intvit_kernels.h").write_text(kernel_header())
-    (folder / "m.c").write_text(
-        '#include "intvit_kernels.h"\n'
-        "INTVIT_DEFINE_MATMUL(mm_s8_s8, int8_t, int8_t)\n"
-        "INTVIT_DEFINE_MATMUL(mm_u8_s8, uint8_t, int8_t)\n"
-        "INTVIT_DEFINE_MATMUL(mm_s16_s8, int16_t, int8_t)\n")
-    lib = folder / "m.so"
+    (folder / "snippet.c").write_text('#include "intvit_kernels.h"\n' + source)
+    lib = folder / "snippet.so"
     subprocess.run([compiler(), "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2",
-                    *flags, "-shared", "-fPIC", "-o", str(lib), str(folder / "m.c")], check=True)
+                    *flags, "-shared", "-fPIC", "-o", str(lib), str(folder / "snippet.c")],
+                   check=True)
     return ctypes.CDLL(str(lib))
 
 
@@ -272,19 +277,13 @@ def test_full_size_deit_tiny_is_bit_exact():
 @pytest.fixture(scope="module")
 def helpers(tmp_path_factory):
     """The kernel header's scalar helpers, compiled and callable."""
-    folder = tmp_path_factory.mktemp("helpers")
-    (folder / "intvit_kernels.h").write_text(kernel_header())
-    (folder / "h.c").write_text(
-        '#include "intvit_kernels.h"\n'
+    dll = kernel_snippet(
+        tmp_path_factory.mktemp("helpers"),
         "int64_t fs(int64_t v, int32_t k) { return intvit_floor_shift(v, k); }\n"
         "int64_t rq(int64_t v, int32_t m, int32_t e) { return intvit_requant(v, m, e); }\n"
         "int64_t fd(int64_t v, int64_t d) { return intvit_floor_div(v, d); }\n"
         "int64_t rd(int64_t v, int64_t d) { return intvit_round_div(v, d); }\n"
         "int64_t sq(int64_t v) { return intvit_isqrt(v); }\n")
-    lib = folder / "h.so"
-    subprocess.run([compiler(), "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2",
-                    "-shared", "-fPIC", "-o", str(lib), str(folder / "h.c")], check=True)
-    dll = ctypes.CDLL(str(lib))
     i64, i32 = ctypes.c_int64, ctypes.c_int32
     for name, args in {"fs": [i64, i32], "rq": [i64, i32, i32], "fd": [i64, i64],
                        "rd": [i64, i64], "sq": [i64]}.items():
