@@ -82,7 +82,7 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
     from .engine import export_program
     from .engine.bench import markdown, time_engines
     from .engine.c import generate
-    from .engine.commands import compare_engines
+    from .engine.parity import compare_engines
     from .engine.engines import make_engine
     from .engine.onnx_export import to_onnx
     from .engine.tvm import tvm_available

@@ -85,7 +85,7 @@ def _auto_engine(args: argparse.Namespace) -> str:
 def _eval_engine(args: argparse.Namespace) -> int:
     """``eval --engine int|onnx|tvm|c``: the integer program on a dataset."""
     from ..data import build_loader
-    from ..engine.commands import load_program, program_data
+    from ..engine.sources import load_program, program_data
     from ..engine.engines import make_engine
     from ..evaluation import evaluate
     from ..models.checkpoint import read_metadata
