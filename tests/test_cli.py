@@ -92,3 +92,19 @@ def test_help_and_analyze_do_not_import_the_heavy_backends():
                             check=True)
     assert "| ivit |" in result.stdout and "{analyze," in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "LOADED []", result.stdout[-500:]
+
+
+def test_the_cli_passes_its_command_line_to_the_library(tmp_path, monkeypatch):
+    """``fileio.command_line`` reads no global: the caller passes the argv it means; main
+    without arguments passes this process's."""
+    from intvit import fileio
+
+    with pytest.raises(TypeError):
+        fileio.command_line()  # noqa: the argv is required
+    assert fileio.command_line(["eval", "--data", "a b"]) == "intvit eval --data 'a b'"
+    out = tmp_path / "plots"
+    monkeypatch.setattr(sys, "argv", ["intvit", "analyze", "--op", "gelu", "--variants",
+                                      "float", "--rows", "4", "--out", str(out)])
+    assert main() == 0
+    assert read_run_manifest(out)["command"] == ("intvit analyze --op gelu --variants float "
+                                                 f"--rows 4 --out {shlex.quote(str(out))}")

@@ -186,7 +186,7 @@ def record(name: str, params: dict[str, Any], argv: list[str], out: dict[str, An
             "best_top1": out.get("best_top1"), "final_val_top1": last.get("val_top1"),
             "final_val_loss": last.get("val_loss"), "epochs": len(history),
             "checkpoint": out.get("checkpoint"), "error": out.get("error"),
-            "seconds": round(seconds, 2), "command": "intvit " + shlex.join(argv)}
+            "seconds": round(seconds, 2), "command": command_line(argv)}
 
 
 def records_table(records: list[dict[str, Any]]) -> str:
@@ -215,10 +215,12 @@ def _write(out: Path, json_file: str | Path | None, text: str,
 
 
 def run_sweep(path: str | Path, fixed: list[str], runs: list[SweepRun], out: str | Path,
-              json_file: str | Path | None = None) -> list[dict[str, Any]]:
+              command: str, json_file: str | Path | None = None) -> list[dict[str, Any]]:
     """Train every run, one after the other; after each, write the table (``out/sweep.md``)
-    and the records (``out/sweep.json``, and ``json_file`` when given). Returns the
-    records, one per run, in order."""
+    and the records (``out/sweep.json``, and ``json_file`` when given). ``command`` is
+    the sweep's command line, recorded in ``out/run.json``; each run's own folder records
+    the command of its argv (:func:`train_one`). Returns the records, one per run, in
+    order."""
     from ..progress import tqdm
 
     out = Path(out)
@@ -234,7 +236,7 @@ def run_sweep(path: str | Path, fixed: list[str], runs: list[SweepRun], out: str
         _write(out, json_file, report(path, fixed, records), records)
     bar.close()
     _write(out, json_file, report(path, fixed, records), records)
-    write_run_manifest(out, command_line(), {"sweep": str(path)}, {
+    write_run_manifest(out, command, {"sweep": str(path)}, {
         "table": out / "sweep.md", "records": out / "sweep.json", "json": json_file,
         "runs": [out / run.name for run in runs]})
     return records
