@@ -15,7 +15,9 @@ def test_analyze_json_schema(tmp_path, capsys):
     out = tmp_path / "gelu.json"
     assert main(["analyze", "--op", "gelu", "--variants", "float,ivit_n_20,ppoly_seg_8",
                  "--json", str(out)]) == 0
-    data = json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    assert result["kind"] == "analysis" and result["records"] == "ops"
+    [data] = result["ops"]
     assert data["op"] == "gelu"
     assert list(data["variants"]) == ["float", "ivit_n_20", "ppoly_seg_8"]
     for result in data["variants"].values():
@@ -50,7 +52,8 @@ def test_variant_that_cannot_run_is_reported_not_dropped(tmp_path):
     out = tmp_path / "a.json"
     assert main(["analyze", "--op", "gelu", "--bits", "16", "--variants", "ivit,ibert",
                  "--json", str(out)]) == 0
-    variants = json.loads(out.read_text())["variants"]
+    [op] = json.loads(out.read_text())["ops"]
+    variants = op["variants"]
     assert "ivit_n_18" in variants["ivit"]["error"]
     assert "max_abs_error" in variants["ibert"]
 

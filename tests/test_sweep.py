@@ -207,8 +207,10 @@ def test_local_sweep_runs_the_grid_and_writes_table_and_json(tmp_path, capsys):
                                 "--set", "epochs=1"))
     assert code == 0
     printed = capsys.readouterr().out
-    records = json.loads(records_file.read_text())
-    assert records == json.loads((out / "sweep.json").read_text())
+    payload = json.loads(records_file.read_text())
+    assert payload == json.loads((out / "sweep.json").read_text())
+    assert payload["kind"] == "sweep" and payload["sweep"] == str(path)
+    records = payload[payload["records"]]
     assert [r["params"]["layernorm"] for r in records] == ["ivit", "ibert"]
     for r in records:
         assert r["status"] == "ok" and r["error"] is None, r
@@ -236,7 +238,7 @@ def test_a_failing_combination_is_recorded_and_the_sweep_goes_on(tmp_path):
                               *TINY[TINY.index("--depth") + 2:], "--epochs", "1"])
     out = tmp_path / "out"
     assert sweep.run(sweep_args(str(path), "--out", str(out))) == 1
-    records = json.loads((out / "sweep.json").read_text())
+    records = json.loads((out / "sweep.json").read_text())["runs"]
     assert [r["status"] for r in records] == ["failed", "failed", "failed", "ok"]
     assert "invalid positive_int value: 'two'" in records[0]["error"]  # rejected by the parser
     assert "ppoly" in records[1]["error"] and "layernorm" in records[1]["error"].lower()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import command_line, write_json, write_run_manifest, write_text
+from ..result_files import tag_result
 from ..tables import markdown_cell, markdown_table
 from .options import TrainConfig
 
@@ -206,12 +207,13 @@ def report(path: str | Path, fixed: list[str], records: list[dict[str, Any]]) ->
             f"`{shlex.join(fixed)}`\n\n{records_table(records)}\n")
 
 
-def _write(out: Path, json_file: str | Path | None, text: str,
+def _write(out: Path, json_file: str | Path | None, text: str, path: str | Path,
            records: list[dict[str, Any]]) -> None:
     write_text(out / "sweep.md", text)
-    write_json(out / "sweep.json", records)
+    payload = tag_result("sweep", {"sweep": str(path), "runs": records})
+    write_json(out / "sweep.json", payload)
     if json_file:
-        write_json(json_file, records)
+        write_json(json_file, payload)
 
 
 def run_sweep(path: str | Path, fixed: list[str], runs: list[SweepRun], out: str | Path,
@@ -233,9 +235,9 @@ def run_sweep(path: str | Path, fixed: list[str], runs: list[SweepRun], out: str
                               time.perf_counter() - start))
         if records[-1]["status"] == "failed":
             tqdm.write(f"{run.name} failed: {records[-1]['error']}")
-        _write(out, json_file, report(path, fixed, records), records)
+        _write(out, json_file, report(path, fixed, records), path, records)
     bar.close()
-    _write(out, json_file, report(path, fixed, records), records)
+    _write(out, json_file, report(path, fixed, records), path, records)
     write_run_manifest(out, command, {"sweep": str(path)}, {
         "table": out / "sweep.md", "records": out / "sweep.json", "json": json_file,
         "runs": [out / run.name for run in runs]})
