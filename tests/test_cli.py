@@ -15,7 +15,9 @@ def test_analyze_json_schema(tmp_path, capsys):
     out = tmp_path / "gelu.json"
     assert main(["analyze", "--op", "gelu", "--variants", "float,ivit_n_20,ppoly_seg_8",
                  "--json", str(out)]) == 0
-    data = json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    assert result["kind"] == "analysis" and result["records"] == "ops"
+    [data] = result["ops"]
     assert data["op"] == "gelu"
     assert list(data["variants"]) == ["float", "ivit_n_20", "ppoly_seg_8"]
     for result in data["variants"].values():
@@ -50,7 +52,8 @@ def test_variant_that_cannot_run_is_reported_not_dropped(tmp_path):
     out = tmp_path / "a.json"
     assert main(["analyze", "--op", "gelu", "--bits", "16", "--variants", "ivit,ibert",
                  "--json", str(out)]) == 0
-    variants = json.loads(out.read_text())["variants"]
+    [op] = json.loads(out.read_text())["ops"]
+    variants = op["variants"]
     assert "ivit_n_18" in variants["ivit"]["error"]
     assert "max_abs_error" in variants["ibert"]
 
@@ -92,3 +95,19 @@ def test_help_and_analyze_do_not_import_the_heavy_backends():
                             check=True)
     assert "| ivit |" in result.stdout and "{analyze," in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "LOADED []", result.stdout[-500:]
+
+
+def test_the_cli_passes_its_command_line_to_the_library(tmp_path, monkeypatch):
+    """``fileio.command_line`` reads no global: the caller passes the argv it means; main
+    without arguments passes this process's."""
+    from intvit import fileio
+
+    with pytest.raises(TypeError):
+        fileio.command_line()  # noqa: the argv is required
+    assert fileio.command_line(["eval", "--data", "a b"]) == "intvit eval --data 'a b'"
+    out = tmp_path / "plots"
+    monkeypatch.setattr(sys, "argv", ["intvit", "analyze", "--op", "gelu", "--variants",
+                                      "float", "--rows", "4", "--out", str(out)])
+    assert main() == 0
+    assert read_run_manifest(out)["command"] == ("intvit analyze --op gelu --variants float "
+                                                 f"--rows 4 --out {shlex.quote(str(out))}")

@@ -311,3 +311,29 @@ def test_a_batch_runs_in_chunks_with_the_same_integers(program_file, kind):
     x = images(7, seed=8)
     engine.batch_chunk = 3  # chunks of 3, 3 and 1 images
     assert torch.equal(engine(x), model.forward_int(x).value)
+
+
+def test_make_engine_passes_the_options_its_registry_entry_declares(monkeypatch):
+    """No engine is special-cased by name: a registered engine gets ``threads`` when it is
+    threaded and ``debug`` when it checks overflow, and overflow checks elsewhere are an
+    error naming the engines that have them."""
+    from intvit.engine import engines
+
+    built = []
+
+    def build(program, **options):
+        built.append(options)
+        return program
+
+    monkeypatch.setitem(engines.ENGINES, "checked", engines.EngineKind(
+        build, threaded=False, checks_overflow=True))
+    monkeypatch.setitem(engines.ENGINES, "pooled", engines.EngineKind(
+        build, missing=lambda: "needs a pool"))
+    assert make_engine("checked", "p", threads=3, debug=True) == "p"
+    assert make_engine("pooled", "p", threads=3) == "p"
+    assert built == [{"debug": True}, {"threads": 3}]
+    with pytest.raises(ValueError, match="overflow checks run on the int or checked engine"):
+        make_engine("pooled", "p", debug=True)
+    assert engines.unavailable("pooled") == "needs a pool"
+    with pytest.raises(ValueError, match="unknown engine 'nope'"):
+        engines.unavailable("nope")

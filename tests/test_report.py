@@ -72,7 +72,7 @@ def variant(max_err: float, integer: bool = True) -> dict:
                      "widest_bits": 24, "requant_bits": 40, "integer_only": integer}}
 
 
-ANALYSIS = {"ops": [
+ANALYSIS = {"kind": "analysis", "records": "ops", "ops": [
     {"op": "gelu", "out_bits": 8, "output_lsb": 0.0625,
      "domain": {"bits": 8, "description": "every 8-bit integer at scale 0.0625"},
      "variants": {"float": variant(0.03, integer=False), "ivit": variant(0.19),
@@ -82,7 +82,7 @@ ANALYSIS = {"ops": [
      "variants": {"ivit": dict(variant(0.001), cost=dict(variant(0)["cost"],
                                                          per_row={"div": 1}))}},
 ]}
-RESULTS = {"data": "synthetic",
+RESULTS = {"kind": "demo", "data": "synthetic",
            "fp32": {"top1": 80.0, "top3": 95.0, "top5": 98.0, "loss": 0.61,
                     "images_per_s": 900.0, "images": 2000},
            "ptq": {"top1": 78.5, "top3": 94.0, "top5": 97.5, "loss": 0.70,
@@ -108,7 +108,8 @@ def inputs(tmp_path):
              "accuracy_json": tmp_path / "results.json"}
     files["analysis_json"].write_text(json.dumps(ANALYSIS))
     files["accuracy_json"].write_text(json.dumps(RESULTS))
-    files["search_json"].write_text(json.dumps(SEARCH))
+    files["search_json"].write_text(json.dumps({"kind": "search", "records": "entries",
+                                                "entries": SEARCH}))
     write_png(plots / "gelu.png")
     write_png(plots / "softmax.png", "tab:green")
     write_png(plots / "extra.png", "tab:orange")
@@ -206,7 +207,7 @@ def test_missing_inputs_are_tolerated(tmp_path):
     assert not page.all("img")
     assert "no accuracy results" in page.plain and "no search results" in page.plain
 
-    partial = {"fp32": {"top1": 70.0}, "qat": {"top1": 69.0, "loss": 1.0}}
+    partial = {"kind": "demo", "fp32": {"top1": 70.0}, "qat": {"top1": 69.0, "loss": 1.0}}
     missing = tmp_path / "does-not-exist.json"
     (tmp_path / "plots").mkdir()
     (tmp_path / "plots" / "broken.png").write_bytes(b"not a png")
@@ -225,9 +226,9 @@ def test_missing_inputs_are_tolerated(tmp_path):
 
 
 def test_accuracy_of_one_evaluation_and_analysis_of_one_op(tmp_path, inputs):
-    one_op = ANALYSIS["ops"][1]
-    evaluation = dict(RESULTS["ptq"])
-    wrapped = {"objective": "top1", "results": SEARCH}
+    one_op = {"kind": "analysis", "records": "ops", "ops": [ANALYSIS["ops"][1]]}
+    evaluation = {"kind": "evaluation", **RESULTS["ptq"]}
+    wrapped = {"kind": "search", "records": "results", "objective": "top1", "results": SEARCH}
     _, _, page = build(tmp_path, analysis_json=one_op, accuracy_json=evaluation,
                        search_json=wrapped)
     plain = page.plain
@@ -250,7 +251,7 @@ def search_entry(rank, gelu, top1, weighted, pareto, error=None) -> dict:
 
 def test_search_json_as_intvit_search_writes_it(tmp_path):
     """An object with its records under "entries", longer lists of other dicts beside."""
-    search = {"model": {"depth": 2}, "images": 64, "lists": {"gelu": ["ivit", "ibert"]},
+    search = {"kind": "search", "records": "entries", "model": {"depth": 2}, "images": 64, "lists": {"gelu": ["ivit", "ibert"]},
               "sites": [{"name": f"blocks.{i}.mlp.act", "op": "gelu"} for i in range(12)],
               "entries": [search_entry(1, "ibert", 80.0, 1000, True),
                           search_entry(2, "ivit", 79.0, 900, True),
@@ -277,7 +278,8 @@ def make_run(root: Path) -> Path:
     write_png(analysis / "softmax.png")
     (root / "results.json").write_text(json.dumps(RESULTS))
     (root / "search").mkdir()
-    (root / "search" / "search.json").write_text(json.dumps({"combinations": SEARCH}))
+    (root / "search" / "search.json").write_text(json.dumps(
+        {"kind": "search", "records": "combinations", "combinations": SEARCH}))
     write_png(root / "search" / "pareto.png", "tab:red")
     return root
 
@@ -290,6 +292,74 @@ def test_discover_without_manifest_has_no_command_and_rejects_a_foreign_one(tmp_
     (root / RUN_MANIFEST).write_text(json.dumps({"command": "x"}))
     with pytest.raises(ValueError, match="not an intvit run manifest"):
         report.discover(root)
+
+
+def untagged(value: dict) -> dict:
+    return {k: v for k, v in value.items() if k not in ("kind", "records")}
+
+
+def test_result_files_without_their_kind_are_not_guessed_at(tmp_path):
+    """A run folder written before result files said what they hold: every section says
+    so and names the command that re-creates its file; nothing is read from them."""
+    root = tmp_path / "old"
+    (root / "analysis").mkdir(parents=True)
+    (root / "analysis" / "analysis.json").write_text(json.dumps(untagged(ANALYSIS)))
+    (root / "results.json").write_text(json.dumps(untagged(RESULTS)))
+    (root / "search").mkdir()
+    (root / "search" / "search.json").write_text(json.dumps({"entries": SEARCH}))
+    (root / "sweep.json").write_text(json.dumps([{"run": "01_gelu=ivit", "status": "ok"}]))
+    plain = Page(report.write_run_report(root).read_text()).plain
+    assert plain.count('does not say what it holds (no "kind" field)') == 4
+    for command in ("`intvit analyze --json FILE`", "`intvit demo` (its results.json)",
+                    "`intvit search` (its search.json)"):
+        assert f"re-create it with {command}" in plain, command
+    assert "or `intvit sweep` (its sweep.json)" in plain  # a table of any kind of records
+    assert "ivit_n_18" not in plain and "79.25" not in plain and "01_gelu" not in plain
+    assert "no JSON inputs" in plain
+
+
+def test_a_result_of_another_kind_or_without_its_records_is_named(tmp_path):
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"kind": "sweep", "records": "runs", "runs": []}))
+    _, _, page = build(tmp_path, search_json=sweep, accuracy_json={"kind": "mystery"},
+                       analysis_json={"kind": "analysis", "records": "layers", "ops": []},
+                       extra_tables={"runs": {"kind": "sweep", "records": "runs",
+                                              "runs": [1, 2]}})
+    plain = page.plain
+    assert (f"{sweep} holds sweep results (written by `intvit sweep` (its sweep.json)), "
+            "not search results (written by `intvit search` (its search.json))") in plain
+    assert "the accuracy input holds results of an unknown kind 'mystery'" in plain
+    assert ('its "records" field must name a list of objects in the file, got \'layers\'; '
+            "re-create it with `intvit analyze --json FILE`") in plain
+    assert "the runs input: its \"records\" field must name a list of objects" in plain
+    assert "no approximation analysis" not in plain and "0 combinations" not in plain
+
+
+def test_discover_follows_the_manifests_and_the_kinds(tmp_path):
+    """``intvit search --out DIR`` beside an analysis whose JSON is elsewhere: each result
+    file is found through a run.json or in the folder, and taken for the kind it says; a
+    JSON that says no kind is taken for nothing."""
+    root = tmp_path / "run"
+    (root / "analysis").mkdir(parents=True)
+    ranked = root / "ranked.json"
+    ranked.write_text(json.dumps({"kind": "search", "records": "entries", "entries": SEARCH}))
+    elsewhere = tmp_path / "elsewhere" / "a.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(json.dumps(ANALYSIS))
+    (root / "analysis" / "ops.json").write_text(json.dumps(untagged(ANALYSIS)))
+    write_run_manifest(root, "intvit search --out run", {}, {
+        "plot": write_png(root / "pareto.png"), "records": ranked, "json": None})
+    write_run_manifest(root / "analysis", "intvit analyze --out run/analysis", {},
+                       {"json": elsewhere})
+    found = report.discover(root)
+    assert found == {"search_json": ranked, "search_plot": [root / "pareto.png"],
+                     "analysis_json": elsewhere, "command": "intvit search --out run"}
+
+    (root / "analysis" / "run.json").unlink()
+    evaluation = root / "analysis" / "eval.json"
+    evaluation.write_text(json.dumps({"kind": "evaluation", **RESULTS["ptq"]}))
+    found = report.discover(root)
+    assert "analysis_json" not in found and found["accuracy_json"] == evaluation
 
 
 def report_args(*argv: str) -> argparse.Namespace:
@@ -327,7 +397,7 @@ def test_run_discovers_a_demo_folder(tmp_path, capsys):
 def test_run_on_a_folder_with_only_results(tmp_path, capsys):
     root = tmp_path / "partial"
     root.mkdir()
-    (root / "results.json").write_text(json.dumps({"fp32": RESULTS["fp32"]}))
+    (root / "results.json").write_text(json.dumps({"kind": "demo", "fp32": RESULTS["fp32"]}))
     assert analysis_cli.run_report(report_args("--run", str(root))) == 0
     assert "no approximation analysis" in Page((root / "report.html").read_text()).plain
 
@@ -363,7 +433,8 @@ def test_arguments_leave_args_run_to_the_cli(tmp_path):
 def test_run_folder_of_a_sweep(tmp_path, capsys):
     records = [{"run": "01_gelu=ivit", "params": {"gelu": "ivit"}, "status": "ok",
                 "best_top1": 71.5}]
-    (tmp_path / "sweep.json").write_text(json.dumps(records))
+    (tmp_path / "sweep.json").write_text(json.dumps({"kind": "sweep", "records": "runs",
+                                                     "runs": records}))
     assert analysis_cli.run_report(report_args("--run", str(tmp_path))) == 0
     text = (tmp_path / "report.html").read_text()
     assert "<th>params.gelu</th>" in text and "71.5" in text

@@ -19,7 +19,7 @@ from intvit.cli import COMMANDS, build_parser, main
 from intvit.cli import sweep
 from intvit.cli.common import quant_config
 from intvit.cli.sweep import apply_overrides, check_conflicts
-from intvit.fileio import read_run_manifest
+from intvit.fileio import command_line, read_run_manifest
 from intvit.quant import BitWidths
 from intvit.train.sweep import SweepError, load_sweep, param_flags, train_argv
 
@@ -40,7 +40,9 @@ def write_sweep(path: Path, parameters: dict, fixed: list[str] = TINY, **extra) 
 def sweep_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="intvit sweep")
     sweep.add_arguments(parser)
-    return parser.parse_args(list(argv))
+    args = parser.parse_args(list(argv))
+    args.command_line = command_line(["sweep", *argv])  # main sets it
+    return args
 
 
 def train_options() -> dict[str, argparse.Action]:
@@ -205,8 +207,10 @@ def test_local_sweep_runs_the_grid_and_writes_table_and_json(tmp_path, capsys):
                                 "--set", "epochs=1"))
     assert code == 0
     printed = capsys.readouterr().out
-    records = json.loads(records_file.read_text())
-    assert records == json.loads((out / "sweep.json").read_text())
+    payload = json.loads(records_file.read_text())
+    assert payload == json.loads((out / "sweep.json").read_text())
+    assert payload["kind"] == "sweep" and payload["sweep"] == str(path)
+    records = payload[payload["records"]]
     assert [r["params"]["layernorm"] for r in records] == ["ivit", "ibert"]
     for r in records:
         assert r["status"] == "ok" and r["error"] is None, r
@@ -218,6 +222,8 @@ def test_local_sweep_runs_the_grid_and_writes_table_and_json(tmp_path, capsys):
         run_manifest = read_run_manifest(Path(r["checkpoint"]).parent)
         assert run_manifest["command"] == r["command"]  # the run's own, not the sweep's
     assert read_run_manifest(out)["outputs"]["records"] == str(out / "sweep.json")
+    assert read_run_manifest(out)["command"] == command_line(
+        ["sweep", str(path), "--out", str(out), "--json", str(records_file), "--set", "epochs=1"])
     table = (out / "sweep.md").read_text()
     assert "| run | layer-type | layernorm | bitwidth | status |" in table
     assert table.count("| ok |") == 2 and "2 of 2 runs succeeded" in table
@@ -232,7 +238,7 @@ def test_a_failing_combination_is_recorded_and_the_sweep_goes_on(tmp_path):
                               *TINY[TINY.index("--depth") + 2:], "--epochs", "1"])
     out = tmp_path / "out"
     assert sweep.run(sweep_args(str(path), "--out", str(out))) == 1
-    records = json.loads((out / "sweep.json").read_text())
+    records = json.loads((out / "sweep.json").read_text())["runs"]
     assert [r["status"] for r in records] == ["failed", "failed", "failed", "ok"]
     assert "invalid positive_int value: 'two'" in records[0]["error"]  # rejected by the parser
     assert "ppoly" in records[1]["error"] and "layernorm" in records[1]["error"].lower()

@@ -40,7 +40,8 @@ def test_qat_lowers_the_loss_and_eval_reproduces_after_reload(tmp_path):
     assert main(["eval", "--checkpoint", result["checkpoint"], "--data", "synthetic",
                  "--val-limit", "64", "--batch-size", "32", "--json", str(out)]) == 0
     metrics = json.loads(out.read_text())
-    assert set(metrics) == {"top1", "top3", "top5", "loss", "images_per_s", "engine"}
+    assert set(metrics) == {"kind", "top1", "top3", "top5", "loss", "images_per_s", "engine"}
+    assert metrics["kind"] == "evaluation"
     assert metrics["engine"] == fastest_engine()  # --engine auto on a CPU: the same integers
     assert metrics["top1"] == last["val_top1"] and metrics["loss"] == last["val_loss"]
 

@@ -19,6 +19,7 @@ from .fileio import write_bytes, write_json, write_text
 from .models.checkpoint import read_metadata, save_checkpoint
 from .models.factory import ModelSource, make_model
 from .quant import QuantConfig, calibrate
+from .result_files import tag_result
 from .tables import markdown_table
 from .train.loop import run_training
 from .train.options import TrainConfig
@@ -72,7 +73,7 @@ def run_demo(out: Path, quant: QuantConfig, device: str = "auto") -> dict[str, A
 
     print("4/4 export, engine parity, latency")
     results["engines"] = deploy(trained.cpu(), val, out)  # the engines run on the CPU
-    write_json(out / "results.json", results)
+    write_json(out / "results.json", tag_result("demo", results))
     return results
 
 
@@ -82,7 +83,7 @@ def deploy(model, val, out: Path) -> dict[str, Any]:
     from .engine import export_program
     from .engine.bench import markdown, time_engines
     from .engine.c import generate
-    from .engine.commands import compare_engines
+    from .engine.parity import compare_engines
     from .engine.engines import make_engine
     from .engine.onnx_export import to_onnx
     from .engine.tvm import tvm_available

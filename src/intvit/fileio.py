@@ -160,10 +160,10 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
-def command_line(argv: Sequence[str] | None = None) -> str:
+def command_line(argv: Sequence[str]) -> str:
     """The command line ``intvit ARGS`` as a shell would read it back (``argv``: the
-    arguments after the program name, default this process's)."""
-    return "intvit " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    arguments after the program name, as the caller ran or built them)."""
+    return "intvit " + shlex.join(list(argv))
 
 
 def _manifest_paths(paths: Mapping[str, Any] | None) -> dict[str, Any]:

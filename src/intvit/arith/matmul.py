@@ -30,13 +30,13 @@ and the product gets ``128 * sum_k b_kn`` back per column.
 The automatic choice (:func:`choose_route`, order in :func:`auto_routes`): ``int8`` where
 it applies and the device runs it fast; otherwise on CPU the integer matmul of the
 narrowest accumulator that holds ``bound`` (``int32`` runs a batch of attention heads in
-one ``bmm``, 20x faster than a loop of ``_int_mm``); on CUDA, which has no integer
-``bmm``/``matmul``, ``float32`` or ``float64``. On a CPU without int8 dot-product
-instructions (AVX-512 VNNI or AMX) oneDNN's ``_int_mm`` is a slow generic loop (on an
-AVX2 Zen 1: 0.6 GMAC/s, 2-4x slower than the ``int32`` matmul), so ``int8`` is not
-chosen there. A product no
-route can do exactly is an error, never a wrapped result. :func:`forced_route` forces one
-route (tests, benchmarks).
+one ``bmm``, where ``_int_mm`` takes one 2-D product a call); on CUDA, which has no
+integer ``bmm``/``matmul``, ``float32`` or ``float64``. On a CPU without int8
+dot-product instructions (AVX-512 VNNI or AMX) oneDNN's ``_int_mm`` is a slow generic
+loop, so ``int8`` is not chosen there (the measurements behind this choice:
+``benchmarks/README.md``, "Integer matmul routes"). A product no route can do exactly is
+an error, never a wrapped result. :func:`forced_route` forces one route (tests,
+benchmarks).
 """
 
 from __future__ import annotations

@@ -86,6 +86,8 @@ def build_parser(only_given: bool = False) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``intvit ARGV`` (default: this process's arguments) and return its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.given = set(vars(build_parser(only_given=True).parse_args(argv))) - {"command"}
     args.command_line = fileio.command_line(argv)

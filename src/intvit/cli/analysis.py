@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import fileio
 from ..approx import OPS, REGISTRY
+from ..result_files import tag_result
 from .common import (bits_arg, check_outputs, data_arguments, data_config, device_argument,
                      names_list, positive_float, positive_int, write_json)
 
@@ -78,7 +79,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         fileio.write_run_manifest(out, args.command_line, {}, {
             "table": out / "approximations.md", "plots": [out / f"{op}.png" for op in ops],
             "json": args.json})
-    write_json(args.json, results[0] if len(results) == 1 else {"ops": results})
+    write_json(args.json, tag_result("analysis", {"ops": results}))
     return 0
 
 
@@ -98,7 +99,7 @@ def _analyze_from_stats(args: argparse.Namespace) -> int:
         print(f"plots and table written to {path.parent}/")
         fileio.write_run_manifest(path.parent, args.command_line,
                                   {"stats": args.from_stats}, {"table": path, "json": args.json})
-    write_json(args.json, results_dict(results, args.from_stats))
+    write_json(args.json, tag_result("layer-analysis", results_dict(results, args.from_stats)))
     return 0
 
 

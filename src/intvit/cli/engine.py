@@ -8,8 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import fileio
-from ..engine.commands import FORMATS, export_format, load_program, parse_bytes
 from ..engine.engines import ENGINES
+from ..engine.formats import FORMATS, export_format
+from ..engine.sources import load_program
 from .common import check_outputs, positive_int, write_json
 
 
@@ -72,6 +73,17 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_bytes(text: str) -> int:
+    """``300000``, ``512K``, ``2M`` (KiB and MiB) as bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(t[-1:], 1)
+    number = t[:-1] if t[-1:] in units else t
+    if not number.isdigit():
+        raise ValueError(f"--max-ram takes a byte count such as 300000, 512K or 2M; got {text!r}")
+    return int(number) * scale
+
+
 def export_c(args: argparse.Namespace) -> int:
     """``export --format c``: the C library of the program, within ``--max-ram``."""
     from ..engine.c import generate
@@ -107,7 +119,8 @@ def verify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from ..engine.commands import compare_engines, engine_list, validation_batches
+    from ..engine.parity import compare_engines, engine_list
+    from ..engine.sources import validation_batches
     from ..engine.engines import make_engine
     from ..progress import tqdm
 

@@ -7,6 +7,7 @@ import argparse
 
 from ..device import resolve_device
 from ..engine.engines import ENGINES
+from ..result_files import tag_result
 from .common import (check_outputs, data_arguments, data_config, device_argument,
                      pipeline_options, recorded_pipeline, write_json)
 
@@ -63,9 +64,15 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         result = evaluate(model, loader)
     print(result.summary())
-    write_json(args.json, {k: v for k, v in result.as_dict().items() if k != "images"}
-               | {"engine": "model"})
+    write_json(args.json, evaluation_json(result, "model"))
     return 0
+
+
+def evaluation_json(result, engine: str) -> dict:
+    """The ``--json`` of an evaluation: its figures but the image count, and the
+    engine that ran it, tagged as an ``evaluation`` result."""
+    figures = {k: v for k, v in result.as_dict().items() if k != "images"}
+    return tag_result("evaluation", figures | {"engine": engine})
 
 
 def _auto_engine(args: argparse.Namespace) -> str:
@@ -85,7 +92,7 @@ def _auto_engine(args: argparse.Namespace) -> str:
 def _eval_engine(args: argparse.Namespace) -> int:
     """``eval --engine int|onnx|tvm|c``: the integer program on a dataset."""
     from ..data import build_loader
-    from ..engine.commands import load_program, program_data
+    from ..engine.sources import load_program, program_data
     from ..engine.engines import make_engine
     from ..evaluation import evaluate
     from ..models.checkpoint import read_metadata
@@ -102,6 +109,5 @@ def _eval_engine(args: argparse.Namespace) -> int:
                         **pipeline_options(args, recorded))
     result = evaluate(engine, build_loader(data, "val"), desc=f"eval ({args.engine})")
     print(f"engine {args.engine}: {result.summary()}")
-    write_json(args.json, {k: v for k, v in result.as_dict().items() if k != "images"}
-               | {"engine": args.engine})
+    write_json(args.json, evaluation_json(result, args.engine))
     return 0

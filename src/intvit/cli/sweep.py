@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
                   + ("" if error is None else f"  # rejected: {error}"))
         return 0
     runs = [sweep_run(name, params, argv) for name, params, argv in argvs]
-    records = run_sweep(args.sweep, fixed, runs, out, args.json)
+    records = run_sweep(args.sweep, fixed, runs, out, args.command_line, args.json)
     text = report(args.sweep, fixed, records)
     print(f"\n{text}\ntable: {out / 'sweep.md'}, records: {out / 'sweep.json'}"
           + (f" and {args.json}" if args.json else ""))

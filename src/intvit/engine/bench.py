@@ -29,7 +29,7 @@ from ..models.init import trained_scale_init
 from ..models.registry import (build_quant_model, config_from_timm, create_timm,
                                load_float_weights, model_config)
 from ..quant import Mode, QuantConfig
-from ..tables import markdown_table, replace_between
+from ..tables import markdown_table
 from .engines import ENGINES, make_engine
 from .export import export_program, probe_images
 from .timing import measure, threads

@@ -8,6 +8,7 @@ names the fastest one this machine can build."""
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -96,8 +97,43 @@ def c_engine(program: IntProgram, threads: int | None = None) -> Engine:
     return CEngine(program, threads)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {
-    "int": IntEngine, "onnx": OnnxEngine, "tvm": TvmEngine, "c": c_engine}
+def _needs_module(module: str, kind: str) -> Callable[[], str | None]:
+    """Why an engine that imports ``module`` cannot be built (None: it is installed)."""
+    def missing() -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return f"the {kind} engine needs {module}, which is not installed"
+        return None
+    return missing
+
+
+def _needs_compiler() -> str | None:
+    """Why the C engine cannot be built: no C compiler (None: there is one)."""
+    from .c.build import compiler
+    try:
+        compiler()
+    except ProgramError as err:
+        return str(err)
+    return None
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """A registered engine: ``build(program, **options)`` makes it; ``threaded``: it
+    sizes its own thread pool (``threads=``; the others run on PyTorch's);
+    ``checks_overflow``: it takes ``debug=`` (overflow checks of every integer op);
+    ``missing()`` says why this machine cannot build it (None: it can)."""
+
+    build: Callable[..., Engine]
+    threaded: bool = True
+    checks_overflow: bool = False
+    missing: Callable[[], str | None] = lambda: None
+
+
+ENGINES: dict[str, EngineKind] = {
+    "int": EngineKind(IntEngine, threaded=False, checks_overflow=True),
+    "onnx": EngineKind(OnnxEngine, missing=_needs_module("onnxruntime", "onnx")),
+    "tvm": EngineKind(TvmEngine, missing=_needs_module("tvm", "tvm")),
+    "c": EngineKind(c_engine, missing=_needs_compiler)}
 
 
 def engine_preference() -> tuple[str, ...]:
@@ -111,16 +147,9 @@ def engine_preference() -> tuple[str, ...]:
 
 def unavailable(kind: str) -> str | None:
     """Why engine ``kind`` cannot be built on this machine (None: it can)."""
-    if kind == "c":
-        from .c.build import compiler
-        try:
-            compiler()
-        except ProgramError as err:
-            return str(err)
-    needs = {"tvm": "tvm", "onnx": "onnxruntime"}.get(kind)
-    if needs and importlib.util.find_spec(needs) is None:
-        return f"the {kind} engine needs {needs}, which is not installed"
-    return None
+    if kind not in ENGINES:
+        raise ValueError(f"unknown engine {kind!r}; engines: {', '.join(ENGINES)}")
+    return ENGINES[kind].missing()
 
 
 def fastest_engine() -> str:
@@ -130,13 +159,20 @@ def fastest_engine() -> str:
 
 def make_engine(kind: str, program: IntProgram, threads: int | None = 2,
                 debug: bool = False) -> Engine:
-    """An engine by name. ``threads`` sizes ONNX Runtime's and TVM's pools (the int engine
-    runs on PyTorch's); ``debug`` (overflow checks) exists for the int engine only."""
+    """An engine by name. ``threads`` sizes the pool of an engine that has its own (ONNX
+    Runtime's, TVM's, the C library's OpenMP threads); ``debug`` (overflow checks) exists
+    for an engine that ``checks_overflow`` (the int engine)."""
     if kind not in ENGINES:
         raise ValueError(f"unknown engine {kind!r}; engines: {', '.join(ENGINES)}")
-    if kind == "int":
-        return IntEngine(program, debug=debug)
-    if debug:
-        raise ValueError("overflow checks run on the int engine (its arithmetic is the one "
-                         "the others compile); use --engine int --debug-overflow")
-    return ENGINES[kind](program, threads=threads)
+    entry = ENGINES[kind]
+    if debug and not entry.checks_overflow:
+        checking = [k for k, e in ENGINES.items() if e.checks_overflow]
+        raise ValueError(f"overflow checks run on the {' or '.join(checking)} engine (its "
+                         f"arithmetic is the one the others compile); use --engine "
+                         f"{checking[0]} --debug-overflow")
+    options: dict[str, object] = {}
+    if entry.threaded:
+        options["threads"] = threads
+    if entry.checks_overflow:
+        options["debug"] = debug
+    return entry.build(program, **options)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import command_line, write_json, write_run_manifest, write_text
+from ..result_files import tag_result
 from ..tables import markdown_cell, markdown_table
 from .options import TrainConfig
 
@@ -186,7 +187,7 @@ def record(name: str, params: dict[str, Any], argv: list[str], out: dict[str, An
             "best_top1": out.get("best_top1"), "final_val_top1": last.get("val_top1"),
             "final_val_loss": last.get("val_loss"), "epochs": len(history),
             "checkpoint": out.get("checkpoint"), "error": out.get("error"),
-            "seconds": round(seconds, 2), "command": "intvit " + shlex.join(argv)}
+            "seconds": round(seconds, 2), "command": command_line(argv)}
 
 
 def records_table(records: list[dict[str, Any]]) -> str:
@@ -206,19 +207,22 @@ def report(path: str | Path, fixed: list[str], records: list[dict[str, Any]]) ->
             f"`{shlex.join(fixed)}`\n\n{records_table(records)}\n")
 
 
-def _write(out: Path, json_file: str | Path | None, text: str,
+def _write(out: Path, json_file: str | Path | None, text: str, path: str | Path,
            records: list[dict[str, Any]]) -> None:
     write_text(out / "sweep.md", text)
-    write_json(out / "sweep.json", records)
+    payload = tag_result("sweep", {"sweep": str(path), "runs": records})
+    write_json(out / "sweep.json", payload)
     if json_file:
-        write_json(json_file, records)
+        write_json(json_file, payload)
 
 
 def run_sweep(path: str | Path, fixed: list[str], runs: list[SweepRun], out: str | Path,
-              json_file: str | Path | None = None) -> list[dict[str, Any]]:
+              command: str, json_file: str | Path | None = None) -> list[dict[str, Any]]:
     """Train every run, one after the other; after each, write the table (``out/sweep.md``)
-    and the records (``out/sweep.json``, and ``json_file`` when given). Returns the
-    records, one per run, in order."""
+    and the records (``out/sweep.json``, and ``json_file`` when given). ``command`` is
+    the sweep's command line, recorded in ``out/run.json``; each run's own folder records
+    the command of its argv (:func:`train_one`). Returns the records, one per run, in
+    order."""
     from ..progress import tqdm
 
     out = Path(out)
@@ -231,10 +235,10 @@ def run_sweep(path: str | Path, fixed: list[str], runs: list[SweepRun], out: str
                               time.perf_counter() - start))
         if records[-1]["status"] == "failed":
             tqdm.write(f"{run.name} failed: {records[-1]['error']}")
-        _write(out, json_file, report(path, fixed, records), records)
+        _write(out, json_file, report(path, fixed, records), path, records)
     bar.close()
-    _write(out, json_file, report(path, fixed, records), records)
-    write_run_manifest(out, command_line(), {"sweep": str(path)}, {
+    _write(out, json_file, report(path, fixed, records), path, records)
+    write_run_manifest(out, command, {"sweep": str(path)}, {
         "table": out / "sweep.md", "records": out / "sweep.json", "json": json_file,
         "runs": [out / run.name for run in runs]})
     return records

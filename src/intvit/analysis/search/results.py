@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ...result_files import tag_result
 from ..hwcost import COST_WEIGHTS, HardwareCost, Site
 from .candidates import Candidate
 
@@ -165,7 +166,8 @@ class SearchResult:
 
         best = self.best
         qat = self.qat_ranking()
-        return {"model": self.model_config, "quant": self.quant, "lists": self.lists,
+        return tag_result("search", {
+                "model": self.model_config, "quant": self.quant, "lists": self.lists,
                 "images": self.images, "calibration_batches": self.calibration_batches,
                 "cost_weights": self.weights, "op_shapes": self.op_totals(),
                 "sites": [s.__dict__ for s in self.sites],
@@ -174,7 +176,7 @@ class SearchResult:
                 "pareto": [e.candidate.label for e in self.front()],
                 "best_after_qat": qat[0].as_dict() if qat else None,
                 "per_block": self.per_block.as_dict() if self.per_block else None,
-                "seconds": self.seconds}
+                "seconds": self.seconds})
 
     def markdown(self) -> str:
         """See :func:`.render.markdown`."""
