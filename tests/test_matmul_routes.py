@@ -69,6 +69,17 @@ def test_routes_on_random_shapes(m, k, n, seed, route):
         assert torch.equal(int_matmul(a, b), a @ b)
 
 
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("m,n", [(1, 1), (3, 8), (17, 9)])
+def test_one_deep_products(route, m, n):
+    """K = 1: oneDNN's ``_int_mm`` on a CPU with AMX read the (1, N) operand of strides
+    (1, 1) in the wrong order and gave garbage; every route must give ``a[i] * b[j]``."""
+    a, b = operand((m, 1), 8, seed=m), operand((1, n), 8, seed=n)
+    with forced_route(route):
+        for _ in range(3):
+            assert torch.equal(int_matmul(a, b), python_matmul(a, b))
+
+
 def test_float32_is_refused_where_it_could_round():
     """K * 128 * 128 >= 2^24 from K = 1024: float32 cannot be proven exact there, and
     the 2^24 + 1 that a product of that depth can reach would round."""

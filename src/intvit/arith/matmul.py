@@ -80,6 +80,8 @@ def _int8(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool) -> torch.Tensor:
     if a.is_cuda:
         a8 = _pad(_pad(a8.mT, 8).mT, 1, minimum=17)
         bt = _pad(bt.mT, 8).mT
+    elif a8.shape[-1] == 1:  # oneDNN misreads a one-deep (1, N) operand of stride (1, 1)
+        a8, bt = F.pad(a8, (0, 1)), F.pad(bt, (0, 1))
     bt = _pad(bt, 8)
     out = torch._int_mm(a8.contiguous(), bt.contiguous().mT)[:count, :columns]
     out = out.to(torch.int64).reshape(*rows, columns)
