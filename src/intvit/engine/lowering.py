@@ -26,7 +26,7 @@ from ..models.base import QuantModel
 from ..quant import QuantAct, QuantModule, QuantPatchConv
 from ..quant.frozen import compact
 from .ops import OPS, as_value
-from .program import Node, NotIntegerOnly, ProgramError
+from .program import IntProgram, Node, NotIntegerOnly, ProgramError
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Builder:
     """Adds nodes to a program, running each on the probe images as it goes (the
     :class:`~intvit.models.program_builder.ProgramBuilder` of a model's ``lower``)."""
 
-    input = "images"  # the value name of the program's input
+    input = IntProgram.input  # the value name of the program's input
 
     def __init__(self, model: QuantModel, images: torch.Tensor) -> None:
         self.calls = capture(model, images)
