@@ -111,7 +111,7 @@ class WindowAttention(Attention, FrozenConstants):
     def __init__(self, dim: int, heads: int, window: tuple[int, int], qkv_bias: bool,
                  shifted: bool, make: LayerMaker) -> None:
         table = torch.empty((2 * window[0] - 1) * (2 * window[1] - 1), heads)
-        nn.init.trunc_normal_(table, std=0.02)  # before the linears' (timm's order)
+        nn.init.trunc_normal_(table, std=0.02)  # drawn before the linears, as timm does
         bits = make.q.bits
         softmax_in = max(MASK_BITS, bits.attention_out) if shifted else bits.attention_out
         super().__init__(dim, heads, qkv_bias, make, softmax_in)
