@@ -10,6 +10,8 @@ the rules:
   ``argparse.Namespace``;
 - nothing under ``intvit/engine/`` imports ``intvit.train`` (an exported program does not
   depend on how it was trained);
+- nothing under ``intvit/models/`` imports ``intvit.engine``: a model describes its
+  program to a builder it is handed (``models/program_builder.py``);
 - ``intvit/arith/`` and ``intvit/approx/`` (integer primitives and kernels: pure
   functions on tensors) import no ``torch.nn`` module code; ``torch.nn.functional``, a
   set of functions, is allowed.
@@ -73,6 +75,8 @@ def violations(path: Path) -> list[str]:
                       lambda m: within(m, "argparse")))
     if within(name, "intvit.engine"):
         rules.append(("the engine imports training", lambda m: within(m, "intvit.train")))
+    if within(name, "intvit.models"):
+        rules.append(("a model imports the engine", lambda m: within(m, "intvit.engine")))
     if within(name, "intvit.arith") or within(name, "intvit.approx"):
         rules.append(("arith/approx import torch.nn module code", torch_nn_module))
     found: dict[tuple[int, str], str] = {}  # (line, rule) -> the first import breaking it
@@ -96,6 +100,7 @@ def test_the_package_keeps_its_import_rules():
     ("train/fake.py", "import argparse\n", "parses flags"),
     ("engine/fake.py", "from ..train.loop import run_training\n", "engine imports training"),
     ("engine/sub/fake.py", "from ...train import options\n", "engine imports training"),
+    ("models/fake.py", "from ..engine.lowering import Builder\n", "model imports the engine"),
     ("arith/fake.py", "from torch import nn\n", "torch.nn module code"),
     ("approx/fake.py", "import torch.nn as nn\n", "torch.nn module code"),
 ])

@@ -9,7 +9,8 @@ from intvit.engine import ProgramError, export_program
 from intvit.engine.runtime import IntRuntime
 from intvit.models import (FAMILIES, ModelConfig, ModelError, ModelFamily, build_quant_model,
                            create_timm, family, model_config, register_family, short_names)
-from intvit.models.families import register_lowering, unregister_family
+from intvit.models.base import QuantModel
+from intvit.models.families import unregister_family
 from intvit.models.vit import QuantVisionTransformer
 from intvit.quant import Mode, QuantConfig
 
@@ -29,7 +30,8 @@ def test_the_registered_families_and_names():
     assert list(short_names()) == ["deit_tiny", "deit_small", "deit_base", "vit_small",
                                    "vit_base", "swin_tiny", "swin_small"]
     for arch, fam in FAMILIES.items():
-        assert fam.lower is not None, arch  # engine/export.py registered its program
+        # its integer program is its own, written beside its forward
+        assert fam.model_class.lower_features is not QuantModel.lower_features, arch
         model = build_quant_model(model_config("custom", **fam.small), QuantConfig())
         assert type(model) is fam.model_class and model.cfg.arch == arch
 
@@ -55,6 +57,8 @@ class MadeUpViT(QuantVisionTransformer):
 
 
 def test_adding_a_family_is_registering_it():
+    """The made-up family's model brings its program (its lower methods): registering
+    it is all that export needs."""
     vit = family("vit")
     made_up = ModelFamily(arch="made_up", model_class=MadeUpViT, names={},
                           timm_class=vit.timm_class, read_timm=vit.read_timm,
@@ -63,13 +67,19 @@ def test_adding_a_family_is_registering_it():
     try:
         model = calibrated(model_config("custom", **made_up.small))
         assert type(model) is MadeUpViT
-        with pytest.raises(ProgramError, match="no lowering for MadeUpViT; exportable: "
-                                               "QuantVisionTransformer, QuantSwinTransformer"):
-            export_program(model)
-        register_lowering("made_up")(vit.lower)
         x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
         program = export_program(model)
         assert torch.equal(IntRuntime(program)(x), model.forward_int(x).value)
     finally:
         unregister_family("made_up")
     assert "made_up" not in FAMILIES
+
+
+class Unlowered(QuantModel):
+    """A made-up model that describes no program."""
+
+
+def test_a_model_without_lower_features_is_refused_at_export():
+    with pytest.raises(ProgramError, match="no lowering for Unlowered: its class defines no "
+                                           r"lower_features\(b, images\)"):
+        export_program(Unlowered())

@@ -2,13 +2,15 @@
 
 The model runs once in ``Mode.INT`` on probe images with hooks on its quantized
 modules, which record each module's output integers; that run freezes every module's
-integer constants (:class:`~intvit.quant.modules.FrozenConstants`). A family's
-lowering (its :class:`~intvit.models.families.ModelFamily`'s ``lower``) then walks the model's structure
-with a :class:`Builder`: each quantized module becomes nodes holding the very constants
-the eval-mode model holds (its ``frozen_*`` buffers: dyadic pairs, int8 weights, int32
-biases, kernel tables), each index move a structural node. The builder runs every node on
-the probe as it adds it and compares each module's result with the integers the model
-produced: a lowering that differs from the model fails at export, naming the module.
+integer constants (:class:`~intvit.quant.modules.FrozenConstants`). The model's own
+description of its program, the ``lower`` methods beside its modules' ``forward``
+(:meth:`intvit.models.base.QuantModel.lower`), then drives a :class:`Builder`, which
+implements :class:`~intvit.models.program_builder.ProgramBuilder`: each quantized module
+becomes nodes holding the very constants the eval-mode model holds (its ``frozen_*``
+buffers: dyadic pairs, int8 weights, int32 biases, kernel tables), each index move a
+structural node. The builder runs every node on the probe as it adds it and compares
+each module's result with the integers the model produced: a lowering that differs from
+the model fails at export, naming the module.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from torch import nn
 
 from ..arith import qrange
 from ..models.base import QuantModel
-from ..quant import QuantAct, QuantModule
+from ..quant import QuantAct, QuantModule, QuantPatchConv
 from ..quant.frozen import compact
 from .ops import OPS, as_value
-from .program import Node, NotIntegerOnly, ProgramError
+from .program import IntProgram, Node, NotIntegerOnly, ProgramError
 
 
 @dataclass
@@ -56,7 +58,10 @@ def capture(model: QuantModel, images: torch.Tensor) -> dict[nn.Module, Call]:
 
 
 class Builder:
-    """Adds nodes to a program, running each on the probe images as it goes."""
+    """Adds nodes to a program, running each on the probe images as it goes (the
+    :class:`~intvit.models.program_builder.ProgramBuilder` of a model's ``lower``)."""
+
+    input = IntProgram.input  # the value name of the program's input
 
     def __init__(self, model: QuantModel, images: torch.Tensor) -> None:
         self.calls = capture(model, images)
@@ -64,7 +69,7 @@ class Builder:
         self.names = {m: name for name, m in model.named_modules()}
         self.nodes: list[Node] = []
         self.tensors: dict[str, torch.Tensor] = {}
-        self.values: dict[str, torch.Tensor] = {"images": images}
+        self.values: dict[str, torch.Tensor] = {self.input: images}
 
     # --- generic ---------------------------------------------------------------------
     def node(self, op: str, inputs: list[str], module: str = "",
@@ -88,9 +93,12 @@ class Builder:
         base, k = name, 1
         while name in self.tensors:
             name, k = f"{base}.{k}", k + 1
-        self.tensors[name] = tensor
-        self.values[name] = as_value(tensor)
+        self.tensors[name] = tensor.cpu()
+        self.values[name] = as_value(self.tensors[name])
         return name
+
+    def name(self, module: nn.Module) -> str:
+        return self.names[module]
 
     def shape(self, value: str) -> tuple[int, ...]:
         return tuple(self.values[value].shape)
@@ -126,6 +134,28 @@ class Builder:
     def take(self, x: str, axis: int, index: int) -> str:
         return self.node("take", [x], axis=axis, index=index)
 
+    def slice(self, x: str, axis: int, start: int, end: int) -> str:
+        return self.node("slice", [x], axis=axis, start=start, end=end)
+
+    def concat(self, xs: list[str], axis: int) -> str:
+        return self.node("concat", list(xs), axis=axis)
+
+    def broadcast(self, constant: str, like: str) -> str:
+        return self.node("broadcast", [constant, like])
+
+    def roll(self, x: str, shifts: list[int], dims: list[int]) -> str:
+        sizes = [self.shape(x)[d] for d in dims]
+        return self.node("roll", [x], shifts=list(shifts), dims=list(dims), sizes=sizes)
+
+    def pad(self, x: str, pads: list[list[int]]) -> str:
+        return self.node("pad", [x], pads=[list(p) for p in pads])
+
+    def where(self, x: str, cond: str, fill: int) -> str:
+        return self.node("where", [x, cond], fill=fill)
+
+    def sum(self, x: str, axis: int, bits: int) -> str:
+        return self.node("sum", [x], axis=axis, bits=bits)
+
     # --- quantized modules ---------------------------------------------------------------
     def act(self, module: QuantAct, x: str, residual: str | None = None) -> str:
         """A requantizer; its residual, if the model passed one that is not a value of the
@@ -157,6 +187,15 @@ class Builder:
         return self.checked(module, self.node("linear", [x], name, params,
                                               in_bits=module.in_bits,
                                               weight_bits=module.weight_bits))
+
+    def patch_conv(self, module: QuantPatchConv, x: str) -> str:
+        """(B, C, H, W) -> the (B, N, C*p*p) patches of :func:`~intvit.quant.modules.patchify`,
+        then the linear map."""
+        _, c, h, w = self.shape(x)
+        p = module.patch
+        x = self.reshape(x, -1, c, h // p, p, w // p, p)
+        x = self.reshape(self.transpose(x, 0, 2, 4, 1, 3, 5), -1, (h // p) * (w // p), c * p * p)
+        return self.linear(module, x)
 
     def matmul(self, module: nn.Module, a: str, b: str) -> str:
         return self.checked(module, self.node("matmul", [a, b], self.names[module],

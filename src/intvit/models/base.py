@@ -1,7 +1,9 @@
 """What every quantized model shares: the mode switch and the logits.
 
 A subclass builds its modules, sets ``cfg``/``qcfg``, and defines
-``forward_features(images) -> QT`` and ``classifier()`` (its head's linear layer).
+``forward_features(images) -> QT``, beside it ``lower_features(b, images) -> str`` (the
+same features as an integer program, written with a
+:class:`~.program_builder.ProgramBuilder`), and ``classifier()`` (its head's linear layer).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from torch import nn
 
 from ..quant import QT, Mode, set_mode
 from ..quant.modules import FrozenConstants
+from .program_builder import ProgramBuilder
 
 
 def _thaw_after_load(module: nn.Module, incompatible_keys) -> None:
@@ -50,8 +53,17 @@ class QuantModel(FrozenConstants):
     def forward_features(self, images: torch.Tensor) -> QT:
         raise NotImplementedError
 
+    def lower_features(self, b: ProgramBuilder, images: str) -> str:
+        raise NotImplementedError
+
     def classifier(self) -> nn.Module:
         raise NotImplementedError
+
+    def lower(self, b: ProgramBuilder, images: str) -> str:
+        """The program of :meth:`forward_int`: the features, then the head; returns the
+        logits' value name."""
+        head = self.classifier()
+        return b.output(head, b.linear(head, self.lower_features(b, images)))
 
     def forward_int(self, images: torch.Tensor) -> QT:
         """Integer logits and their per-class scale (INT mode only)."""

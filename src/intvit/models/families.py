@@ -11,7 +11,6 @@ know about it:
 | ``names``: intvit's short names -> timm's full names | :func:`.registry.timm_name`, the CLI, the bench |
 | ``timm_class``, ``read_timm``, ``timm_kwargs``, ``custom_timm``: its timm twin | :func:`.registry.create_timm`, :func:`.registry.config_from_timm` |
 | ``small``, ``shrink``: the small test configurations | the tests |
-| ``lower``: its integer program | ``engine/export.py`` (:func:`register_lowering`) |
 
 Adding a family is registering it: nothing else dispatches on the architecture. An
 unknown architecture or model name is an error that lists what is registered.
@@ -40,9 +39,8 @@ class ModelFamily:
     ``custom`` configuration (None: the family has none). ``small`` is the family's
     smallest test configuration (``model_config("custom", **small)`` builds in
     milliseconds); ``shrink(cfg)`` keeps a named model's widths and heads with a few
-    tokens and blocks. ``lower(builder, model)`` writes the model's integer program; the
-    engine registers it (:func:`register_lowering`), the models package does not know
-    the engine."""
+    tokens and blocks. The integer program is the model's own (``model_class.lower``,
+    :mod:`.program_builder`)."""
 
     arch: str
     model_class: type[nn.Module]
@@ -53,7 +51,6 @@ class ModelFamily:
     shrink: Callable[[ModelConfig], ModelConfig]
     timm_kwargs: Callable[[ModelConfig], dict[str, Any]] = field(default=lambda cfg: {})
     custom_timm: Callable[[ModelConfig], nn.Module] | None = None
-    lower: Callable[..., str] | None = None
 
 
 FAMILIES: dict[str, ModelFamily] = {}
@@ -116,12 +113,3 @@ def family_of_name(full_name: str) -> ModelFamily:
 def short_names() -> dict[str, str]:
     """Every registered short name -> timm's full name, in registration order."""
     return {short: full for fam in FAMILIES.values() for short, full in fam.names.items()}
-
-
-def register_lowering(arch: str) -> Callable:
-    """Decorator: ``lower(builder, model) -> logits name`` is the integer program of the
-    family ``arch``."""
-    def register(lower: Callable[..., str]) -> Callable[..., str]:
-        family(arch).lower = lower
-        return lower
-    return register

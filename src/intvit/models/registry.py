@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..quant import QuantConfig
-from . import swin, vit  # noqa: F401  (each registers its family)
+from . import vit  # noqa: F401  (registers ViT/DeiT; first: the registry's order)
+from . import swin  # noqa: F401  (registers Swin)
 from .config import ModelConfig
 from .families import ModelError, family, family_of_name, family_of_timm, short_names
 

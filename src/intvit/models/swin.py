@@ -48,27 +48,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arith import declare, qrange, signed_bits
-from ..quant import (QT, Mode, QuantConfig, QuantLayerNorm, QuantMatMul, QuantPatchConv,
-                     QuantSoftmax)
+from ..quant import QT, Mode, QuantConfig
 from ..quant.modules import FrozenConstants, quantize_tensor
-from .base import QuantModel
+from .blocks import Attention, Block, LayerMaker, PatchModel, lower_window_fill, window_fill
 from .config import ModelConfig
 from .families import ModelFamily, register_family
-from .vit import Mlp, _Builder
+from .program_builder import ProgramBuilder
 
 # Input width of a shifted block's softmax: room for the masked logits' sentinel.
 MASK_BITS = 16
 # timm's additive mask value (float modes).
 FLOAT_MASK = -100.0
-
-
-class _SwinBuilder(_Builder):
-    """ViT's builder, with LayerNorms whose output point can be chosen."""
-
-    def norm(self, dim: int, in_bits: int, out_bits: int | None = None) -> QuantLayerNorm:
-        out = self.q.bits.block_input if out_bits is None else out_bits
-        return QuantLayerNorm(dim, self.q.layernorm, in_bits, out, self.eps,
-                              self.q.observer, self.q.ema_momentum, self.q.percentile)
 
 
 def relative_position_index(win_h: int, win_w: int) -> torch.Tensor:
@@ -113,31 +103,22 @@ def shifted_window_mask(resolution: tuple[int, int], window: tuple[int, int],
     return torch.where(diff != 0, FLOAT_MASK, 0.0)
 
 
-class WindowAttention(FrozenConstants):
-    """W-MSA / SW-MSA with a learned relative position bias (timm's names). INT mode
+class WindowAttention(Attention, FrozenConstants):
+    """W-MSA / SW-MSA: the attention whose logits hook adds a learned relative position
+    bias and, in a shifted block, applies the window mask (timm's names). INT mode
     freezes the integer bias and the boolean window mask on the first call."""
 
     def __init__(self, dim: int, heads: int, window: tuple[int, int], qkv_bias: bool,
-                 shifted: bool, make: _Builder) -> None:
-        super().__init__()
+                 shifted: bool, make: LayerMaker) -> None:
+        table = torch.empty((2 * window[0] - 1) * (2 * window[1] - 1), heads)
+        nn.init.trunc_normal_(table, std=0.02)  # drawn before the linears, as timm does
         bits = make.q.bits
-        self.heads, self.head_dim = heads, dim // heads
+        softmax_in = max(MASK_BITS, bits.attention_out) if shifted else bits.attention_out
+        super().__init__(dim, heads, qkv_bias, make, softmax_in)
         self.window, self.area = window, window[0] * window[1]
-        self.relative_position_bias_table = nn.Parameter(
-            torch.empty((2 * window[0] - 1) * (2 * window[1] - 1), heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.relative_position_bias_table = nn.Parameter(table)
         self.register_buffer("relative_position_index",
                              relative_position_index(*window), persistent=False)
-        self.qkv = make.linear(dim, 3 * dim, bits.block_input, qkv_bias)
-        self.qkv_act = make.act(bits.attention_out)
-        self.scores = QuantMatMul(bits.attention_out, bits.attention_out)
-        self.scores_act = make.act(bits.attention_out)
-        softmax_in = max(MASK_BITS, bits.attention_out) if shifted else bits.attention_out
-        self.softmax = QuantSoftmax(make.q.softmax, softmax_in, bits.softmax_out)
-        self.context = QuantMatMul(bits.softmax_out, bits.attention_out, unsigned_a=True)
-        self.context_act = make.act(bits.attention_out)
-        self.proj = make.linear(dim, dim, bits.attention_out)
-        self.proj_act = make.act(bits.attention_out)
 
     def _bias(self, mode: Mode) -> QT:
         """The relative position bias (heads, N, N): float, or quantized at the scale
@@ -153,74 +134,62 @@ class WindowAttention(FrozenConstants):
         bias = table[self.relative_position_index.reshape(-1)]
         return QT(bias.reshape(self.area, self.area, -1).permute(2, 0, 1), scale)
 
-    def _mask(self, logits: QT, mask: torch.Tensor | None) -> tuple[QT, torch.Tensor | None]:
-        """Apply the shifted-window mask (nW, N, N) to the logits (B*nW, heads, N, N);
-        also returns the boolean mask broadcast to the logits (None in float modes)."""
-        if mask is None:
-            return logits, None
-        n_win, n = mask.shape[0], self.area
-        x = logits.value.reshape(-1, n_win, self.heads, n, n)
-        if self.scores_act.mode in (Mode.FLOAT, Mode.CALIBRATE):
-            return QT((x + mask[None, :, None]).reshape(-1, self.heads, n, n)), None
-        region = self.frozen_region if self.is_frozen else (mask < 0)[None, :, None]
-        masked = region.expand_as(x).reshape(-1, self.heads, n, n)
-        sentinel = qrange(self.softmax.in_bits)[0]
-        if self.scores_act.mode is Mode.INT:
-            fill = torch.full_like(logits.value, sentinel)
-        else:
-            fill = torch.full_like(logits.value, sentinel * float(logits.scale))
-        return QT(torch.where(masked, fill, logits.value), logits.scale), masked
-
-    def forward(self, x: QT, mask: torch.Tensor | None = None) -> QT:
-        b, n, c = x.value.shape
+    def logits(self, scores: QT, mask: torch.Tensor | None) -> tuple[QT, torch.Tensor | None]:
+        """``scores_act(scores, residual=bias)``, then the window mask (nW, N, N): added
+        in float modes, the sentinel in FAKE/INT (whose masked probabilities are 0)."""
         mode = self.scores_act.mode
-        qkv = self.qkv_act(self.qkv(x))
-        parts = qkv.value.reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = (QT(t, qkv.scale) for t in parts.unbind(0))
-        scores = self.scores(q, QT(k.value.transpose(-2, -1), k.scale), self.head_dim ** -0.5)
         bias = self._bias(mode)
         if mode is Mode.INT and not self.is_frozen:
             region = None if mask is None else (mask < 0)[None, :, None]
             self.freeze(bias=bias.value, bias_scale=bias.scale, region=region)
-        logits, masked = self._mask(self.scores_act(scores, residual=bias), mask)
-        attn = self.softmax(logits)
-        if masked is not None:
-            attn = QT(torch.where(masked, torch.zeros_like(attn.value), attn.value), attn.scale)
-        ctx = self.context_act(self.context(attn, v))
-        ctx = QT(ctx.value.transpose(1, 2).reshape(b, n, c), ctx.scale)
-        return self.proj_act(self.proj(ctx))
+        logits = self.scores_act(scores, residual=bias)
+        if mask is None:
+            return logits, None
+        if mode in (Mode.FLOAT, Mode.CALIBRATE):
+            n = self.area
+            x = logits.value.reshape(-1, mask.shape[0], self.heads, n, n) + mask[None, :, None]
+            return QT(x.reshape(-1, self.heads, n, n)), None
+        masked = self.frozen_region if self.is_frozen else (mask < 0)[None, :, None]
+        sentinel = qrange(self.softmax.in_bits)[0]
+        fill = sentinel if mode is Mode.INT else sentinel * float(logits.scale)
+        return QT(window_fill(logits.value, masked, fill), logits.scale), masked
+
+    def lower_logits(self, b: ProgramBuilder, scores: str, mask: torch.Tensor | None
+                     ) -> tuple[str, str | None]:
+        logits = b.act(self.scores_act, scores)  # the frozen bias: a constant residual
+        if mask is None:
+            return logits, None
+        masked = b.constant(f"{b.name(self)}.mask", self.frozen_region.contiguous())
+        sentinel = qrange(self.softmax.in_bits)[0]
+        return lower_window_fill(b, logits, masked, sentinel), masked
 
 
-class SwinBlock(nn.Module):
-    """Pre-norm block: (shifted) window attention, then the MLP; timm's names."""
+class SwinBlock(Block):
+    """The pre-norm block around a (shifted) window attention: cyclic shift, pad,
+    windows, attention, reverse, crop, shift back; timm's names."""
 
     def __init__(self, dim: int, resolution: tuple[int, int], heads: int, window: int,
                  shift: bool, mlp_ratio: float, qkv_bias: bool, in_bits: int,
-                 make: _Builder) -> None:
-        super().__init__()
-        bits = make.q.bits
-        self.resolution = resolution
+                 make: LayerMaker) -> None:
         # timm: a window no smaller than the feature map covers it, unshifted
-        self.window = tuple(min(r, window) for r in resolution)
-        self.shift = tuple(0 if r <= window or not shift else window // 2
-                           for r in resolution)
-        self.norm1 = make.norm(dim, in_bits)
-        self.attn = WindowAttention(dim, heads, self.window, qkv_bias, any(self.shift), make)
-        self.add1 = make.act(bits.norm2_in)
-        self.norm2 = make.norm(dim, bits.norm2_in)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), make)
-        self.add2 = make.act(bits.att_block_out)
-        mask = shifted_window_mask(resolution, self.window, self.shift) if any(self.shift) \
-            else None
+        windows = tuple(min(r, window) for r in resolution)
+        shifts = tuple(0 if r <= window or not shift else window // 2 for r in resolution)
+        attn = WindowAttention(dim, heads, windows, qkv_bias, any(shifts), make)
+        super().__init__(dim, attn, mlp_ratio, in_bits, make)
+        self.resolution, self.window, self.shift = resolution, windows, shifts
+        mask = shifted_window_mask(resolution, windows, shifts) if any(shifts) else None
         self.register_buffer("attn_mask", mask, persistent=False)
 
-    def _attn(self, x: QT) -> QT:
+    def _padding(self, h: int, w: int) -> tuple[int, int]:
+        return ((self.window[0] - h % self.window[0]) % self.window[0],
+                (self.window[1] - w % self.window[1]) % self.window[1])
+
+    def attend(self, x: QT) -> QT:
         b, h, w, c = x.value.shape
         t = x.value
         if any(self.shift):
             t = torch.roll(t, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))
-        pad_h = (self.window[0] - h % self.window[0]) % self.window[0]
-        pad_w = (self.window[1] - w % self.window[1]) % self.window[1]
+        pad_h, pad_w = self._padding(h, w)
         if pad_h or pad_w:
             t = F.pad(t, (0, 0, 0, pad_w, 0, pad_h))
         hp, wp = t.shape[1], t.shape[2]
@@ -230,16 +199,35 @@ class SwinBlock(nn.Module):
             t = torch.roll(t, shifts=self.shift, dims=(1, 2))
         return QT(t, out.scale)
 
-    def forward(self, x: QT) -> QT:
-        x = self.add1(self._attn(self.norm1(x)), residual=x)
-        return self.add2(self.mlp(self.norm2(x)), residual=x)
+    def lower_attend(self, b: ProgramBuilder, x: str) -> str:
+        _, h, w, c = b.shape(x)
+        (wh, ww), shift = self.window, self.shift
+        if any(shift):
+            x = b.roll(x, [-shift[0], -shift[1]], [1, 2])
+        pad_h, pad_w = self._padding(h, w)
+        if pad_h or pad_w:
+            x = b.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        hp, wp = h + pad_h, w + pad_w
+        x = b.reshape(x, -1, hp // wh, wh, wp // ww, ww, c)
+        x = b.reshape(b.transpose(x, 0, 1, 3, 2, 4, 5), -1, wh * ww, c)
+        x = self.attn.lower(b, x, self.attn_mask)
+        x = b.reshape(x, -1, hp // wh, wp // ww, wh, ww, c)
+        x = b.reshape(b.transpose(x, 0, 1, 3, 2, 4, 5), -1, hp, wp, c)
+        if pad_h:
+            x = b.slice(x, 1, 0, h)
+        if pad_w:
+            x = b.slice(x, 2, 0, w)
+        if any(shift):
+            x = b.roll(x, list(shift), [1, 2])
+        return x
 
 
 class PatchMerging(nn.Module):
-    """Concatenate each 2x2 neighbourhood, LayerNorm, reduce (no bias); timm's names.
-    The output is requantized at the ``pos_encoding`` point (the stage's input stream)."""
+    """Concatenate each 2x2 neighbourhood (zero-padding odd sizes), LayerNorm, reduce (no
+    bias); timm's names. The output is requantized at the ``pos_encoding`` point (the
+    stage's input stream)."""
 
-    def __init__(self, dim: int, out_dim: int, in_bits: int, make: _SwinBuilder) -> None:
+    def __init__(self, dim: int, out_dim: int, in_bits: int, make: LayerMaker) -> None:
         super().__init__()
         bits = make.q.bits
         self.norm = make.norm(4 * dim, in_bits)
@@ -253,11 +241,20 @@ class PatchMerging(nn.Module):
         t = t.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
         return self.out_act(self.reduction(self.norm(QT(t, x.scale))))
 
+    def lower(self, b: ProgramBuilder, x: str) -> str:
+        _, h, w, c = b.shape(x)
+        if h % 2 or w % 2:
+            x = b.pad(x, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]])
+            h, w = h + h % 2, w + w % 2
+        x = b.transpose(b.reshape(x, -1, h // 2, 2, w // 2, 2, c), 0, 1, 3, 4, 2, 5)
+        x = b.reshape(x, -1, h // 2, w // 2, 4 * c)
+        return b.act(self.out_act, b.linear(self.reduction, b.kernel(self.norm, x)))
+
 
 class SwinStage(nn.Module):
     def __init__(self, dim: int, out_dim: int, resolution: tuple[int, int], depth: int,
                  downsample: bool, heads: int, window: int, mlp_ratio: float,
-                 qkv_bias: bool, in_bits: int, make: _SwinBuilder) -> None:
+                 qkv_bias: bool, in_bits: int, make: LayerMaker) -> None:
         super().__init__()
         bits = make.q.bits
         self.downsample = PatchMerging(dim, out_dim, in_bits, make) if downsample else None
@@ -278,8 +275,15 @@ class SwinStage(nn.Module):
             x = block(x)
         return x
 
+    def lower(self, b: ProgramBuilder, x: str) -> str:
+        if self.downsample is not None:
+            x = self.downsample.lower(b, x)
+        for block in self.blocks:
+            x = block.lower(b, x)
+        return x
 
-class QuantSwinTransformer(QuantModel):
+
+class QuantSwinTransformer(PatchModel):
     """timm-compatible Swin. ``forward`` returns float logits in every mode; in INT mode
     they are the integer logits times their scale (:meth:`forward_int`)."""
 
@@ -290,18 +294,14 @@ class QuantSwinTransformer(QuantModel):
             raise ValueError(f"a Swin needs one head count per stage: depths {depths}, "
                              f"heads {heads}")
         self.cfg, self.qcfg = cfg, qcfg
-        make = _SwinBuilder(qcfg, cfg.norm_eps)
+        make = LayerMaker(qcfg, cfg.norm_eps)
         bits = qcfg.bits
         dims = [cfg.embed_dim * 2 ** i for i in range(len(depths))]
         for dim, h in zip(dims, heads):
             if dim % h:
                 raise ValueError(f"stage width {dim} is not divisible by its {h} heads")
         grid = cfg.img_size // cfg.patch_size
-        self.input_act = make.act(bits.patch_embed)
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = QuantPatchConv(cfg.in_chans, dims[0], cfg.patch_size,
-                                               qcfg.weight_bits, bits.patch_embed)
-        self.patch_act = make.act(bits.patch_embed)
+        self.build_patch_embedding(cfg, dims[0], make)
         self.patch_embed.norm = make.norm(dims[0], bits.patch_embed, bits.pos_encoding)
         self.grid = (grid, grid)
         stages, resolution, stream_bits = [], (grid, grid), bits.pos_encoding
@@ -319,28 +319,42 @@ class QuantSwinTransformer(QuantModel):
         self.head.fc = make.linear(dims[-1], cfg.num_classes, bits.block_input)
         self.set_mode(Mode.FLOAT if not qcfg.enabled else Mode.FAKE)
 
-    def _pool(self, x: QT) -> QT:
+    def pool(self, x: QT) -> QT:
         """Average over the tokens: an integer sum whose scale carries the ``1/N``,
         requantized by ``pool_act``."""
         b, h, w, c = x.value.shape
         tokens = x.value.reshape(b, h * w, c)
         n = h * w
         if self.mode is Mode.INT:
-            top = -qrange(self.norm.out_bits)[0]
-            total = declare(tokens.sum(dim=1), signed_bits(n * top), "avgpool.sum")
+            total = declare(tokens.sum(dim=1), self._sum_bits(n), "avgpool.sum")
             # a frozen requantizer holds its multiplier: no scale to compute
             return self.pool_act(QT(total, None if self.pool_act.is_frozen else x.scale / n))
         return self.pool_act(QT(tokens.mean(dim=1), None if x.scale is None else x.scale / n))
 
+    def lower_pool(self, b: ProgramBuilder, x: str) -> str:
+        _, h, w, c = b.shape(x)
+        total = b.sum(b.reshape(x, -1, h * w, c), 1, self._sum_bits(h * w))
+        return b.act(self.pool_act, total)
+
+    def _sum_bits(self, n: int) -> int:
+        """The width of a sum of ``n`` outputs of the final LayerNorm."""
+        return signed_bits(n * -qrange(self.norm.out_bits)[0])
+
     def forward_features(self, images: torch.Tensor) -> QT:
         """The pooled features (the head's input)."""
-        x = self.input_act(QT(images))
-        x = self.patch_act(self.patch_embed.proj(x))
-        x = QT(x.value.reshape(x.value.shape[0], *self.grid, -1), x.scale)
-        x = self.patch_embed.norm(x)
+        x = self.patch_tokens(images)
+        x = self.patch_embed.norm(QT(x.value.reshape(x.value.shape[0], *self.grid, -1),
+                                     x.scale))
         for stage in self.layers:
             x = stage(x)
-        return self._pool(self.norm(x))
+        return self.pool(self.norm(x))
+
+    def lower_features(self, b: ProgramBuilder, images: str) -> str:
+        x = self.lower_patch_tokens(b, images)
+        x = b.kernel(self.patch_embed.norm, b.reshape(x, -1, *self.grid, b.shape(x)[-1]))
+        for stage in self.layers:
+            x = stage.lower(b, x)
+        return self.lower_pool(b, b.kernel(self.norm, x))
 
     def classifier(self) -> nn.Module:
         return self.head.fc

@@ -11,109 +11,30 @@ import torch
 from torch import nn
 
 from ..arith import qrange
-from ..quant import (QT, Mode, QuantAct, QuantConfig, QuantGELU, QuantLayerNorm,
-                     QuantLinear, QuantMatMul, QuantPatchConv, QuantSoftmax)
+from ..quant import QT, Mode, QuantConfig
 from ..quant.modules import quantize_tensor
-from .base import QuantModel
+from .blocks import Attention, Block, LayerMaker, PatchModel
 from .config import ModelConfig
 from .families import ModelError, ModelFamily, register_family
+from .program_builder import ProgramBuilder
 
 
-class _Builder:
-    """Creates quantized modules with the config's observer settings."""
-
-    def __init__(self, q: QuantConfig, eps: float) -> None:
-        self.q, self.eps = q, eps
-
-    def act(self, bits: int, signed: bool = True) -> QuantAct:
-        return QuantAct(bits, signed, self.q.observer, self.q.ema_momentum, self.q.percentile)
-
-    def norm(self, dim: int, in_bits: int) -> QuantLayerNorm:
-        return QuantLayerNorm(dim, self.q.layernorm, in_bits, self.q.bits.block_input, self.eps,
-                              self.q.observer, self.q.ema_momentum, self.q.percentile)
-
-    def linear(self, i: int, o: int, in_bits: int, bias: bool = True) -> QuantLinear:
-        return QuantLinear(i, o, bias, self.q.weight_bits, in_bits)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, qkv_bias: bool, make: _Builder) -> None:
-        super().__init__()
-        bits = make.q.bits
-        self.heads, self.head_dim = heads, dim // heads
-        self.qkv = make.linear(dim, 3 * dim, bits.block_input, qkv_bias)
-        self.qkv_act = make.act(bits.attention_out)
-        self.scores = QuantMatMul(bits.attention_out, bits.attention_out)
-        self.scores_act = make.act(bits.attention_out)
-        self.softmax = QuantSoftmax(make.q.softmax, bits.attention_out, bits.softmax_out)
-        self.context = QuantMatMul(bits.softmax_out, bits.attention_out, unsigned_a=True)
-        self.context_act = make.act(bits.attention_out)
-        self.proj = make.linear(dim, dim, bits.attention_out)
-        self.proj_act = make.act(bits.attention_out)
-
-    def forward(self, x: QT) -> QT:
-        b, n, c = x.value.shape
-        qkv = self.qkv_act(self.qkv(x))
-        parts = qkv.value.reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = (QT(t, qkv.scale) for t in parts.unbind(0))
-        scores = self.scores(q, QT(k.value.transpose(-2, -1), k.scale), self.head_dim ** -0.5)
-        attn = self.softmax(self.scores_act(scores))
-        ctx = self.context_act(self.context(attn, v))
-        ctx = QT(ctx.value.transpose(1, 2).reshape(b, n, c), ctx.scale)
-        return self.proj_act(self.proj(ctx))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, make: _Builder) -> None:
-        super().__init__()
-        bits = make.q.bits
-        self.fc1 = make.linear(dim, hidden, bits.block_input)
-        self.fc1_act = make.act(bits.mlp_out)
-        self.act = QuantGELU(make.q.gelu, bits.mlp_out, bits.mlp_out)
-        self.fc2 = make.linear(hidden, dim, bits.mlp_out)
-        self.fc2_act = make.act(bits.mlp_out)
-
-    def forward(self, x: QT) -> QT:
-        return self.fc2_act(self.fc2(self.act(self.fc1_act(self.fc1(x)))))
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool,
-                 in_bits: int, make: _Builder) -> None:
-        super().__init__()
-        bits = make.q.bits
-        self.norm1 = make.norm(dim, in_bits)
-        self.attn = Attention(dim, heads, qkv_bias, make)
-        self.add1 = make.act(bits.norm2_in)
-        self.norm2 = make.norm(dim, bits.norm2_in)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), make)
-        self.add2 = make.act(bits.att_block_out)
-
-    def forward(self, x: QT) -> QT:
-        x = self.add1(self.attn(self.norm1(x)), residual=x)
-        return self.add2(self.mlp(self.norm2(x)), residual=x)
-
-
-class QuantVisionTransformer(QuantModel):
+class QuantVisionTransformer(PatchModel):
     """timm-compatible ViT/DeiT. ``forward`` returns float logits in every mode; in
     INT mode they are the integer logits times their scale (:meth:`forward_int`)."""
 
     def __init__(self, cfg: ModelConfig, qcfg: QuantConfig) -> None:
         super().__init__()
         self.cfg, self.qcfg = cfg, qcfg
-        make = _Builder(qcfg, cfg.norm_eps)
+        make = LayerMaker(qcfg, cfg.norm_eps)
         bits = qcfg.bits
         dim, grid = cfg.embed_dim, cfg.img_size // cfg.patch_size
-        self.input_act = make.act(bits.patch_embed)
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = QuantPatchConv(cfg.in_chans, dim, cfg.patch_size,
-                                               qcfg.weight_bits, bits.patch_embed)
-        self.patch_act = make.act(bits.patch_embed)
+        self.build_patch_embedding(cfg, dim, make)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.02)
         self.pos_act = make.act(bits.pos_encoding)
         self.blocks = nn.ModuleList(
-            Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias,
+            Block(dim, Attention(dim, cfg.num_heads, cfg.qkv_bias, make), cfg.mlp_ratio,
                   bits.pos_encoding if i == 0 else bits.att_block_out, make)
             for i in range(cfg.depth))
         self.norm = make.norm(dim, bits.att_block_out if cfg.depth else bits.pos_encoding)
@@ -126,7 +47,7 @@ class QuantVisionTransformer(QuantModel):
             return quantize_tensor(self.cls_token, scale, self.patch_act.bits, mode)
         return self.cls_token
 
-    def _tokens(self, patches: QT) -> QT:
+    def tokens(self, patches: QT) -> QT:
         """Prepend the class token (at the patch scale) and add the position embedding
         (an 8-bit tensor of its own scale), requantizing the sum. INT mode freezes both
         integer tensors on the first call."""
@@ -144,19 +65,27 @@ class QuantVisionTransformer(QuantModel):
         tokens = QT(torch.cat([cls, patches.value], dim=1), patches.scale)
         return self.pos_act(tokens, residual=pos)
 
+    def lower_tokens(self, b: ProgramBuilder, patches: str) -> str:
+        cls = b.constant("cls_token", self.frozen_cls)
+        return b.act(self.pos_act, b.concat([b.broadcast(cls, patches), patches], axis=1))
+
     def quantized_pos_embed(self) -> QT:
         """The position embedding as 8-bit integers (FAKE: their values) and its scale."""
         pos_scale = (self.pos_embed.detach().abs().max() / qrange(8)[1]).clamp_min(1e-12)
         return QT(quantize_tensor(self.pos_embed, pos_scale, 8, self.mode), pos_scale)
 
     def forward_features(self, images: torch.Tensor) -> QT:
-        x = self.input_act(QT(images))
-        x = self.patch_act(self.patch_embed.proj(x))
-        x = self._tokens(x)
+        x = self.tokens(self.patch_tokens(images))
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
         return QT(x.value[:, 0], x.scale)
+
+    def lower_features(self, b: ProgramBuilder, images: str) -> str:
+        x = self.lower_tokens(b, self.lower_patch_tokens(b, images))
+        for block in self.blocks:
+            x = block.lower(b, x)
+        return b.take(b.kernel(self.norm, x), 1, 0)
 
     def classifier(self) -> nn.Module:
         return self.head
