@@ -48,6 +48,15 @@ class BottleneckWithoutGELU(Bottleneck):
         return b.act(self.out_act, b.linear(self.up, h), residual=x)
 
 
+class BottleneckWithoutResidual(Bottleneck):
+    """A wrong lowering: the residual stream left out (as a constant, it would hold the
+    probe images' stream and still match the model on them)."""
+
+    def lower(self, b: ProgramBuilder, x: str) -> str:
+        h = b.kernel(self.gelu, b.act(self.down_act, b.linear(self.down, x)))
+        return b.act(self.out_act, b.linear(self.up, h))
+
+
 def images(n: int, seed: int) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
@@ -84,3 +93,9 @@ def test_a_new_block_written_once_exports_bit_exact_on_every_engine():
 def test_a_lower_that_differs_from_its_forward_fails_at_export_naming_the_module():
     with pytest.raises(ProgramError, match="lowering of blocks.0.mlp.up differs"):
         export_program(vit_with(BottleneckWithoutGELU))
+
+
+def test_a_lower_that_leaves_out_a_residual_fails_at_export_naming_the_module():
+    with pytest.raises(ProgramError, match="lowering of blocks.0.mlp.out_act leaves out the "
+                                           "residual"):
+        export_program(vit_with(BottleneckWithoutResidual))

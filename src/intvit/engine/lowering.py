@@ -157,9 +157,12 @@ class Builder:
         return self.node("sum", [x], axis=axis, bits=bits)
 
     # --- quantized modules ---------------------------------------------------------------
-    def act(self, module: QuantAct, x: str, residual: str | None = None) -> str:
-        """A requantizer; its residual, if the model passed one that is not a value of the
-        program (a position embedding, a relative position bias), becomes a constant."""
+    def act(self, module: QuantAct, x: str, residual: str | None = None,
+            frozen_residual: bool = False) -> str:
+        """A requantizer; the residual the model passed it is ``residual`` (a value of the
+        program) or, with ``frozen_residual``, the model's own tensor as a constant (a
+        position embedding, a relative position bias). A residual the lowering leaves out
+        is an error: as a constant it would hold the probe images' values."""
         call, name = self.call(module), self.names[module]
         frozen = module.frozen_tensors()
         lo, hi = qrange(module.bits, module.signed)
@@ -170,13 +173,19 @@ class Builder:
         params = {"m": compact(frozen["m"]), "e": compact(frozen["e"])}
         inputs = [x]
         res = call.kwargs.get("residual")
+        if res is None and (residual is not None or frozen_residual):
+            raise ProgramError(f"{name} has no residual in the model")
+        if residual is not None and frozen_residual:
+            raise ProgramError(f"{name}: pass its residual as a value or as frozen, not both")
         if res is not None:
+            if residual is None and not frozen_residual:
+                raise ProgramError(f"the lowering of {name} leaves out the residual the "
+                                   f"model adds: pass residual=<value>, or "
+                                   f"frozen_residual=True for a tensor of the model")
             inputs.append(residual if residual is not None
                           else self.constant(f"{name}.residual", compact(res.value)))
             params.update(residual_m=compact(frozen["residual_m"]),
                           residual_e=compact(frozen["residual_e"]))
-        elif residual is not None:
-            raise ProgramError(f"{name} has no residual in the model")
         return self.checked(module, self.node("requantize", inputs, name, params, lo=lo, hi=hi))
 
     def linear(self, module: nn.Module, x: str) -> str:

@@ -24,10 +24,12 @@ from torch import nn
 
 class ProgramBuilder(Protocol):
     # --- quantized modules: each checked against the module's output in the model ------
-    def act(self, module: nn.Module, x: str, residual: str | None = None) -> str:
+    def act(self, module: nn.Module, x: str, residual: str | None = None,
+            frozen_residual: bool = False) -> str:
         """A ``QuantAct``: the model input's quantization, or a requantization of ``x``
-        plus, if the model passed one, its residual: ``residual`` when that is a value
-        of the program, else the model's residual tensor as a constant."""
+        plus the residual the model passes it, if any: ``residual``, a value of the
+        program, or with ``frozen_residual`` the model's own residual tensor (a position
+        embedding, a bias) as a constant. Leaving out a residual is an error."""
 
     def linear(self, module: nn.Module, x: str) -> str:
         """A ``QuantLinear`` on (..., in) integers."""

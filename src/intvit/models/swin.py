@@ -156,7 +156,7 @@ class WindowAttention(Attention, FrozenConstants):
 
     def lower_logits(self, b: ProgramBuilder, scores: str, mask: torch.Tensor | None
                      ) -> tuple[str, str | None]:
-        logits = b.act(self.scores_act, scores)  # the frozen bias: a constant residual
+        logits = b.act(self.scores_act, scores, frozen_residual=True)  # the position bias
         if mask is None:
             return logits, None
         masked = b.constant(f"{b.name(self)}.mask", self.frozen_region.contiguous())

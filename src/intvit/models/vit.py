@@ -67,7 +67,8 @@ class QuantVisionTransformer(PatchModel):
 
     def lower_tokens(self, b: ProgramBuilder, patches: str) -> str:
         cls = b.constant("cls_token", self.frozen_cls)
-        return b.act(self.pos_act, b.concat([b.broadcast(cls, patches), patches], axis=1))
+        tokens = b.concat([b.broadcast(cls, patches), patches], axis=1)
+        return b.act(self.pos_act, tokens, frozen_residual=True)  # the position embedding
 
     def quantized_pos_embed(self) -> QT:
         """The position embedding as 8-bit integers (FAKE: their values) and its scale."""
