@@ -85,16 +85,17 @@ class QuantModule(FrozenConstants):
         """The ``(bits, signed)`` of this call's operands, kept in ``formats``. Every
         operand must have a format, and a frozen module (INT mode) the formats it was
         frozen with, since its constants were derived for them; else a
-        :class:`~.qtensor.FormatError` naming the module."""
+        :class:`~.qtensor.FormatError` naming the module's class (and, raised through a
+        model's forward, its name in the model)."""
         formats = tuple((a.bits, a.signed) for a in operands)
         if any(bits is None for bits, _ in formats):
             raise FormatError(f"{type(self).__name__} takes quantized values, and got one "
                               "without an integer format (QT.bits is None): the module "
-                              "that produced it must set its bits and signedness")
+                              "that produced it must set its bits and signedness", self)
         if self.is_frozen and formats != self.formats:
             raise FormatError(f"{type(self).__name__} was frozen for "
                               f"{describe_formats(self.formats)} operands and got "
-                              f"{describe_formats(formats)}")
+                              f"{describe_formats(formats)}", self)
         if formats != self.formats:
             self.formats = formats
         return formats
@@ -188,7 +189,7 @@ class QuantAct(QuantModule):
         formats = self.take_formats(*operands)
         if any(signed_width(*f) > ACC_BITS for f in formats):
             raise FormatError(f"QuantAct requantizes integers of at most {ACC_BITS} bits, "
-                              f"got {describe_formats(formats)}")
+                              f"got {describe_formats(formats)}", self)
 
     def freeze_for(self, in_scale: torch.Tensor | None,
                    residual_scale: torch.Tensor | None = None) -> None:

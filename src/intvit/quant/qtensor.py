@@ -51,7 +51,12 @@ class QT(NamedTuple):
 
 
 class FormatError(ValueError):
-    """A quantized module got a value whose integer format it cannot take."""
+    """A quantized module got a value whose integer format it cannot take; ``module`` is
+    that module (a model's forward adds its name in the model to the message)."""
+
+    def __init__(self, message: str, module: object = None) -> None:
+        super().__init__(message)
+        self.module = module
 
 
 def signed_width(bits: int, signed: bool) -> int:
