@@ -123,8 +123,9 @@ def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def quantize_tensor(x: torch.Tensor, scale: torch.Tensor, bits: int, mode: Mode) -> QT:
-    """A parameter quantized at ``scale`` to signed ``bits``: int64 integers in INT mode,
-    fake-quantized with a straight-through gradient in FAKE mode."""
+    """A parameter quantized at ``scale`` to signed ``bits``, as a QT of that format:
+    int64 integers in INT mode, fake-quantized values with a straight-through gradient
+    in FAKE mode."""
     if mode is Mode.INT:
         return QT(quantize(x, scale, *qrange(bits)).to(torch.int64), scale, bits)
     return QT(fake_quantize(x, scale, *qrange(bits)), scale, bits)
