@@ -25,10 +25,10 @@ class Bottleneck(nn.Module):
     def __init__(self, dim: int, make: LayerMaker) -> None:
         super().__init__()
         bits = make.q.bits
-        self.down = make.linear(dim, dim // 2, bits.block_input)
+        self.down = make.linear(dim, dim // 2)
         self.down_act = make.act(bits.mlp_out)
-        self.gelu = QuantGELU(make.q.gelu, bits.mlp_out, bits.mlp_out)
-        self.up = make.linear(dim // 2, dim, bits.mlp_out)
+        self.gelu = QuantGELU(make.q.gelu, bits.mlp_out)
+        self.up = make.linear(dim // 2, dim)
         self.out_act = make.act(bits.mlp_out)
 
     def forward(self, x: QT) -> QT:

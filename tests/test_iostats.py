@@ -175,9 +175,9 @@ def test_changed_input_scale_is_an_error_not_mixed_samples():
     layer = stats.layers["blocks.0.mlp.act"]
     q = torch.randint(-100, 100, (2, 5))
     with stats:
-        gelu(QT(q, torch.tensor(0.05)))
+        gelu(QT(q, torch.tensor(0.05), 8))
         with pytest.raises(ValueError, match="input scale of blocks.0.mlp.act changed"):
-            gelu(QT(q, torch.tensor(0.06)))
+            gelu(QT(q, torch.tensor(0.06), 8))
     assert layer.reservoir.seen == 10
 
 

@@ -213,7 +213,7 @@ class Builder:
 
     def kernel(self, module: nn.Module, x: str) -> str:
         name = self.names[module]
-        kernel = module.kernel(self.call(module).args[0].scale)
+        kernel = module.kernel(self.call(module).args[0])
         if not kernel.integer_only:
             raise NotIntegerOnly(f"{name} uses {module.op} '{module.approx.name}', a float "
                                "reference that is not integer-only; export a model whose "

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..quant import QT, Mode, set_mode
 from ..quant.modules import FrozenConstants
+from ..quant.qtensor import FormatError
 from .program_builder import ProgramBuilder
 
 
@@ -65,15 +66,26 @@ class QuantModel(FrozenConstants):
         head = self.classifier()
         return b.output(head, b.linear(head, self.lower_features(b, images)))
 
+    def head_output(self, images: torch.Tensor) -> QT:
+        """The head's output; a :class:`~intvit.quant.qtensor.FormatError` says which
+        module of the model refused a value."""
+        try:
+            return self.classifier()(self.forward_features(images))
+        except FormatError as error:
+            name = next((n for n, m in self.named_modules() if m is error.module), None)
+            if name is None:
+                raise
+            raise FormatError(f"{name}: {error}", error.module) from error
+
     def forward_int(self, images: torch.Tensor) -> QT:
         """Integer logits and their per-class scale (INT mode only)."""
         if self.mode is not Mode.INT:
             raise RuntimeError("forward_int needs the model in eval mode with quantization on")
-        return self.classifier()(self.forward_features(images))
+        return self.head_output(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Float logits in every mode; in INT mode the integer logits times their scale."""
-        logits = self.classifier()(self.forward_features(images))
+        logits = self.head_output(images)
         if self.mode is Mode.INT:
             return logits.value.to(torch.float32) * logits.scale.to(torch.float32)
         return logits.value

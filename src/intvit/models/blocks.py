@@ -26,7 +26,9 @@ from .program_builder import ProgramBuilder
 
 
 class LayerMaker:
-    """Creates quantized modules with the config's observer settings."""
+    """Creates quantized modules with the config's observer settings. A module is given
+    its own output width only: its operand widths are those of the values it receives
+    (:class:`~intvit.quant.QT`'s format)."""
 
     def __init__(self, q: QuantConfig, eps: float) -> None:
         self.q, self.eps = q, eps
@@ -34,14 +36,14 @@ class LayerMaker:
     def act(self, bits: int, signed: bool = True) -> QuantAct:
         return QuantAct(bits, signed, self.q.observer, self.q.ema_momentum, self.q.percentile)
 
-    def norm(self, dim: int, in_bits: int, out_bits: int | None = None) -> QuantLayerNorm:
+    def norm(self, dim: int, out_bits: int | None = None) -> QuantLayerNorm:
         """A LayerNorm whose output is at ``out_bits`` (default: the ``block_input`` point)."""
         out = self.q.bits.block_input if out_bits is None else out_bits
-        return QuantLayerNorm(dim, self.q.layernorm, in_bits, out, self.eps,
-                              self.q.observer, self.q.ema_momentum, self.q.percentile)
+        return QuantLayerNorm(dim, self.q.layernorm, out, self.eps, self.q.observer,
+                              self.q.ema_momentum, self.q.percentile)
 
-    def linear(self, i: int, o: int, in_bits: int, bias: bool = True) -> QuantLinear:
-        return QuantLinear(i, o, bias, self.q.weight_bits, in_bits)
+    def linear(self, i: int, o: int, bias: bool = True) -> QuantLinear:
+        return QuantLinear(i, o, bias, self.q.weight_bits)
 
 
 def window_fill(x: torch.Tensor, masked: torch.Tensor, fill: float) -> torch.Tensor:
@@ -68,20 +70,18 @@ class Attention(nn.Module):
     per-window mask of the entries whose probability is 0 (:func:`window_fill`), or
     None: here the scores' requantization, with nothing masked."""
 
-    def __init__(self, dim: int, heads: int, qkv_bias: bool, make: LayerMaker,
-                 softmax_in_bits: int | None = None) -> None:
+    def __init__(self, dim: int, heads: int, qkv_bias: bool, make: LayerMaker) -> None:
         super().__init__()
         bits = make.q.bits
         self.heads, self.head_dim = heads, dim // heads
-        self.qkv = make.linear(dim, 3 * dim, bits.block_input, qkv_bias)
+        self.qkv = make.linear(dim, 3 * dim, qkv_bias)
         self.qkv_act = make.act(bits.attention_out)
-        self.scores = QuantMatMul(bits.attention_out, bits.attention_out)
+        self.scores = QuantMatMul()
         self.scores_act = make.act(bits.attention_out)
-        softmax_in = bits.attention_out if softmax_in_bits is None else softmax_in_bits
-        self.softmax = QuantSoftmax(make.q.softmax, softmax_in, bits.softmax_out)
-        self.context = QuantMatMul(bits.softmax_out, bits.attention_out, unsigned_a=True)
+        self.softmax = QuantSoftmax(make.q.softmax, bits.softmax_out)
+        self.context = QuantMatMul()
         self.context_act = make.act(bits.attention_out)
-        self.proj = make.linear(dim, dim, bits.attention_out)
+        self.proj = make.linear(dim, dim)
         self.proj_act = make.act(bits.attention_out)
 
     def logits(self, scores: QT, mask: torch.Tensor | None) -> tuple[QT, torch.Tensor | None]:
@@ -95,14 +95,14 @@ class Attention(nn.Module):
         b, n, c = x.value.shape
         qkv = self.qkv_act(self.qkv(x))
         parts = qkv.value.reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = (QT(t, qkv.scale) for t in parts.unbind(0))
-        scores = self.scores(q, QT(k.value.transpose(-2, -1), k.scale), self.head_dim ** -0.5)
+        q, k, v = (qkv.with_value(t) for t in parts.unbind(0))
+        scores = self.scores(q, k.with_value(k.value.transpose(-2, -1)), self.head_dim ** -0.5)
         logits, masked = self.logits(scores, mask)
         attn = self.softmax(logits)
         if masked is not None:
-            attn = QT(window_fill(attn.value, masked, 0), attn.scale)
+            attn = attn.with_value(window_fill(attn.value, masked, 0))
         ctx = self.context_act(self.context(attn, v))
-        ctx = QT(ctx.value.transpose(1, 2).reshape(b, n, c), ctx.scale)
+        ctx = ctx.with_value(ctx.value.transpose(1, 2).reshape(b, n, c))
         return self.proj_act(self.proj(ctx))
 
     def lower(self, b: ProgramBuilder, x: str, mask: torch.Tensor | None = None) -> str:
@@ -126,10 +126,10 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, make: LayerMaker) -> None:
         super().__init__()
         bits = make.q.bits
-        self.fc1 = make.linear(dim, hidden, bits.block_input)
+        self.fc1 = make.linear(dim, hidden)
         self.fc1_act = make.act(bits.mlp_out)
-        self.act = QuantGELU(make.q.gelu, bits.mlp_out, bits.mlp_out)
-        self.fc2 = make.linear(hidden, dim, bits.mlp_out)
+        self.act = QuantGELU(make.q.gelu, bits.mlp_out)
+        self.fc2 = make.linear(hidden, dim)
         self.fc2_act = make.act(bits.mlp_out)
 
     def forward(self, x: QT) -> QT:
@@ -146,14 +146,14 @@ class Block(nn.Module):
     normed tokens; a subclass overrides it (and :meth:`lower_attend`) to move the tokens
     around the attention."""
 
-    def __init__(self, dim: int, attn: Attention, mlp_ratio: float, in_bits: int,
-                 make: LayerMaker) -> None:
+    def __init__(self, dim: int, attn: Attention, mlp_ratio: float, make: LayerMaker
+                 ) -> None:
         super().__init__()
         bits = make.q.bits
-        self.norm1 = make.norm(dim, in_bits)
+        self.norm1 = make.norm(dim)
         self.attn = attn
         self.add1 = make.act(bits.norm2_in)
-        self.norm2 = make.norm(dim, bits.norm2_in)
+        self.norm2 = make.norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), make)
         self.add2 = make.act(bits.att_block_out)
 
@@ -182,7 +182,7 @@ class PatchModel(QuantModel):
         self.input_act = make.act(bits.patch_embed)
         self.patch_embed = nn.Module()
         self.patch_embed.proj = QuantPatchConv(cfg.in_chans, dim, cfg.patch_size,
-                                               make.q.weight_bits, bits.patch_embed)
+                                               make.q.weight_bits)
         self.patch_act = make.act(bits.patch_embed)
 
     def patch_tokens(self, images: torch.Tensor) -> QT:

@@ -55,7 +55,7 @@ from .config import ModelConfig
 from .families import ModelFamily, register_family
 from .program_builder import ProgramBuilder
 
-# Input width of a shifted block's softmax: room for the masked logits' sentinel.
+# Least width of a shifted block's masked logits (its softmax input): room for the sentinel.
 MASK_BITS = 16
 # timm's additive mask value (float modes).
 FLOAT_MASK = -100.0
@@ -109,12 +109,10 @@ class WindowAttention(Attention, FrozenConstants):
     freezes the integer bias and the boolean window mask on the first call."""
 
     def __init__(self, dim: int, heads: int, window: tuple[int, int], qkv_bias: bool,
-                 shifted: bool, make: LayerMaker) -> None:
+                 make: LayerMaker) -> None:
         table = torch.empty((2 * window[0] - 1) * (2 * window[1] - 1), heads)
         nn.init.trunc_normal_(table, std=0.02)  # drawn before the linears, as timm does
-        bits = make.q.bits
-        softmax_in = max(MASK_BITS, bits.attention_out) if shifted else bits.attention_out
-        super().__init__(dim, heads, qkv_bias, make, softmax_in)
+        super().__init__(dim, heads, qkv_bias, make)
         self.window, self.area = window, window[0] * window[1]
         self.relative_position_bias_table = nn.Parameter(table)
         self.register_buffer("relative_position_index",
@@ -122,17 +120,20 @@ class WindowAttention(Attention, FrozenConstants):
 
     def _bias(self, mode: Mode) -> QT:
         """The relative position bias (heads, N, N): float, or quantized at the scale
-        of the logits' requantizer."""
+        and width of the logits' requantizer."""
         if mode is Mode.INT and self.is_frozen:
-            return QT(self.frozen_bias, self.frozen_bias_scale)
-        table = self.relative_position_bias_table
+            return QT(self.frozen_bias, self.frozen_bias_scale, self.scores_act.bits)
+        table = QT(self.relative_position_bias_table)
         if mode in (Mode.FAKE, Mode.INT):
-            scale = self.scores_act.scale()
-            table = quantize_tensor(table, scale, self.scores_act.bits, mode)
-        else:
-            scale = None
-        bias = table[self.relative_position_index.reshape(-1)]
-        return QT(bias.reshape(self.area, self.area, -1).permute(2, 0, 1), scale)
+            table = quantize_tensor(table.value, self.scores_act.scale(), self.scores_act.bits,
+                                    mode)
+        bias = table.value[self.relative_position_index.reshape(-1)]
+        return table.with_value(bias.reshape(self.area, self.area, -1).permute(2, 0, 1))
+
+    def masked_bits(self) -> int:
+        """The width of the masked logits (signed): the logits' own, widened to
+        ``MASK_BITS`` for the sentinel ``qrange(bits)[0]`` of the masked entries."""
+        return max(MASK_BITS, self.scores_act.bits)
 
     def logits(self, scores: QT, mask: torch.Tensor | None) -> tuple[QT, torch.Tensor | None]:
         """``scores_act(scores, residual=bias)``, then the window mask (nW, N, N): added
@@ -150,9 +151,10 @@ class WindowAttention(Attention, FrozenConstants):
             x = logits.value.reshape(-1, mask.shape[0], self.heads, n, n) + mask[None, :, None]
             return QT(x.reshape(-1, self.heads, n, n)), None
         masked = self.frozen_region if self.is_frozen else (mask < 0)[None, :, None]
-        sentinel = qrange(self.softmax.in_bits)[0]
+        bits = self.masked_bits()
+        sentinel = qrange(bits)[0]
         fill = sentinel if mode is Mode.INT else sentinel * float(logits.scale)
-        return QT(window_fill(logits.value, masked, fill), logits.scale), masked
+        return QT(window_fill(logits.value, masked, fill), logits.scale, bits), masked
 
     def lower_logits(self, b: ProgramBuilder, scores: str, mask: torch.Tensor | None
                      ) -> tuple[str, str | None]:
@@ -160,8 +162,7 @@ class WindowAttention(Attention, FrozenConstants):
         if mask is None:
             return logits, None
         masked = b.constant(f"{b.name(self)}.mask", self.frozen_region.contiguous())
-        sentinel = qrange(self.softmax.in_bits)[0]
-        return lower_window_fill(b, logits, masked, sentinel), masked
+        return lower_window_fill(b, logits, masked, qrange(self.masked_bits())[0]), masked
 
 
 class SwinBlock(Block):
@@ -169,13 +170,12 @@ class SwinBlock(Block):
     windows, attention, reverse, crop, shift back; timm's names."""
 
     def __init__(self, dim: int, resolution: tuple[int, int], heads: int, window: int,
-                 shift: bool, mlp_ratio: float, qkv_bias: bool, in_bits: int,
-                 make: LayerMaker) -> None:
+                 shift: bool, mlp_ratio: float, qkv_bias: bool, make: LayerMaker) -> None:
         # timm: a window no smaller than the feature map covers it, unshifted
         windows = tuple(min(r, window) for r in resolution)
         shifts = tuple(0 if r <= window or not shift else window // 2 for r in resolution)
-        attn = WindowAttention(dim, heads, windows, qkv_bias, any(shifts), make)
-        super().__init__(dim, attn, mlp_ratio, in_bits, make)
+        attn = WindowAttention(dim, heads, windows, qkv_bias, make)
+        super().__init__(dim, attn, mlp_ratio, make)
         self.resolution, self.window, self.shift = resolution, windows, shifts
         mask = shifted_window_mask(resolution, windows, shifts) if any(shifts) else None
         self.register_buffer("attn_mask", mask, persistent=False)
@@ -193,11 +193,11 @@ class SwinBlock(Block):
         if pad_h or pad_w:
             t = F.pad(t, (0, 0, 0, pad_w, 0, pad_h))
         hp, wp = t.shape[1], t.shape[2]
-        out = self.attn(QT(window_partition(t, self.window), x.scale), self.attn_mask)
+        out = self.attn(x.with_value(window_partition(t, self.window)), self.attn_mask)
         t = window_reverse(out.value, self.window, hp, wp)[:, :h, :w, :]
         if any(self.shift):
             t = torch.roll(t, shifts=self.shift, dims=(1, 2))
-        return QT(t, out.scale)
+        return out.with_value(t)
 
     def lower_attend(self, b: ProgramBuilder, x: str) -> str:
         _, h, w, c = b.shape(x)
@@ -227,19 +227,18 @@ class PatchMerging(nn.Module):
     bias); timm's names. The output is requantized at the ``pos_encoding`` point (the
     stage's input stream)."""
 
-    def __init__(self, dim: int, out_dim: int, in_bits: int, make: LayerMaker) -> None:
+    def __init__(self, dim: int, out_dim: int, make: LayerMaker) -> None:
         super().__init__()
-        bits = make.q.bits
-        self.norm = make.norm(4 * dim, in_bits)
-        self.reduction = make.linear(4 * dim, out_dim, bits.block_input, bias=False)
-        self.out_act = make.act(bits.pos_encoding)
+        self.norm = make.norm(4 * dim)
+        self.reduction = make.linear(4 * dim, out_dim, bias=False)
+        self.out_act = make.act(make.q.bits.pos_encoding)
 
     def forward(self, x: QT) -> QT:
         b, h, w, c = x.value.shape
         t = F.pad(x.value, (0, 0, 0, w % 2, 0, h % 2))
         h, w = t.shape[1], t.shape[2]
         t = t.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
-        return self.out_act(self.reduction(self.norm(QT(t, x.scale))))
+        return self.out_act(self.reduction(self.norm(x.with_value(t))))
 
     def lower(self, b: ProgramBuilder, x: str) -> str:
         _, h, w, c = b.shape(x)
@@ -254,19 +253,15 @@ class PatchMerging(nn.Module):
 class SwinStage(nn.Module):
     def __init__(self, dim: int, out_dim: int, resolution: tuple[int, int], depth: int,
                  downsample: bool, heads: int, window: int, mlp_ratio: float,
-                 qkv_bias: bool, in_bits: int, make: LayerMaker) -> None:
+                 qkv_bias: bool, make: LayerMaker) -> None:
         super().__init__()
-        bits = make.q.bits
-        self.downsample = PatchMerging(dim, out_dim, in_bits, make) if downsample else None
+        self.downsample = PatchMerging(dim, out_dim, make) if downsample else None
         if downsample:
             resolution = tuple((r + 1) // 2 for r in resolution)
-            in_bits = bits.pos_encoding
         self.resolution = resolution
         self.blocks = nn.ModuleList(
-            SwinBlock(out_dim, resolution, heads, window, i % 2 == 1, mlp_ratio, qkv_bias,
-                      in_bits if i == 0 else bits.att_block_out, make)
+            SwinBlock(out_dim, resolution, heads, window, i % 2 == 1, mlp_ratio, qkv_bias, make)
             for i in range(depth))
-        self.out_bits = bits.att_block_out if depth else in_bits
 
     def forward(self, x: QT) -> QT:
         if self.downsample is not None:
@@ -295,41 +290,42 @@ class QuantSwinTransformer(PatchModel):
                              f"heads {heads}")
         self.cfg, self.qcfg = cfg, qcfg
         make = LayerMaker(qcfg, cfg.norm_eps)
-        bits = qcfg.bits
         dims = [cfg.embed_dim * 2 ** i for i in range(len(depths))]
         for dim, h in zip(dims, heads):
             if dim % h:
                 raise ValueError(f"stage width {dim} is not divisible by its {h} heads")
         grid = cfg.img_size // cfg.patch_size
         self.build_patch_embedding(cfg, dims[0], make)
-        self.patch_embed.norm = make.norm(dims[0], bits.patch_embed, bits.pos_encoding)
+        self.patch_embed.norm = make.norm(dims[0], qcfg.bits.pos_encoding)
         self.grid = (grid, grid)
-        stages, resolution, stream_bits = [], (grid, grid), bits.pos_encoding
+        stages, resolution = [], (grid, grid)
         for i, (depth, h) in enumerate(zip(depths, heads)):
             stage = SwinStage(dims[i - 1] if i else dims[0], dims[i], resolution, depth,
-                              i > 0, h, cfg.window_size, cfg.mlp_ratio, cfg.qkv_bias,
-                              stream_bits, make)
+                              i > 0, h, cfg.window_size, cfg.mlp_ratio, cfg.qkv_bias, make)
             stages.append(stage)
-            resolution, stream_bits = stage.resolution, stage.out_bits
+            resolution = stage.resolution
         self.layers = nn.ModuleList(stages)
         self.num_features = dims[-1]
-        self.norm = make.norm(dims[-1], stream_bits)
-        self.pool_act = make.act(bits.block_input)
+        self.norm = make.norm(dims[-1])
+        self.pool_act = make.act(qcfg.bits.block_input)
         self.head = nn.Module()
-        self.head.fc = make.linear(dims[-1], cfg.num_classes, bits.block_input)
+        self.head.fc = make.linear(dims[-1], cfg.num_classes)
         self.set_mode(Mode.FLOAT if not qcfg.enabled else Mode.FAKE)
 
     def pool(self, x: QT) -> QT:
-        """Average over the tokens: an integer sum whose scale carries the ``1/N``,
-        requantized by ``pool_act``."""
+        """Average over the tokens: an integer sum (``_sum_bits`` wide) whose scale
+        carries the ``1/N``, requantized by ``pool_act``."""
         b, h, w, c = x.value.shape
         tokens = x.value.reshape(b, h * w, c)
         n = h * w
         if self.mode is Mode.INT:
             total = declare(tokens.sum(dim=1), self._sum_bits(n), "avgpool.sum")
             # a frozen requantizer holds its multiplier: no scale to compute
-            return self.pool_act(QT(total, None if self.pool_act.is_frozen else x.scale / n))
-        return self.pool_act(QT(tokens.mean(dim=1), None if x.scale is None else x.scale / n))
+            scale = None if self.pool_act.is_frozen else x.scale / n
+            return self.pool_act(QT(total, scale, self._sum_bits(n)))
+        mean = tokens.mean(dim=1)
+        return self.pool_act(QT(mean) if x.scale is None else
+                             QT(mean, x.scale / n, self._sum_bits(n)))
 
     def lower_pool(self, b: ProgramBuilder, x: str) -> str:
         _, h, w, c = b.shape(x)
@@ -343,8 +339,8 @@ class QuantSwinTransformer(PatchModel):
     def forward_features(self, images: torch.Tensor) -> QT:
         """The pooled features (the head's input)."""
         x = self.patch_tokens(images)
-        x = self.patch_embed.norm(QT(x.value.reshape(x.value.shape[0], *self.grid, -1),
-                                     x.scale))
+        x = self.patch_embed.norm(x.with_value(x.value.reshape(x.value.shape[0], *self.grid,
+                                                               -1)))
         for stage in self.layers:
             x = stage(x)
         return self.pool(self.norm(x))

@@ -18,6 +18,8 @@ from .config import ModelConfig
 from .families import ModelError, ModelFamily, register_family
 from .program_builder import ProgramBuilder
 
+POS_EMBED_BITS = 8  # the position embedding's integers (signed), at a scale of its own
+
 
 class QuantVisionTransformer(PatchModel):
     """timm-compatible ViT/DeiT. ``forward`` returns float logits in every mode; in
@@ -27,42 +29,42 @@ class QuantVisionTransformer(PatchModel):
         super().__init__()
         self.cfg, self.qcfg = cfg, qcfg
         make = LayerMaker(qcfg, cfg.norm_eps)
-        bits = qcfg.bits
         dim, grid = cfg.embed_dim, cfg.img_size // cfg.patch_size
         self.build_patch_embedding(cfg, dim, make)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.02)
-        self.pos_act = make.act(bits.pos_encoding)
+        self.pos_act = make.act(qcfg.bits.pos_encoding)
         self.blocks = nn.ModuleList(
-            Block(dim, Attention(dim, cfg.num_heads, cfg.qkv_bias, make), cfg.mlp_ratio,
-                  bits.pos_encoding if i == 0 else bits.att_block_out, make)
-            for i in range(cfg.depth))
-        self.norm = make.norm(dim, bits.att_block_out if cfg.depth else bits.pos_encoding)
-        self.head = make.linear(dim, cfg.num_classes, bits.block_input)
+            Block(dim, Attention(dim, cfg.num_heads, cfg.qkv_bias, make), cfg.mlp_ratio, make)
+            for _ in range(cfg.depth))
+        self.norm = make.norm(dim)
+        self.head = make.linear(dim, cfg.num_classes)
         self.set_mode(Mode.FLOAT if not qcfg.enabled else Mode.FAKE)
 
-    def class_token(self, scale: torch.Tensor | None, mode: Mode) -> torch.Tensor:
-        """The (1, 1, D) class token; quantized at the patch scale in FAKE/INT modes."""
+    def class_token(self, patches: QT, mode: Mode) -> torch.Tensor:
+        """The (1, 1, D) class token; quantized at the patches' scale and width in
+        FAKE/INT modes."""
         if mode in (Mode.FAKE, Mode.INT):
-            return quantize_tensor(self.cls_token, scale, self.patch_act.bits, mode)
+            return quantize_tensor(self.cls_token, patches.scale, patches.bits, mode).value
         return self.cls_token
 
     def tokens(self, patches: QT) -> QT:
-        """Prepend the class token (at the patch scale) and add the position embedding
-        (an 8-bit tensor of its own scale), requantizing the sum. INT mode freezes both
-        integer tensors on the first call."""
+        """Prepend the class token (at the patches' scale and format) and add the
+        position embedding (:meth:`quantized_pos_embed`), requantizing the sum. INT mode
+        freezes both integer tensors on the first call."""
         if self.mode is Mode.INT:
             if not self.is_frozen:
                 pos = self.quantized_pos_embed()
-                self.freeze(cls=self.class_token(patches.scale, Mode.INT), pos=pos.value,
+                self.freeze(cls=self.class_token(patches, Mode.INT), pos=pos.value,
                             pos_scale=pos.scale)
-            cls, pos = self.frozen_cls, QT(self.frozen_pos, self.frozen_pos_scale)
+            cls = self.frozen_cls
+            pos = QT(self.frozen_pos, self.frozen_pos_scale, POS_EMBED_BITS)
         else:
-            cls = self.class_token(patches.scale, self.mode)
+            cls = self.class_token(patches, self.mode)
             pos = QT(self.pos_embed) if self.mode is not Mode.FAKE else \
                 self.quantized_pos_embed()
         cls = cls.expand(patches.value.shape[0], -1, -1)
-        tokens = QT(torch.cat([cls, patches.value], dim=1), patches.scale)
+        tokens = patches.with_value(torch.cat([cls, patches.value], dim=1))
         return self.pos_act(tokens, residual=pos)
 
     def lower_tokens(self, b: ProgramBuilder, patches: str) -> str:
@@ -71,16 +73,18 @@ class QuantVisionTransformer(PatchModel):
         return b.act(self.pos_act, tokens, frozen_residual=True)  # the position embedding
 
     def quantized_pos_embed(self) -> QT:
-        """The position embedding as 8-bit integers (FAKE: their values) and its scale."""
-        pos_scale = (self.pos_embed.detach().abs().max() / qrange(8)[1]).clamp_min(1e-12)
-        return QT(quantize_tensor(self.pos_embed, pos_scale, 8, self.mode), pos_scale)
+        """The position embedding as ``POS_EMBED_BITS`` integers (FAKE: their values) at
+        its own scale."""
+        top = qrange(POS_EMBED_BITS)[1]
+        pos_scale = (self.pos_embed.detach().abs().max() / top).clamp_min(1e-12)
+        return quantize_tensor(self.pos_embed, pos_scale, POS_EMBED_BITS, self.mode)
 
     def forward_features(self, images: torch.Tensor) -> QT:
         x = self.tokens(self.patch_tokens(images))
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        return QT(x.value[:, 0], x.scale)
+        return x.with_value(x.value[:, 0])
 
     def lower_features(self, b: ProgramBuilder, images: str) -> str:
         x = self.lower_tokens(b, self.lower_patch_tokens(b, images))

@@ -9,6 +9,12 @@ constants each module derives from its scales, for :mod:`intvit.engine`'s export
 
 Scales are per tensor for activations and per output channel for weights (symmetric,
 zero point 0). Biases are int32 at scale ``s_in * s_w``.
+
+Integer formats (:class:`~.qtensor.QT`'s ``bits``/``signed``): every module sets the
+format of its output (a requantizer and a kernel their own width, a linear layer and a
+matmul the 32-bit accumulator) and takes its operand widths from the values it receives
+(:meth:`QuantModule.take_formats`), so no width is passed to a constructor but a
+module's own output width.
 """
 
 from __future__ import annotations
@@ -19,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..approx import build
+from ..approx import OPS, build
 from ..arith import dyadic, qrange, quantize, round_half_up
 from .frozen import KERNEL_OPS, FreezeError, FrozenKernel, freeze_kernel
 from .integer import ACC_BITS, linear_int, matmul_int, quantize_input, requantize_sum
 from .observer import RangeObserver
-from .qtensor import QT, Mode, fake_quantize, ste, to_integers
+from .qtensor import QT, FormatError, Mode, fake_quantize, signed_width, ste, to_integers
 
 
 FROZEN = "frozen_"
@@ -58,10 +64,47 @@ class FrozenConstants(nn.Module):
                 if n.startswith(FROZEN) and t is not None}
 
 
+Format = tuple[int, bool]  # (bits, signed) of a QT's integers
+
+
+def describe_formats(formats: tuple[Format, ...]) -> str:
+    """``8-bit signed, 8-bit unsigned`` (no formats: a float input)."""
+    return ", ".join(f"{bits}-bit {'signed' if signed else 'unsigned'}"
+                     for bits, signed in formats) or "float (no integer format)"
+
+
 class QuantModule(FrozenConstants):
-    """Base: a ``mode`` attribute that :func:`set_mode` sets on a whole model."""
+    """Base: a ``mode`` attribute that :func:`set_mode` sets on a whole model, and
+    ``formats``, the integer formats of the operands of the module's latest FAKE/INT
+    call (empty before one)."""
 
     mode: Mode = Mode.FLOAT
+    formats: tuple[Format, ...] = ()
+
+    def take_formats(self, *operands: QT) -> tuple[Format, ...]:
+        """The ``(bits, signed)`` of this call's operands, kept in ``formats``. Every
+        operand must have a format, and a frozen module (INT mode) the formats it was
+        frozen with, since its constants were derived for them; else a
+        :class:`~.qtensor.FormatError` naming the module's class (and, raised through a
+        model's forward, its name in the model)."""
+        formats = tuple((a.bits, a.signed) for a in operands)
+        if any(bits is None for bits, _ in formats):
+            raise FormatError(f"{type(self).__name__} takes quantized values, and got one "
+                              "without an integer format (QT.bits is None): the module "
+                              "that produced it must set its bits and signedness", self)
+        if self.is_frozen and formats != self.formats:
+            raise FormatError(f"{type(self).__name__} was frozen for "
+                              f"{describe_formats(self.formats)} operands and got "
+                              f"{describe_formats(formats)}", self)
+        if formats != self.formats:
+            self.formats = formats
+        return formats
+
+    @property
+    def in_bits(self) -> int | None:
+        """The signed width of the first operand in the latest FAKE/INT call (one more
+        than its bits if unsigned; None before such a call)."""
+        return signed_width(*self.formats[0]) if self.formats else None
 
 
 def set_mode(model: nn.Module, mode: Mode) -> None:
@@ -79,13 +122,13 @@ def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
     return q, scale
 
 
-def quantize_tensor(x: torch.Tensor, scale: torch.Tensor, bits: int, mode: Mode
-                    ) -> torch.Tensor:
-    """A parameter quantized at ``scale`` to signed ``bits``: int64 integers in INT mode,
-    fake-quantized with a straight-through gradient in FAKE mode."""
+def quantize_tensor(x: torch.Tensor, scale: torch.Tensor, bits: int, mode: Mode) -> QT:
+    """A parameter quantized at ``scale`` to signed ``bits``, as a QT of that format:
+    int64 integers in INT mode, fake-quantized values with a straight-through gradient
+    in FAKE mode."""
     if mode is Mode.INT:
-        return quantize(x, scale, *qrange(bits)).to(torch.int64)
-    return fake_quantize(x, scale, *qrange(bits))
+        return QT(quantize(x, scale, *qrange(bits)).to(torch.int64), scale, bits)
+    return QT(fake_quantize(x, scale, *qrange(bits)), scale, bits)
 
 
 def quantize_bias(b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -102,7 +145,9 @@ class QuantAct(QuantModule):
     """Requantize to ``bits`` at a calibrated scale, optionally adding a residual.
 
     INT: ``q = sat(requantize(q_in, s_in/s) + requantize(q_res, s_res/s))``.
-    FAKE: ``sat(round(x / s)) * s`` with an identity straight-through gradient."""
+    FAKE: ``sat(round(x / s)) * s`` with an identity straight-through gradient.
+    Its output is ``bits`` wide (``signed`` or not); it quantizes the model's float input
+    (a QT of neither scale nor format) and requantizes integers of at most ``ACC_BITS``."""
 
     def __init__(self, bits: int, signed: bool = True, observer: str = "minmax",
                  momentum: float = 0.9, percentile: float = 99.99) -> None:
@@ -119,21 +164,33 @@ class QuantAct(QuantModule):
             if self.mode is Mode.CALIBRATE:
                 self.observer.observe(x)
             return QT(x)
+        if a.scale is not None or a.bits is not None:  # not the model's float input
+            self.check_requantized(*((a,) if residual is None else (a, residual)))
         lo, hi = qrange(self.bits, self.signed)
         if self.mode is Mode.FAKE:
             s = self.scale()
             x = a.value if residual is None else a.value + residual.value
             x = x.float()  # under bf16 autocast too: fake-quantized values stay exact
-            return QT(fake_quantize(x, s, lo, hi), s)
+            return QT(fake_quantize(x, s, lo, hi), s, self.bits, self.signed)
         if not self.is_frozen:
             self.freeze_for(a.scale, None if residual is None else residual.scale)
         f = self.frozen_tensors()
         if "m" not in f:  # the model input: the one float-to-integer step
-            return QT(quantize_input(a.value, f["scale"], lo, hi), f["scale"])
-        if residual is None:
-            return QT(requantize_sum(a.value, f["m"], f["e"], lo, hi), f["scale"])
-        return QT(requantize_sum(a.value, f["m"], f["e"], lo, hi, residual.value,
-                                 f["residual_m"], f["residual_e"]), f["scale"])
+            q = quantize_input(a.value, f["scale"], lo, hi)
+        elif residual is None:
+            q = requantize_sum(a.value, f["m"], f["e"], lo, hi)
+        else:
+            q = requantize_sum(a.value, f["m"], f["e"], lo, hi, residual.value,
+                               f["residual_m"], f["residual_e"])
+        return QT(q, f["scale"], self.bits, self.signed)
+
+    def check_requantized(self, *operands: QT) -> None:
+        """The operands of a requantization have formats at most ``ACC_BITS`` wide (the
+        width :func:`~.integer.requantize_sum` declares them)."""
+        formats = self.take_formats(*operands)
+        if any(signed_width(*f) > ACC_BITS for f in formats):
+            raise FormatError(f"QuantAct requantizes integers of at most {ACC_BITS} bits, "
+                              f"got {describe_formats(formats)}", self)
 
     def freeze_for(self, in_scale: torch.Tensor | None,
                    residual_scale: torch.Tensor | None = None) -> None:
@@ -153,98 +210,119 @@ class QuantAct(QuantModule):
         return dyadic(in_scale.double() / self.scale().double())
 
 
-def quant_linear(mode: Mode, a: QT, weight: torch.Tensor, bias: torch.Tensor | None,
-                 weight_bits: int, in_bits: int) -> QT:
-    """``x W^T + b`` in the float and FAKE modes (INT: :func:`frozen_forward`);
-    ``weight`` is 2-D (out, in)."""
-    if mode in (Mode.FLOAT, Mode.CALIBRATE):
-        return QT(F.linear(a.value, weight, bias))
-    w_q, w_s = quantize_weight(weight, weight_bits)
-    scale = a.scale * w_s
-    b_q = quantize_bias(bias, scale) if bias is not None else None
-    fq_bias = ste(b_q * scale, bias) if b_q is not None else None
-    return QT(F.linear(a.value, ste(w_q * w_s[:, None], weight), fq_bias), scale)
+class _LinearMap(QuantModule):
+    """Shared by QuantLinear and QuantPatchConv: ``x W^T + b`` over the last dimension,
+    ``W`` the 2-D (out, in) weight :meth:`matrix` quantized per output channel to
+    ``weight_bits``, ``b`` an int32 bias; the output is a 32-bit accumulator. INT mode
+    runs on the integer weight and bias that the first call freezes from the input scale
+    (:meth:`frozen`), at the input's width."""
+
+    weight_bits: int
+    bias: nn.Parameter | None
+
+    def matrix(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def quantized(self, a: QT) -> QT:
+        """The map in FAKE and INT modes."""
+        self.take_formats(a)
+        if self.mode is Mode.INT:
+            if not self.is_frozen:
+                w_q, b_q, scale = self.frozen(a.scale)
+                self.freeze(weight=w_q, bias=b_q, scale=scale)
+            f = self.frozen_tensors()
+            return QT(linear_int(a.value, f["weight"], f.get("bias"), a.width,
+                                 self.weight_bits), f["scale"], ACC_BITS)
+        weight = self.matrix()
+        w_q, w_s = quantize_weight(weight, self.weight_bits)
+        scale = a.scale * w_s
+        b_q = quantize_bias(self.bias, scale) if self.bias is not None else None
+        fq_bias = ste(b_q * scale, self.bias) if b_q is not None else None
+        return QT(F.linear(a.value, ste(w_q * w_s[:, None], weight), fq_bias), scale,
+                  ACC_BITS)
+
+    def frozen(self, in_scale: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The integer constants at an input scale: the integer weight (int8 for 8-bit
+        weights), the int32 bias, and the output scale (INT mode and export)."""
+        w_q, w_s = quantize_weight(self.matrix().detach(), self.weight_bits)
+        scale = in_scale * w_s
+        b_q = quantize_bias(self.bias, scale) if self.bias is not None else None
+        w_dtype = torch.int8 if self.weight_bits <= 8 else torch.int32
+        return (w_q.to(w_dtype), None if b_q is None else b_q.to(torch.int32), scale)
 
 
-def frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None, in_scale: torch.Tensor,
-                  weight_bits: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The integer constants of a linear layer at an input scale: the integer weight
-    (int8 for 8-bit weights), the int32 bias, and the output scale (INT mode and export)."""
-    w_q, w_s = quantize_weight(weight.detach(), weight_bits)
-    scale = in_scale * w_s
-    b_q = quantize_bias(bias, scale) if bias is not None else None
-    w_dtype = torch.int8 if weight_bits <= 8 else torch.int32
-    return (w_q.to(w_dtype), None if b_q is None else b_q.to(torch.int32), scale)
-
-
-def frozen_forward(module: QuantModule, a: QT) -> QT:
-    """A linear layer in INT mode on its frozen integer weight and bias (frozen by the
-    first call from the input scale, by the module's ``frozen``)."""
-    if not module.is_frozen:
-        w_q, b_q, scale = module.frozen(a.scale)
-        module.freeze(weight=w_q, bias=b_q, scale=scale)
-    f = module.frozen_tensors()
-    return QT(linear_int(a.value, f["weight"], f.get("bias"), module.in_bits,
-                         module.weight_bits), f["scale"])
-
-
-class QuantLinear(QuantModule):
+class QuantLinear(_LinearMap):
     """``y = x W^T + b`` with int8 per-channel weights and an int32 accumulator.
     Names match ``nn.Linear`` so timm weights load unchanged."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 weight_bits: int = 8, in_bits: int = 8) -> None:
+                 weight_bits: int = 8) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight_bits, self.in_bits = weight_bits, in_bits
+        self.weight_bits = weight_bits
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         nn.init.trunc_normal_(self.weight, std=0.02)
 
-    def forward(self, a: QT) -> QT:
-        if self.mode is Mode.INT:
-            return frozen_forward(self, a)
-        return quant_linear(self.mode, a, self.weight, self.bias, self.weight_bits,
-                            self.in_bits)
+    def matrix(self) -> torch.Tensor:
+        return self.weight
 
-    def frozen(self, in_scale: torch.Tensor):
-        """Integer weight, int32 bias and output scale at this input scale."""
-        return frozen_linear(self.weight, self.bias, in_scale, self.weight_bits)
+    def forward(self, a: QT) -> QT:
+        if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
+            return QT(F.linear(a.value, self.weight, self.bias))
+        return self.quantized(a)
 
 
 class QuantMatMul(QuantModule):
-    """``a @ b`` of two per-tensor quantized activations (attention)."""
-
-    def __init__(self, a_bits: int = 8, b_bits: int = 8, unsigned_a: bool = False) -> None:
-        super().__init__()
-        self.unsigned_a = unsigned_a
-        self.a_bits = a_bits + (1 if unsigned_a else 0)
-        self.b_bits = b_bits
+    """``a @ b`` of two per-tensor quantized activations (attention), a 32-bit
+    accumulator. The operand widths are those of the values it receives: ``a_bits`` and
+    ``b_bits`` their signed widths, ``unsigned_a`` whether ``a`` is unsigned (softmax
+    probabilities), as of the latest FAKE/INT call."""
 
     def forward(self, a: QT, b: QT, extra_scale: float = 1.0) -> QT:
         if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
             return QT((a.value @ b.value) * extra_scale)
+        self.take_formats(a, b)
         if self.mode is Mode.FAKE:
-            return QT((a.value @ b.value) * extra_scale, a.scale * b.scale * extra_scale)
+            return QT((a.value @ b.value) * extra_scale, a.scale * b.scale * extra_scale,
+                      ACC_BITS)
         if not self.is_frozen:
             self.freeze(scale=a.scale * b.scale * extra_scale)
-        return QT(matmul_int(a.value, b.value, self.a_bits, self.b_bits, self.unsigned_a),
-                  self.frozen_scale)
+        return QT(matmul_int(a.value, b.value, a.width, b.width, not a.signed),
+                  self.frozen_scale, ACC_BITS)
+
+    @property
+    def a_bits(self) -> int | None:
+        return self.in_bits
+
+    @property
+    def b_bits(self) -> int | None:
+        return signed_width(*self.formats[1]) if self.formats else None
+
+    @property
+    def unsigned_a(self) -> bool | None:
+        return None if not self.formats else not self.formats[0][1]
 
 
 class _KernelModule(QuantModule):
     """Shared by the non-linear wrappers: the float function (``reference``) in FLOAT and
-    CALIBRATE modes; in FAKE and INT modes a kernel prepared once per input scale (and
-    whatever else :meth:`preparation` keys it on), with straight-through gradients of
-    the float function in FAKE mode."""
+    CALIBRATE modes; in FAKE and INT modes a kernel prepared once per input scale and
+    width (and whatever else :meth:`preparation` keys it on), with straight-through
+    gradients of the float function in FAKE mode. The output is ``out_bits`` wide,
+    signed as the op's outputs are (``out_signed``)."""
 
     op: str
 
-    def __init__(self, approx: str, in_bits: int, out_bits: int) -> None:
+    def __init__(self, approx: str, out_bits: int) -> None:
         super().__init__()
         self.approx = build(self.op, approx)
-        self.in_bits, self.out_bits = in_bits, out_bits
+        self.out_bits = out_bits
         self._kernels: dict = {}
+
+    @property
+    def out_signed(self) -> bool:
+        return OPS[self.op].out_signed
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -256,19 +334,21 @@ class _KernelModule(QuantModule):
         """The cache key of the kernel for this input scale, and ``prepare``'s extras."""
         return in_scale, {}
 
-    def kernel(self, in_scale: torch.Tensor):
-        """The kernel prepared for this input scale (on the CPU: conversion-time code)."""
-        return self.prepared(in_scale)[0]
+    def kernel(self, a: QT):
+        """The kernel prepared for the input ``a`` (its scale and width; on the CPU:
+        conversion-time code)."""
+        return self.prepared(a)[0]
 
-    def prepared(self, in_scale: torch.Tensor, device: torch.device | str = "cpu"
+    def prepared(self, a: QT, device: torch.device | str = "cpu"
                  ) -> tuple[Any, FrozenKernel | None]:
-        """The kernel and its integer data on ``device`` (None: a float reference or an
-        untabulated kernel, run by the kernel itself), cached for one key."""
-        key, extra = self.preparation(float(in_scale))
-        key = (key, str(device))
+        """The kernel for the input ``a`` (its scale and width) and its integer data on
+        ``device`` (None: a float reference or an untabulated kernel, run by the kernel
+        itself), cached for one key."""
+        key, extra = self.preparation(float(a.scale))
+        key = (key, a.width, str(device))
         if key not in self._kernels:
             with torch.device("cpu"):  # conversion-time constants, then moved
-                kernel = self.approx.prepare(float(in_scale), self.in_bits, self.out_bits,
+                kernel = self.approx.prepare(float(a.scale), a.width, self.out_bits,
                                              **extra)
                 try:
                     frozen = freeze_kernel(kernel)
@@ -285,24 +365,28 @@ class _KernelModule(QuantModule):
             if self.mode is Mode.CALIBRATE:
                 self.observe(exact)
             return QT(exact)
+        self.take_formats(a)
         if self.mode is Mode.INT:
             if not self.is_frozen:
-                self.freeze_kernel(a.scale, a.value.device)
+                self.freeze_kernel(a)
             data = self.frozen_tensors()
             scale = data.pop("scale")
-            if self.frozen_op is None:
-                return QT(self.kernel(a.scale)(a.value, tabulated=True), scale)
-            return QT(KERNEL_OPS[self.frozen_op](a.value, **data, **self.frozen_attrs), scale)
-        kernel, frozen = self.prepared(a.scale, a.value.device)
+            out = self.kernel(a)(a.value, tabulated=True) if self.frozen_op is None else \
+                KERNEL_OPS[self.frozen_op](a.value, **data, **self.frozen_attrs)
+            return QT(out, scale, self.out_bits, self.out_signed)
+        kernel, frozen = self.prepared(a, a.value.device)
         q = kernel.check(to_integers(a))
         out = kernel(q, tabulated=True) if frozen is None else \
             KERNEL_OPS[frozen.op](q, **frozen.tensors, **frozen.attrs)
         scale = torch.tensor(kernel.out_scale, device=a.value.device)
-        return QT(ste(out.to(a.value.dtype) * scale, exact), scale)
+        return QT(ste(out.to(a.value.dtype) * scale, exact), scale, self.out_bits,
+                  self.out_signed)
 
-    def freeze_kernel(self, in_scale: torch.Tensor, device: torch.device) -> None:
-        """Hold the prepared kernel as integer data (:mod:`.frozen`) on ``device``."""
-        kernel, frozen = self.prepared(in_scale, device)
+    def freeze_kernel(self, a: QT) -> None:
+        """Hold the kernel prepared for the input ``a`` as integer data (:mod:`.frozen`)
+        on its device."""
+        device = a.value.device
+        kernel, frozen = self.prepared(a, device)
         scale = torch.tensor(kernel.out_scale, device=device)
         self.frozen_op = None if frozen is None else frozen.op
         self.frozen_attrs = {} if frozen is None else frozen.attrs
@@ -333,10 +417,10 @@ class QuantLayerNorm(_KernelModule):
 
     op = "layernorm"
 
-    def __init__(self, dim: int, approx: str, in_bits: int, out_bits: int,
-                 eps: float = 1e-6, observer: str = "minmax", momentum: float = 0.9,
+    def __init__(self, dim: int, approx: str, out_bits: int, eps: float = 1e-6,
+                 observer: str = "minmax", momentum: float = 0.9,
                  percentile: float = 99.99) -> None:
-        super().__init__(approx, in_bits, out_bits)
+        super().__init__(approx, out_bits)
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
@@ -364,14 +448,14 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
 
-class QuantPatchConv(QuantModule):
+class QuantPatchConv(_LinearMap):
     """The patch-embedding convolution (kernel = stride = patch) as a linear map of
     patches; parameters are named and shaped like ``nn.Conv2d`` (timm's ``proj``)."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch: int, weight_bits: int = 8,
-                 in_bits: int = 8) -> None:
+    def __init__(self, in_chans: int, embed_dim: int, patch: int, weight_bits: int = 8
+                 ) -> None:
         super().__init__()
-        self.patch, self.weight_bits, self.in_bits = patch, weight_bits, in_bits
+        self.patch, self.weight_bits = patch, weight_bits
         self.weight = nn.Parameter(torch.empty(embed_dim, in_chans, patch, patch))
         self.bias = nn.Parameter(torch.zeros(embed_dim))
         nn.init.trunc_normal_(self.weight, std=0.02)
@@ -380,12 +464,8 @@ class QuantPatchConv(QuantModule):
         if self.mode in (Mode.FLOAT, Mode.CALIBRATE):
             return QT(F.conv2d(a.value, self.weight, self.bias, stride=self.patch)
                       .flatten(2).transpose(1, 2))
-        patches = QT(patchify(a.value, self.patch), a.scale)
-        if self.mode is Mode.INT:
-            return frozen_forward(self, patches)
-        return quant_linear(self.mode, patches, self.weight.flatten(1), self.bias,
-                            self.weight_bits, self.in_bits)
+        return self.quantized(a.with_value(patchify(a.value, self.patch)))
 
-    def frozen(self, in_scale: torch.Tensor):
-        """As :meth:`QuantLinear.frozen`, for the flattened (D, C*p*p) weight."""
-        return frozen_linear(self.weight.flatten(1), self.bias, in_scale, self.weight_bits)
+    def matrix(self) -> torch.Tensor:
+        """The weight flattened to (D, C*p*p), the order of :func:`patchify`."""
+        return self.weight.flatten(1)

@@ -1,10 +1,18 @@
 """The value passed between quantized modules, and the modes a model runs in.
 
-``QT(value, scale)``: in ``Mode.INT`` the value is an int64 tensor ``q`` and the real
-value is ``q * scale``; in ``Mode.FAKE`` it is the float ``q * scale`` itself (so
-gradients flow), with the same scale; in ``Mode.FLOAT`` and ``Mode.CALIBRATE`` it is a
-plain float tensor and ``scale`` is None. A scale is a float tensor: a scalar, or a
-vector over the last dimension (per-channel, after a linear layer).
+``QT(value, scale, bits, signed)``: in ``Mode.INT`` the value is an int64 tensor ``q``
+and the real value is ``q * scale``; in ``Mode.FAKE`` it is the float ``q * scale``
+itself (so gradients flow), with the same scale; in ``Mode.FLOAT`` and
+``Mode.CALIBRATE`` it is a plain float tensor and ``scale`` is None. A scale is a float
+tensor: a scalar, or a vector over the last dimension (per-channel, after a linear
+layer).
+
+``bits`` and ``signed`` are the integer format of ``q``: it lies in
+``qrange(bits, signed)`` (:func:`~intvit.arith.qrange`). The module that produces a
+quantized value sets them (a requantizer its own width, a kernel its output width, a
+linear layer or a matmul the 32-bit accumulator); the modules that consume it take their
+operand widths from them. ``bits`` is None where the value has no integer format: a
+float value (FLOAT/CALIBRATE modes, the model's input image).
 """
 
 from __future__ import annotations
@@ -27,6 +35,34 @@ class Mode(enum.Enum):
 class QT(NamedTuple):
     value: torch.Tensor
     scale: torch.Tensor | None = None
+    bits: int | None = None
+    signed: bool = True
+
+    @property
+    def width(self) -> int | None:
+        """The signed width that holds the integers (:func:`signed_width`); None without
+        a format."""
+        return None if self.bits is None else signed_width(self.bits, self.signed)
+
+    def with_value(self, value: torch.Tensor) -> "QT":
+        """The same scale and format for another value: an index move (reshape, permute,
+        select, pad, roll, fill with in-range integers) of this value's integers."""
+        return self._replace(value=value)
+
+
+class FormatError(ValueError):
+    """A quantized module got a value whose integer format it cannot take; ``module`` is
+    that module (a model's forward adds its name in the model to the message)."""
+
+    def __init__(self, message: str, module: object = None) -> None:
+        super().__init__(message)
+        self.module = module
+
+
+def signed_width(bits: int, signed: bool) -> int:
+    """The signed width that holds ``bits``-bit integers: ``bits``, one more if unsigned
+    (the width an integer product or a kernel declares for such an operand)."""
+    return bits + (not signed)
 
 
 def ste(exact: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
