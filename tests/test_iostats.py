@@ -16,7 +16,8 @@ from intvit.approx import REGISTRY
 from intvit.arith import qrange
 from intvit.evaluation import evaluate
 from intvit.quant import QT, QuantModule, calibrate
-from intvit.quant.modules import QuantLinear, _KernelModule
+from intvit.quant.modules import QuantLinear
+from intvit.quant.nonlinear import KernelModule
 
 BATCHES, BATCH = 3, 4
 SAMPLE_SIZE = 512
@@ -47,7 +48,7 @@ class Capture:
     def hook(self, name, module):
         def record(_, args, output):
             self.shapes[name] = tuple(output.value.shape)
-            if isinstance(module, _KernelModule):
+            if isinstance(module, KernelModule):
                 q = args[0].value
                 rows = q.reshape(-1, 1) if module.op == "gelu" else q.reshape(-1, q.shape[-1])
                 self.inputs.setdefault(name, []).append(rows)
@@ -86,7 +87,7 @@ def test_csv_has_one_row_per_quant_module_with_calls_counted(recorded):
         assert row["type"] == type(module).__name__
         assert row["mode"] == "int"
         assert int(row["calls"]) == BATCHES
-        if isinstance(module, _KernelModule):
+        if isinstance(module, KernelModule):
             assert row["op"] == module.op and row["approx"] == module.approx.name
             assert 0 < int(row["samples"]) <= SAMPLE_SIZE
         else:
@@ -186,7 +187,7 @@ def test_samples_round_trip_and_are_real_inputs(recorded):
     assert recorded["samples"] == samples_path(recorded["csv"])
     assert load_samples(recorded["csv"]).keys() == samples.keys()  # CSV path works too
     model, capture = recorded["model"], recorded["capture"]
-    kernels = {n: m for n, m in quant_modules(model) if isinstance(m, _KernelModule)}
+    kernels = {n: m for n, m in quant_modules(model) if isinstance(m, KernelModule)}
     assert list(samples) == list(kernels)
     by_layer = {r["layer"]: r for r in recorded["rows"]}
     for name, sample in samples.items():

@@ -13,7 +13,8 @@ from torch import nn
 
 from ...approx import OPS
 from ...arith import qrange
-from ...quant.modules import QuantModule, _KernelModule
+from ...quant.modules import QuantModule
+from ...quant.nonlinear import KernelModule
 from ...quant.qtensor import QT
 from .files import samples_path, write_csv, write_parquet, write_samples
 from .reservoir import Reservoir
@@ -113,7 +114,7 @@ class IOStats(AbstractContextManager):
                 stats.at_limit += int((q_out <= lo).sum())
             if out_hi >= hi:
                 stats.at_limit += int((q_out >= hi).sum())
-        if isinstance(stats.module, _KernelModule) and self.sample_size and q_in is not None:
+        if isinstance(stats.module, KernelModule) and self.sample_size and q_in is not None:
             self._sample(stats, q_in, inputs[0].scale, output.scale)
 
     def _sample(self, stats: LayerStats, q: torch.Tensor, in_scale: torch.Tensor,

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ...approx import OPS
-from ...quant.modules import (ACC_BITS, QuantAct, QuantLinear, QuantMatMul, QuantPatchConv,
-                              _KernelModule)
+from ...quant.modules import ACC_BITS, QuantAct, QuantLinear, QuantMatMul, QuantPatchConv
+from ...quant.nonlinear import KernelModule
 from ...quant.qtensor import QT, to_integers
 from .reservoir import Reservoir
 
@@ -35,7 +35,7 @@ def declared_widths(module: nn.Module) -> dict[str, tuple[int, bool] | None]:
     if isinstance(module, QuantMatMul):
         return {"in": (module.a_bits, True), "in2": (module.b_bits, True),
                 "out": (ACC_BITS, True)}
-    if isinstance(module, _KernelModule):
+    if isinstance(module, KernelModule):
         return {"in": (module.in_bits, True), "in2": None,
                 "out": (module.out_bits, OPS[module.op].out_signed)}
     return {"in": None, "in2": None, "out": None}
@@ -143,7 +143,7 @@ class LayerStats:
 
     @property
     def op(self) -> str | None:
-        return self.module.op if isinstance(self.module, _KernelModule) else None
+        return self.module.op if isinstance(self.module, KernelModule) else None
 
     def row(self) -> dict[str, Any]:
         declared = declared_widths(self.module)
