@@ -613,7 +613,7 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
  * them in the other builds).
  */
 #ifndef INTVIT_OMP_MIN_WORK
-#define INTVIT_OMP_MIN_WORK 16384
+#define INTVIT_OMP_MIN_WORK 65536
 #endif
 #define INTVIT_CHUNK 64
 
@@ -740,8 +740,40 @@ static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const in
  * S = sum e_i, factor = floor(numerator / max(S, 1)), p_i = e_i * factor,
  * y_i = clamp(R(p_i; m, e), lo, hi). The exporter checks e_max * L < numerator, so S and
  * p_i fit 32 bits when numerator < 2^31 (I-ViT) and 34 bits otherwise (I-BERT: the
- * program's 64-bit step).
+ * program's 64-bit step). With AVX-512 (DQ) the last step goes through
+ * intvit_softmax_chunk, 8 values a vector: int64 lanes, vpmullq products, exact because
+ * p_i <= numerator and numerator * |m| < 2^63 (the plan checks it), the floor shift
+ * vpsravq.
  */
+#if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
+/* out[i] = clamp(R(ex[i] * factor; m, e), lo, hi) for i < the returned count (n rounded
+ * down to 8). */
+static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
+                                           int32_t m, int32_t e, int32_t lo, int32_t hi,
+                                           int32_t *out) {
+    __m512i f = _mm512_set1_epi64(factor), mv = _mm512_set1_epi64(m);
+    __m512i ev = _mm512_set1_epi64(e), vlo = _mm512_set1_epi64(lo);
+    __m512i vhi = _mm512_set1_epi64(hi);
+    __m512i half = _mm512_set1_epi64(e > 0 ? (int64_t)1 << (e - 1) : 0);
+    int32_t i;
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m512i p = _mm512_mullo_epi64(
+            _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(ex + i))), f);
+        __m512i v = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(p, mv), half), ev);
+        v = _mm512_min_epi64(_mm512_max_epi64(v, vlo), vhi);
+        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi64_epi32(v));
+    }
+    return i;
+}
+#else
+static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
+                                           int32_t m, int32_t e, int32_t lo, int32_t hi,
+                                           int32_t *out) {
+    (void)n; (void)ex; (void)factor; (void)m; (void)e; (void)lo; (void)hi; (void)out;
+    return 0;
+}
+#endif
+
 #define INTVIT_DECLARE_SOFTMAX(NAME, TX, TY)                                              \
     void NAME(int32_t rows, int32_t L, const TX *x, const int32_t *exp_table,             \
               int32_t table_len, int64_t numerator, int32_t m, int32_t e, int32_t lo,     \
@@ -754,15 +786,20 @@ static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const in
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * L;                                            \
             TY *yr = y + (int64_t)r * L;                                                  \
-            int32_t top = xr[0];                                                          \
+            int32_t top = xr[0], c0, n, done, ex[INTVIT_CHUNK], t[INTVIT_CHUNK];          \
             int64_t sum = 0, factor;                                                      \
             for (i = 1; i < L; i++) top = xr[i] > top ? xr[i] : top;                      \
             for (i = 0; i < L; i++) sum += exp_table[xr[i] - top + table_len - 1];        \
             factor = numerator / (sum > 1 ? sum : 1);                                     \
-            for (i = 0; i < L; i++)                                                       \
-                yr[i] = (TY)intvit_clamp(                                                 \
-                    intvit_requant(exp_table[xr[i] - top + table_len - 1] * factor, m, e), \
-                    lo, hi);                                                              \
+            for (c0 = 0; c0 < L; c0 += INTVIT_CHUNK) {                                    \
+                n = L - c0 < INTVIT_CHUNK ? L - c0 : INTVIT_CHUNK;                        \
+                for (i = 0; i < n; i++) ex[i] = exp_table[xr[c0 + i] - top + table_len - 1]; \
+                done = intvit_softmax_chunk(n, ex, factor, m, e, lo, hi, t);              \
+                for (i = 0; i < done; i++) yr[c0 + i] = (TY)t[i];                         \
+                for (; i < n; i++)                                                        \
+                    yr[c0 + i] = (TY)intvit_clamp(intvit_requant(ex[i] * factor, m, e),   \
+                                                  lo, hi);                                \
+            }                                                                             \
         }                                                                                 \
     }
 
