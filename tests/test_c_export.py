@@ -30,12 +30,40 @@ from intvit.models.checkpoint import save_checkpoint
 TEST_FLAGS = ("-O0", "-DINTVIT_PORTABLE")  # exactness at any level; sanitized, clang: -O2
 
 
-def host_has_avx2() -> bool:
+def host_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return " avx2" in f.read()
+            return {flag for line in f if line.startswith("flags") for flag in line.split()}
     except OSError:
-        return False
+        return set()
+
+
+def host_has_avx2() -> bool:
+    return "avx2" in host_flags()
+
+
+VNNI = ("-mavx2", "-mavx512f", "-mavx512bw", "-mavx512vnni")
+AMX = (*VNNI, "-mamx-tile", "-mamx-int8")
+# kernel -> (flags, the CPU flags it needs, the kernel the 8-bit products then take)
+KERNEL_BUILDS = {
+    "portable": (("-DINTVIT_PORTABLE",), set(), "portable"),
+    "avx2": (("-mavx2", "-fopenmp"), {"avx2"}, "avx2"),
+    "avx2 forced": ((*VNNI, "-fopenmp", "-DINTVIT_NO_VNNI"), {"avx2"}, "avx2"),
+    "vnni": ((*VNNI, "-fopenmp"), {"avx512_vnni", "avx512bw"}, "vnni"),
+    "vnni forced": ((*AMX, "-fopenmp", "-DINTVIT_NO_AMX"), {"avx512_vnni", "avx512bw"},
+                    "vnni"),
+    "amx": ((*AMX, "-fopenmp"), {"amx_int8", "amx_tile", "avx512_vnni", "avx512bw"}, "amx"),
+}
+
+
+def kernel_build(kind: str) -> tuple[str, ...]:
+    """The flags of a kernel build; skips where the CPU lacks an instruction it uses."""
+    flags, needs, _ = KERNEL_BUILDS[kind]
+    missing = needs - host_flags()
+    if missing:
+        pytest.skip(f"the host CPU lacks {', '.join(sorted(missing))} (the {kind} kernel)")
+    return flags
 
 
 # the AVX2 kernels (madd_epi16 products) with OpenMP threads where the compiler has them
@@ -96,16 +124,42 @@ def test_avx2_build_equals_the_int_engine_for_any_threads(models, arch, family):
         assert torch.get_num_threads() == before  # PyTorch's own threads are left alone
 
 
-@pytest.fixture(scope="module", params=["portable", "avx2"])
+@pytest.mark.parametrize("kind", ["vnni", "amx"])
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_8bit_kernel_builds_equal_the_int_engine_for_any_threads(models, kind, arch, family):
+    """The AVX-512 builds (8-bit products, requantize and softmax vectors) on every family:
+    I-BERT's softmax products pass 32 bits."""
+    flags = kernel_build(kind)
+    model, program, library = models[arch, family]
+    _, size, n = ARCHS[arch]
+    x = images(n, size, seed=3)
+    want = model.forward_int(x).value
+    for threads in (1, 2):
+        engine = CEngine(program, threads=threads, flags=("-O1", *flags), library=library)
+        assert torch.equal(engine(x), want)  # 2 threads: a run of images each
+        assert torch.equal(engine(x[:1]), want[:1])  # 2 threads: OpenMP inside the image
+
+
+@pytest.fixture(scope="module", params=list(KERNEL_BUILDS))
 def matmul_kernels(request, tmp_path_factory):
-    """The matmul kernel alone, for (a, b) in int8 x int8, uint8 x int8, int16 x int8."""
-    flags = {"portable": ("-DINTVIT_PORTABLE",), "avx2": ("-mavx2", "-fopenmp")}[request.param]
-    if request.param == "avx2" and not host_has_avx2():
-        pytest.skip("the host has no AVX2")
-    return kernel_snippet(tmp_path_factory.mktemp("matmul"),
-                          "INTVIT_DEFINE_MATMUL(mm_s8_s8, int8_t, int8_t)\n"
-                          "INTVIT_DEFINE_MATMUL(mm_u8_s8, uint8_t, int8_t)\n"
-                          "INTVIT_DEFINE_MATMUL(mm_s16_s8, int16_t, int8_t)\n", flags)
+    """The matmul kernels alone: the int16 kernel for (a, b) in int8 x int8, uint8 x int8,
+    int16 x int8, the 8-bit kernel for every pair of int8 and uint8; checked to be the
+    kernel that the build runs (amx: the OS granted the tiles)."""
+    flags = kernel_build(request.param)
+    lib = kernel_snippet(tmp_path_factory.mktemp("matmul"),
+                         "INTVIT_DEFINE_MATMUL(mm_s8_s8, int8_t, int8_t)\n"
+                         "INTVIT_DEFINE_MATMUL(mm_u8_s8, uint8_t, int8_t)\n"
+                         "INTVIT_DEFINE_MATMUL(mm_s16_s8, int16_t, int8_t)\n"
+                         "INTVIT_DEFINE_MATMUL8(mm8_s8_s8, int8_t, int8_t)\n"
+                         "INTVIT_DEFINE_MATMUL8(mm8_u8_s8, uint8_t, int8_t)\n"
+                         "INTVIT_DEFINE_MATMUL8(mm8_s8_u8, int8_t, uint8_t)\n"
+                         "INTVIT_DEFINE_MATMUL8(mm8_u8_u8, uint8_t, uint8_t)\n"
+                         "const char *kernel(void) { return intvit_matmul8_kernel(); }\n",
+                         flags)
+    lib.kernel.restype = ctypes.c_char_p
+    assert lib.kernel().decode() == KERNEL_BUILDS[request.param][2]
+    return lib
 
 
 def kernel_snippet(folder, source: str, flags: tuple[str, ...] = ()) -> ctypes.CDLL:
@@ -120,26 +174,30 @@ def kernel_snippet(folder, source: str, flags: tuple[str, ...] = ()) -> ctypes.C
     return ctypes.CDLL(str(lib))
 
 
-MATMUL_TYPES = {"mm_s8_s8": (torch.int8, -128, 127), "mm_u8_s8": (torch.uint8, 0, 255),
-                "mm_s16_s8": (torch.int16, -300, 300)}
+S8, U8, S16 = (torch.int8, -128, 127), (torch.uint8, 0, 255), (torch.int16, -300, 300)
+MATMUL_TYPES = {"mm_s8_s8": (S8, S8), "mm_u8_s8": (U8, S8), "mm_s16_s8": (S16, S8),
+                "mm8_s8_s8": (S8, S8), "mm8_u8_s8": (U8, S8), "mm8_s8_u8": (S8, U8),
+                "mm8_u8_u8": (U8, U8)}
 
 
 @pytest.mark.parametrize("fn", MATMUL_TYPES)
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (4, 16, 2), (5, 17, 3), (7, 33, 257),
-                                   (9, 3, 600), (3, 40, 513)])
-@pytest.mark.parametrize("fill", ["min", "max", "random"])
+                                   (9, 3, 600), (3, 40, 513), (17, 65, 64), (33, 47, 130),
+                                   (300, 70, 1030)])
+@pytest.mark.parametrize("fill", ["min", "max", "opposite", "random"])
 def test_matmul_kernel_edges(matmul_kernels, fn, m, n, k, fill):
-    """Odd M, N, K not a multiple of any block, all-minimum and all-maximum operands."""
-    dtype, lo, hi = MATMUL_TYPES[fn]
+    """M, N, K not a multiple of any block (register block, panel, tile, K block, M block),
+    all-minimum and all-maximum operands (the largest shifted sums)."""
+    (dtype, lo, hi), (b_dtype, b_lo, b_hi) = MATMUL_TYPES[fn]
     g = torch.Generator().manual_seed(m * 1000 + n * 10 + k)
     if fill == "random":
         a = torch.randint(lo, hi + 1, (m, k), generator=g)
-        b = torch.randint(-128, 128, (n, k), generator=g)
+        b = torch.randint(b_lo, b_hi + 1, (n, k), generator=g)
     else:
         a = torch.full((m, k), lo if fill == "min" else hi)
-        b = torch.full((n, k), -128 if fill == "min" else 127)
+        b = torch.full((n, k), b_hi if fill == "max" else b_lo)
     bias = torch.randint(-1000, 1000, (n,), generator=g, dtype=torch.int32)
-    a_c, b_c = a.to(dtype).contiguous(), b.to(torch.int8).contiguous()
+    a_c, b_c = a.to(dtype).contiguous(), b.to(b_dtype).contiguous()
     c = torch.zeros(m, n, dtype=torch.int32)
     getattr(matmul_kernels, fn)(m, n, k, ctypes.c_void_p(a_c.data_ptr()),
                                 ctypes.c_void_p(b_c.data_ptr()), ctypes.c_void_p(bias.data_ptr()),
@@ -148,13 +206,16 @@ def test_matmul_kernel_edges(matmul_kernels, fn, m, n, k, fill):
     assert torch.equal(c.to(torch.int64), want)
 
 
+@pytest.mark.parametrize("kernels", ["default", "vnni", "amx"])
 @pytest.mark.parametrize("arch,family", [("vit", "ibert"), ("swin", "ivit")])
-def test_sanitized_build_is_clean_and_exact(models, arch, family):
-    """UBSan and ASan (the scratch buffer is allocated at exactly the planned size)."""
+def test_sanitized_build_is_clean_and_exact(models, arch, family, kernels):
+    """UBSan and ASan (the scratch buffer is allocated at exactly the planned size), with
+    the compiler's default target and with the 8-bit kernels."""
+    flags = SANITIZE + (() if kernels == "default" else kernel_build(kernels))
     model, program, library = models[arch, family]
     _, size, _ = ARCHS[arch]
     x = images(3, size, seed=8)
-    logits, _ = run_harness(library, x, SANITIZE)
+    logits, _ = run_harness(library, x, flags)
     assert torch.equal(logits, model.forward_int(x).value)
 
 
@@ -308,3 +369,54 @@ def test_c_helpers_equal_intvit_arith(helpers, v, m, e, d, w):
     assert helpers.fd(v, d) == int(floor_div(t, d))
     assert helpers.rd(v, d) == int(round_div(t, d))
     assert helpers.sq(w) == int(isqrt(torch.tensor([w])))
+
+
+@pytest.fixture(scope="module", params=["portable", "vnni"])
+def requantize_kernels(request, tmp_path_factory):
+    """The requantize kernels alone: portable, and the AVX-512 vectors (the vnni build)."""
+    return kernel_snippet(tmp_path_factory.mktemp("requantize"),
+                          "INTVIT_DEFINE_REQUANTIZE(rq_s32_s32, int32_t, int32_t)\n"
+                          "INTVIT_DEFINE_REQUANTIZE(rq_s8_s16, int8_t, int16_t)\n"
+                          "INTVIT_DEFINE_REQUANTIZE_ADD(rqa_s32_s8_s32, int32_t, int8_t, int32_t)\n",
+                          kernel_build(request.param))
+
+
+@pytest.mark.parametrize("rows,C", [(1, 1), (3, 7), (2, 8), (5, 70), (4, 129)])
+@pytest.mark.parametrize("per_channel", [0, 1])
+def test_requantize_kernels_equal_intvit_arith(requantize_kernels, rows, C, per_channel):
+    """Edge values (INT32_MIN/MAX, powers of two around 0), multipliers up to 2^31 - 1 and
+    shifts 0..62, a per-tensor or per-channel pair, the residual form: every value equals
+    clamp(requantize(x, m, e)) of intvit.arith, in every vector lane and the scalar tail."""
+    g = torch.Generator().manual_seed(rows * 100 + C + per_channel)
+    edge = torch.tensor([-(1 << 31), (1 << 31) - 1, 0, 1, -1, 1 << 20, -(1 << 20) - 1])
+    x = torch.randint(-(1 << 31), 1 << 31, (rows, C), generator=g)
+    x.view(-1)[: min(x.numel(), edge.numel())] = edge[: x.numel()]
+    count = C if per_channel else 1
+    m = torch.randint(1, 1 << 31, (count,), generator=g)
+    m[0] = (1 << 31) - 1
+    e = torch.randint(0, 63, (count,), generator=g)
+    e[-1] = 0
+    res = torch.randint(-128, 128, (rows, C), generator=g)
+    lo, hi = -(1 << 30), (1 << 30) + 5
+    want = requantize(x, m, e).clamp(lo, hi)
+    want_add = (requantize(x, m, e) + requantize(res, m.flip(0), e.flip(0))).clamp(lo, hi)
+    x32, m32, e8 = (t.to(dtype).contiguous() for t, dtype in
+                    ((x, torch.int32), (m, torch.int32), (e, torch.int8)))
+    mf, ef, r8 = m.flip(0).to(torch.int32), e.flip(0).to(torch.int8), res.to(torch.int8)
+    ptr = ctypes.c_void_p
+    i32 = ctypes.c_int32
+    y = torch.zeros(rows, C, dtype=torch.int32)
+    requantize_kernels.rq_s32_s32(rows, C, ptr(x32.data_ptr()), ptr(m32.data_ptr()),
+                                  ptr(e8.data_ptr()), per_channel, lo, hi, ptr(y.data_ptr()))
+    assert torch.equal(y.to(torch.int64), want)
+    requantize_kernels.rqa_s32_s8_s32(rows, C, ptr(x32.data_ptr()), ptr(m32.data_ptr()),
+                                      ptr(e8.data_ptr()), per_channel, ptr(r8.data_ptr()), rows,
+                                      ptr(mf.data_ptr()), ptr(ef.data_ptr()), per_channel, lo,
+                                      hi, ptr(y.data_ptr()))
+    assert torch.equal(y.to(torch.int64), want_add)
+    small = r8.clone()
+    y16 = torch.zeros(rows, C, dtype=torch.int16)
+    requantize_kernels.rq_s8_s16(rows, C, ptr(small.data_ptr()), ptr(m32.data_ptr()),
+                                 ptr(e8.data_ptr()), per_channel, i32(-300), i32(300),
+                                 ptr(y16.data_ptr()))
+    assert torch.equal(y16.to(torch.int64), requantize(res, m, e).clamp(-300, 300))

@@ -16,12 +16,12 @@ from typing import Callable
 import torch
 
 from ..program import Node, ProgramError
-from .plan import CTYPE_SIZE, CTYPES, Plan, Value, strides
+from .plan import CTYPE_SIZE, CTYPES, Plan, Value, product_kernel, strides
 
 SHORT = {ctype: short for ctype, short, *_ in CTYPES}
 LIMITS = {ctype: (lo, hi) for ctype, _, lo, hi, _ in CTYPES}
 # kernel -> macro suffix in intvit_kernels.h
-KERNELS = {"matmul": "MATMUL", "requantize": "REQUANTIZE", "requantize_add": "REQUANTIZE_ADD",
+KERNELS = {"matmul": "MATMUL", "matmul8": "MATMUL8", "requantize": "REQUANTIZE", "requantize_add": "REQUANTIZE_ADD",
            "lookup": "LOOKUP", "softmax": "SOFTMAX", "layernorm": "LAYERNORM",
            "copy": "COPY", "where": "WHERE", "sum": "SUM"}
 DIMS = 6
@@ -136,7 +136,7 @@ def _linear(e: Emitter, i: int, node: Node) -> None:
     w = e.plan.values[node.params["weight"]]
     n, k = w.shape
     bias = e.const(node.params["bias"], "int32_t") if "bias" in node.params else "NULL"
-    fn = e.kernel("matmul", x.ctype, w.ctype)
+    fn = e.kernel(product_kernel(x, w), x.ctype, w.ctype)
     e.emit(f"{fn}({x.numel // k}, {n}, {k}, {e.ptr(x.name)}, "
            f"{e.const(w.name, w.ctype)}, {bias}, {e.ptr(y.name)});")
 
@@ -153,8 +153,10 @@ def _matmul(e: Emitter, i: int, node: Node) -> None:
     bt_ptr = e.at(bt, 0, bt.ctype)
     e.copy((lead_b, n, k), e.ptr(b.name), b.ctype, (k * n, 1, n), bt_ptr, bt.ctype,
            (n * k, k, 1))
-    fn = e.kernel("matmul", a.ctype, b.ctype)
+    fn = e.kernel(product_kernel(a, bt), a.ctype, bt.ctype)
     step_b = f"l * {n * k}" if lead_b > 1 else "0"
+    if lead > 1:  # the heads (and windows) over the threads; the kernel then runs on one
+        e.emit('INTVIT_OMP("omp parallel for schedule(static)")')
     e.emit(f"for (l = 0; l < {lead}; l++) {fn}({m}, {n}, {k}, {e.ptr(a.name)} + l * {m * k}, "
            f"{bt_ptr} + {step_b}, NULL, {e.ptr(y.name)} + l * {m * n});")
 

@@ -187,8 +187,9 @@ def _header(plan: Plan, mem: MemoryFigures, in_type: str, chw, classes: int) -> 
  *   the model does (round half up of image / scale, saturated).
  * scratch: {PREFIX.upper()}_SCRATCH_BYTES bytes, aligned to 16, owned by the caller; the
  *   run needs nothing else (no allocation, no global state, re-entrant per scratch).
- * {PREFIX}_set_threads(n): the OpenMP threads of the products when built with -fopenmp
- *   (the logits are the same for any n); without OpenMP it does nothing.
+ * {PREFIX}_set_threads(n): the OpenMP threads of the products, attention heads and
+ *   large row nodes when built with -fopenmp, for the calling thread (the logits are the
+ *   same for any n); without OpenMP it does nothing.
  *
  * {mem.lines()[0]}
  * {mem.lines()[1]}

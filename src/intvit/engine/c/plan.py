@@ -124,6 +124,13 @@ def _check_requant(what: str, x: Value, m: torch.Tensor, e: torch.Tensor) -> Non
                            "int64; the C export cannot compute it")
 
 
+def product_kernel(a: Value, b: Value) -> str:
+    """The kernel of a product of ``a`` and ``b``: ``matmul8`` when both are bytes
+    (``int8_t``/``uint8_t``: the 8-bit dot-product kernels, VNNI and AMX where the
+    compiler targets them), else ``matmul`` (operands widened to int16)."""
+    return "matmul8" if CTYPE_SIZE[a.ctype] == CTYPE_SIZE[b.ctype] == 1 else "matmul"
+
+
 def make_plan(program: IntProgram) -> Plan:
     """Shapes, ranges, types and storage of every value, and the scratch layout."""
     program.check()

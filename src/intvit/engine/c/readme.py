@@ -25,14 +25,23 @@ allocation, only `<stdint.h>` and `<string.h>`.
 | every activation in its own buffer (for comparison) | {mem.activations_bytes} |
 | weights, biases, dyadic pairs, tables (`const`, flash) | {mem.weight_bytes} |
 
-The matmul kernel also keeps `2 * (INTVIT_MATMUL_JB + 2) * INTVIT_MATMUL_KC` bytes on
-the stack (9 KiB by default; define smaller values when compiling to lower it).
+The portable matmul kernel also keeps `2 * (INTVIT_MATMUL_JB + 2) * INTVIT_MATMUL_KC`
+bytes on the stack (9 KiB by default; define smaller values when compiling to lower it);
+the AVX2, VNNI and AMX kernels keep a block of rows (`INTVIT_MATMUL_MC` x
+`INTVIT_MATMUL_KC` or `INTVIT_VNNI_KC`, 128 KiB by default) and a 16 KiB panel per thread.
 
 ## Build
 
 ```sh
 cc -std=c99 -O2 -c intvit_model.c intvit_weights.c intvit_kernels.c intvit_model_float.c
 ```
+
+The target flags choose the products' kernel (`-march=native` for the build machine):
+AMX tiles (`__AMX_INT8__`, Linux x86-64; VNNI at run time where the OS refuses the
+tiles) or AVX-512 VNNI (`__AVX512VNNI__`) for the products of two 8-bit operands, AVX2,
+else the portable kernel; `-DINTVIT_NO_AMX`, `-DINTVIT_NO_VNNI` or `-DINTVIT_PORTABLE` cap
+it. With `-fopenmp`, `intvit_model_set_threads(n)` threads split the products, the
+attention heads and the large row nodes (the logits are the same for any `n`).
 
 ## API (`intvit_model.h`)
 

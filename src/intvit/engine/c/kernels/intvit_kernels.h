@@ -125,8 +125,31 @@ static inline int32_t intvit_dot16(const int16_t *x, const int16_t *y, int32_t n
     void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt,                 \
               const int32_t *bias, int32_t *c)
 
+/* Kernel selection, by the compiler's target macros (-march=native sets them for this
+ * host), each capped by a define that forces the kernel below it:
+ *   amx       __AMX_INT8__ (Linux x86-64), unless INTVIT_NO_AMX    8-bit products
+ *   vnni      __AVX512VNNI__ and __AVX512BW__, unless INTVIT_NO_VNNI 8-bit products
+ *   avx2      __AVX2__, unless INTVIT_PORTABLE                     every product
+ *   portable  otherwise                                            every product
+ * intvit_matmul8_kernel() names the kernel that the 8-bit products (INTVIT_DEFINE_MATMUL8:
+ * both operands int8_t or uint8_t) run (amx falls back to vnni at run time where the OS
+ * refuses the tiles); the wider ones (INTVIT_DEFINE_MATMUL) take the int16 kernel, avx2 or
+ * portable (INTVIT_MATMUL_KERNEL). */
 #if defined(__AVX2__) && !defined(INTVIT_PORTABLE)
 #include <immintrin.h>
+#define INTVIT_HAVE_AVX2 1
+#endif
+#if defined(INTVIT_HAVE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512BW__) \
+    && !defined(INTVIT_NO_VNNI)
+#define INTVIT_HAVE_VNNI 1
+#endif
+#if defined(INTVIT_HAVE_VNNI) && defined(__AMX_INT8__) && defined(__AMX_TILE__) \
+    && defined(__linux__) && defined(__x86_64__) && !defined(INTVIT_NO_AMX)
+#define INTVIT_HAVE_AMX 1
+#endif
+
+#ifdef INTVIT_HAVE_AVX2
+#define INTVIT_MATMUL_KERNEL "avx2"
 
 /* c[r][j] += sum_p a16[r][2p..2p+1] . panel[p][j][0..1] for r < rows (<= 4), j < cols
  * (<= 16); lda: a16's row stride; pairs: kc / 2 rounded up. */
@@ -221,6 +244,7 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
     }
 
 #else
+#define INTVIT_MATMUL_KERNEL "portable"
 #define INTVIT_DEFINE_MATMUL(NAME, TA, TB)                                                \
     INTVIT_DECLARE_MATMUL(NAME, TA, TB) {                                                 \
         int16_t b16[INTVIT_MATMUL_JB][INTVIT_MATMUL_KC];                                  \
@@ -266,28 +290,409 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
     }
 #endif
 
+/* --- 8-bit products -------------------------------------------------------------------
+ * INTVIT_DEFINE_MATMUL8(NAME, TA, TB): the matmul above for TA, TB in {int8_t, uint8_t}
+ * (the plan chooses it when both operands fit 8 bits), with the same contract.
+ *
+ * VNNI kernel: _mm512_dpbusd_epi32(acc, x, y) adds to each int32 lane the four products
+ * of unsigned bytes of x and signed bytes of y, exactly (vpdpbusd wraps, it is never the
+ * saturating vpdpbusds; no sum here can reach 2^31). Per K block of INTVIT_VNNI_KC values
+ * and M block of INTVIT_MATMUL_MC rows, the rows of a are copied as bytes (zero-padded to
+ * a multiple of 4), and each panel of 32 columns of bt as quads:
+ * panel[q][h][j][t] = bt[16h + j][4q + t]. An 8 x 32 block of accumulators takes, per
+ * quad q, the broadcast a[i][4q..4q+3] against panel[q][0 | 1]. The operand that is
+ * unsigned goes first; when both have one sign, one operand is shifted by 128 into the
+ * other sign and the shift is taken back out exactly:
+ *   u8 x s8:  sum a b                               (as is)
+ *   s8 x u8:  sum a b                               (b first)
+ *   s8 x s8:  sum (a + 128) b - 128 sum b           (a ^ 0x80 is a + 128 as a byte)
+ *   u8 x u8:  sum a (b - 128) + 128 sum a           (b ^ 0x80 is b - 128 as a byte)
+ * Bound: a lane sums one K block, kc <= INTVIT_VNNI_KC values, each product at most
+ * 255 * 128 in magnitude, so every partial sum (the shifted ones included) is at most
+ * INTVIT_VNNI_KC * 255 * 128 < 2^31 (checked below); the block's exact sum then goes to
+ * c, whose partial sums the plan bounds as for every kernel.
+ */
+#define INTVIT_DECLARE_MATMUL8 INTVIT_DECLARE_MATMUL
+#define INTVIT_SIGNED(T) INTVIT_SIGNED_##T
+#define INTVIT_SIGNED_int8_t 1
+#define INTVIT_SIGNED_uint8_t 0
+
+#ifdef INTVIT_HAVE_VNNI
+#ifndef INTVIT_VNNI_KC
+#define INTVIT_VNNI_KC 512
+#endif
+#if INTVIT_VNNI_KC % 4 != 0 || INTVIT_VNNI_KC < 4 || INTVIT_VNNI_KC > 65792
+#error "INTVIT_VNNI_KC must be a multiple of 4 in [4, 65792] (KC * 255 * 128 < 2^31)"
+#endif
+
+/* c[r][j] += sum_q a8[r][4q..4q+3] . panel[q][j] - col_fix[j] + row_fix[r] for r < rows
+ * (<= 8), j < cols (<= 32); swap: the panel is the unsigned operand. */
+static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
+                                     const uint8_t *a8, int32_t lda, const uint8_t *panel,
+                                     int32_t swap, const int32_t *col_fix,
+                                     const int32_t *row_fix, int32_t *c, int32_t ldc) {
+    __m512i acc[8][2];
+    const uint8_t *ar[8];
+    int32_t q, r, j;
+    for (r = 0; r < 8; r++) {
+        ar[r] = a8 + (r < rows ? r : 0) * lda;
+        acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    }
+    for (q = 0; q < quads; q++) {
+        __m512i b0 = _mm512_loadu_si512(panel + 128 * q);
+        __m512i b1 = _mm512_loadu_si512(panel + 128 * q + 64);
+        for (r = 0; r < 8; r++) {
+            int32_t w;
+            __m512i x;
+            memcpy(&w, ar[r] + 4 * q, 4);
+            x = _mm512_set1_epi32(w);
+            if (swap) {
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], b0, x);
+                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], b1, x);
+            } else {
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], x, b0);
+                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], x, b1);
+            }
+        }
+    }
+    for (r = 0; r < rows; r++) {
+        int32_t *cr = c + (int64_t)r * ldc;
+        __m512i fix = _mm512_set1_epi32(row_fix[r]);
+        __m512i s0 = _mm512_sub_epi32(_mm512_add_epi32(acc[r][0], fix),
+                                      _mm512_loadu_si512(col_fix));
+        __m512i s1 = _mm512_sub_epi32(_mm512_add_epi32(acc[r][1], fix),
+                                      _mm512_loadu_si512(col_fix + 16));
+        if (cols == 32) {
+            _mm512_storeu_si512(cr, _mm512_add_epi32(_mm512_loadu_si512(cr), s0));
+            _mm512_storeu_si512(cr + 16, _mm512_add_epi32(_mm512_loadu_si512(cr + 16), s1));
+        } else {
+            int32_t t[32];
+            _mm512_storeu_si512(t, s0);
+            _mm512_storeu_si512(t + 16, s1);
+            for (j = 0; j < cols; j++) cr[j] += t[j];
+        }
+    }
+}
+
+/* The VNNI kernel on bytes: a_signed, b_signed say whether a, bt hold int8_t. */
+static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uint8_t *a,
+                                      int32_t a_signed, const uint8_t *bt, int32_t b_signed,
+                                      const int32_t *bias, int32_t *c) {
+    uint8_t a8[INTVIT_MATMUL_MC * INTVIT_VNNI_KC];
+    int32_t row_fix[INTVIT_MATMUL_MC];
+    uint8_t xa = (uint8_t)(a_signed && b_signed ? 0x80 : 0);
+    uint8_t xb = (uint8_t)(!a_signed && !b_signed ? 0x80 : 0);
+    int32_t swap = a_signed && !b_signed, i, j, k0, i0, j0, kc, mc, quads;
+    for (i = 0; i < M; i++)
+        for (j = 0; j < N; j++) c[(int64_t)i * N + j] = bias ? bias[j] : 0;
+    for (k0 = 0; k0 < K; k0 += INTVIT_VNNI_KC) {
+        kc = K - k0 < INTVIT_VNNI_KC ? K - k0 : INTVIT_VNNI_KC;
+        quads = (kc + 3) / 4;
+        for (i0 = 0; i0 < M; i0 += INTVIT_MATMUL_MC) {
+            mc = M - i0 < INTVIT_MATMUL_MC ? M - i0 : INTVIT_MATMUL_MC;
+            for (i = 0; i < mc; i++) {
+                const uint8_t *ar = a + (int64_t)(i0 + i) * K + k0;
+                uint8_t *wr = a8 + i * 4 * quads;
+                int32_t k, sum = 0;
+                for (k = 0; k < kc; k++) {
+                    wr[k] = (uint8_t)(ar[k] ^ xa);
+                    sum += ar[k];
+                }
+                for (; k < 4 * quads; k++) wr[k] = 0;
+                row_fix[i] = xb ? 128 * sum : 0;
+            }
+            INTVIT_OMP("omp parallel for schedule(static)")
+            for (j0 = 0; j0 < N; j0 += 32) {
+                uint8_t panel[INTVIT_VNNI_KC * 32];
+                int32_t col_fix[32];
+                int32_t jb = N - j0 < 32 ? N - j0 : 32, j, k, r;
+                if (jb < 32 || (kc & 3)) memset(panel, 0, sizeof(panel));
+                for (j = 0; j < 32; j++) col_fix[j] = 0;
+                for (j = 0; j < jb; j++) {
+                    const uint8_t *br = bt + (int64_t)(j0 + j) * K + k0;
+                    uint8_t *pj = panel + (j >> 4) * 64 + (j & 15) * 4;
+                    int32_t sum = 0;
+                    for (k = 0; k < kc; k++) {
+                        pj[(k >> 2) * 128 + (k & 3)] = (uint8_t)(br[k] ^ xb);
+                        sum += br[k] - (br[k] >> 7) * 256;   /* as int8_t */
+                    }
+                    col_fix[j] = xa ? 128 * sum : 0;
+                }
+                for (r = 0; r < mc; r += 8)
+                    intvit_vnni_block(mc - r < 8 ? mc - r : 8, jb, quads,
+                                      a8 + r * 4 * quads, 4 * quads, panel, swap, col_fix,
+                                      row_fix + r, c + (int64_t)(i0 + r) * N + j0, N);
+            }
+        }
+    }
+}
+
+#ifdef INTVIT_HAVE_AMX
+/* AMX kernel: the tile unit multiplies 16 x 64 bytes of a (rows i, 64 values of k) by
+ * 16 x 64 bytes of b in quads (rows k / 4, 16 columns j x 4) into 16 x 16 int32 of c,
+ * exactly, for each sign pair (_tile_dpbssd, dpbsud, dpbusd, dpbuud: no shift needed).
+ * Per K block of INTVIT_VNNI_KC values and M block of INTVIT_MATMUL_MC rows, the rows of a
+ * are copied as bytes zero-padded to a multiple of 64 (rows to a multiple of 32), and each
+ * panel of 32 columns of bt as two tiles of quads (panel[t][q][j][u] = bt[16t + j][4q + u],
+ * zero-padded). Tiles 0-3 hold a 32 x 32 block of c (loaded from c, so the sums go on from
+ * bias and the earlier K blocks), 4-5 two row tiles of a, 6-7 the two column tiles. Every
+ * partial sum is one of c's, bounded by the plan. Linux lets a process use the tile data
+ * only once it asks (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)): every call asks
+ * (a granted request is a cheap system call, and no state is kept), and where that is
+ * refused it takes the VNNI kernel. */
+#define INTVIT_AMX_KC ((INTVIT_VNNI_KC + 63) / 64 * 64) /* a K block padded to tiles */
+#if INTVIT_MATMUL_MC % 32 != 0
+#error "INTVIT_MATMUL_MC must be a multiple of 32 for the AMX kernel (two row tiles)"
+#endif
+extern long syscall(long number, ...);
+
+static inline int32_t intvit_amx_ready(void) {
+    return syscall(158 /* SYS_arch_prctl */, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                   18 /* XFEATURE_XTILEDATA */) == 0;
+}
+
+/* Palette 1, tiles 0-7 of 16 rows x 64 bytes. */
+static inline void intvit_amx_configure(void) {
+    uint8_t cfg[64];
+    int32_t t;
+    memset(cfg, 0, sizeof(cfg));
+    cfg[0] = 1;
+    for (t = 0; t < 8; t++) {
+        cfg[16 + 2 * t] = 64;
+        cfg[48 + t] = 16;
+    }
+    _tile_loadconfig(cfg);
+}
+
+#define INTVIT_AMX_DP4(DP) DP(0, 4, 6); DP(1, 4, 7); DP(2, 5, 6); DP(3, 5, 7)
+
+/* c tiles += a tiles x b tiles; signs = 2 * (a signed) + (b signed). */
+static inline void intvit_amx_dp4(int32_t signs) {
+    switch (signs) {
+    case 3: INTVIT_AMX_DP4(_tile_dpbssd); break;
+    case 2: INTVIT_AMX_DP4(_tile_dpbsud); break;
+    case 1: INTVIT_AMX_DP4(_tile_dpbusd); break;
+    default: INTVIT_AMX_DP4(_tile_dpbuud); break;
+    }
+}
+
+/* Tile t of the 32 x 32 block of c at (rows, cols) valid: straight from c when whole,
+ * else through edge[t] (16 x 16, the rest zero); store == 1 writes it back. */
+static inline void intvit_amx_c_tile(int32_t t, int32_t store, int32_t rows, int32_t cols,
+                                     int32_t *c, int32_t ldc, int32_t *edge) {
+    int32_t r0 = (t >> 1) * 16, j0 = (t & 1) * 16, i, j;
+    int32_t nr = rows - r0 < 16 ? rows - r0 : 16, nc = cols - j0 < 16 ? cols - j0 : 16;
+    int32_t *ct = nr > 0 && nc > 0 ? c + (int64_t)r0 * ldc + j0 : c;
+    if (nr == 16 && nc == 16) {
+        if (store) {
+            switch (t) {
+            case 0: _tile_stored(0, ct, 4 * ldc); break;
+            case 1: _tile_stored(1, ct, 4 * ldc); break;
+            case 2: _tile_stored(2, ct, 4 * ldc); break;
+            default: _tile_stored(3, ct, 4 * ldc); break;
+            }
+        } else {
+            switch (t) {
+            case 0: _tile_loadd(0, ct, 4 * ldc); break;
+            case 1: _tile_loadd(1, ct, 4 * ldc); break;
+            case 2: _tile_loadd(2, ct, 4 * ldc); break;
+            default: _tile_loadd(3, ct, 4 * ldc); break;
+            }
+        }
+        return;
+    }
+    if (store) {
+        switch (t) {
+        case 0: _tile_stored(0, edge, 64); break;
+        case 1: _tile_stored(1, edge, 64); break;
+        case 2: _tile_stored(2, edge, 64); break;
+        default: _tile_stored(3, edge, 64); break;
+        }
+        for (i = 0; i < nr; i++)
+            for (j = 0; j < nc; j++) ct[(int64_t)i * ldc + j] = edge[16 * i + j];
+        return;
+    }
+    memset(edge, 0, 16 * 16 * sizeof(int32_t));
+    for (i = 0; i < nr; i++)
+        for (j = 0; j < nc; j++) edge[16 * i + j] = ct[(int64_t)i * ldc + j];
+    switch (t) {
+    case 0: _tile_loadd(0, edge, 64); break;
+    case 1: _tile_loadd(1, edge, 64); break;
+    case 2: _tile_loadd(2, edge, 64); break;
+    default: _tile_loadd(3, edge, 64); break;
+    }
+}
+
+static inline void intvit_amx_matmul(int32_t M, int32_t N, int32_t K, const uint8_t *a,
+                                     int32_t a_signed, const uint8_t *bt, int32_t b_signed,
+                                     const int32_t *bias, int32_t *c) {
+    uint8_t a8[INTVIT_MATMUL_MC * INTVIT_AMX_KC];
+    int32_t signs = 2 * a_signed + b_signed, i, j, k0, i0, j0, kc, mc, lda;
+    if (!intvit_amx_ready()) {
+        intvit_vnni_matmul(M, N, K, a, a_signed, bt, b_signed, bias, c);
+        return;
+    }
+    for (i = 0; i < M; i++)
+        for (j = 0; j < N; j++) c[(int64_t)i * N + j] = bias ? bias[j] : 0;
+    for (k0 = 0; k0 < K; k0 += INTVIT_VNNI_KC) {
+        kc = K - k0 < INTVIT_VNNI_KC ? K - k0 : INTVIT_VNNI_KC;
+        lda = (kc + 63) / 64 * 64;
+        for (i0 = 0; i0 < M; i0 += INTVIT_MATMUL_MC) {
+            mc = M - i0 < INTVIT_MATMUL_MC ? M - i0 : INTVIT_MATMUL_MC;
+            for (i = 0; i < (mc + 31) / 32 * 32; i++) {
+                uint8_t *wr = a8 + (int64_t)i * lda;
+                memset(wr, 0, (size_t)lda);
+                if (i < mc) memcpy(wr, a + (int64_t)(i0 + i) * K + k0, (size_t)kc);
+            }
+            INTVIT_OMP("omp parallel")
+            {
+                intvit_amx_configure();
+                INTVIT_OMP("omp for schedule(static)")
+                for (j0 = 0; j0 < N; j0 += 32) {
+                    uint8_t panel[2 * 16 * INTVIT_AMX_KC];
+                    int32_t edge[4][256];
+                    int32_t jb = N - j0 < 32 ? N - j0 : 32, quads = lda / 4, j, q, r, t, ch;
+                    memset(panel, 0, (size_t)(2 * lda * 16));
+                    for (j = 0; j < jb; j++) {
+                        const uint8_t *br = bt + (int64_t)(j0 + j) * K + k0;
+                        uint8_t *pj = panel + (j >> 4) * (quads * 64) + (j & 15) * 4;
+                        for (q = 0; 4 * q + 4 <= kc; q++) memcpy(pj + 64 * q, br + 4 * q, 4);
+                        if (4 * q < kc) memcpy(pj + 64 * q, br + 4 * q, (size_t)(kc - 4 * q));
+                    }
+                    for (r = 0; r < mc; r += 32) {
+                        int32_t rows = mc - r < 32 ? mc - r : 32;
+                        int32_t *cb = c + (int64_t)(i0 + r) * N + j0;
+                        const uint8_t *ar = a8 + (int64_t)r * lda;
+                        for (t = 0; t < 4; t++) intvit_amx_c_tile(t, 0, rows, jb, cb, N, edge[t]);
+                        for (ch = 0; ch < lda / 64; ch++) {
+                            _tile_loadd(4, ar + 64 * ch, lda);
+                            _tile_loadd(5, ar + 16 * lda + 64 * ch, lda);
+                            _tile_loadd(6, panel + 1024 * ch, 64);
+                            _tile_loadd(7, panel + quads * 64 + 1024 * ch, 64);
+                            intvit_amx_dp4(signs);
+                        }
+                        for (t = 0; t < 4; t++) intvit_amx_c_tile(t, 1, rows, jb, cb, N, edge[t]);
+                    }
+                }
+                _tile_release();
+            }
+        }
+    }
+}
+
+static inline const char *intvit_matmul8_kernel(void) {
+    return intvit_amx_ready() ? "amx" : "vnni";
+}
+#define INTVIT_MATMUL8_CALL intvit_amx_matmul
+#else
+static inline const char *intvit_matmul8_kernel(void) { return "vnni"; }
+#define INTVIT_MATMUL8_CALL intvit_vnni_matmul
+#endif
+
+#define INTVIT_DEFINE_MATMUL8(NAME, TA, TB)                                               \
+    INTVIT_DECLARE_MATMUL(NAME, TA, TB) {                                                 \
+        INTVIT_MATMUL8_CALL(M, N, K, (const uint8_t *)a, INTVIT_SIGNED(TA),               \
+                            (const uint8_t *)bt, INTVIT_SIGNED(TB), bias, c);             \
+    }
+#else
+static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KERNEL; }
+#define INTVIT_DEFINE_MATMUL8 INTVIT_DEFINE_MATMUL
+#endif
+
 /* --- requantize -----------------------------------------------------------------------
  * y[r][c] = clamp(R(x[r][c]; m[c], e[c]), lo, hi) over rows x C values; per_channel = 0
  * uses m[0], e[0] for every value.
+ *
+ * Rows are split over OpenMP threads where a node has at least INTVIT_OMP_MIN_WORK values
+ * (each value is computed alone, so the threads change no integer). With AVX-512 the
+ * values, widened to int32 per chunk, go through intvit_requant_chunk, 8 values a vector:
+ * the int64 lanes compute
+ * v * m + 2^(e-1) exactly (vpmuldq: int32 x int32 products; the plan bounds the sum below
+ * 2^63) and shift it right arithmetically by e (vpsravq: the floor, as floor_shift), then
+ * clamp; it returns how many of the n values it did, the scalar loop does the rest (all of
+ * them in the other builds).
  */
+#ifndef INTVIT_OMP_MIN_WORK
+#define INTVIT_OMP_MIN_WORK 65536
+#endif
+#define INTVIT_CHUNK 64
+
+#if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__)
+/* R(v; m, e) on int64 lanes (v, m sign-extended int32, 0 <= e <= 62). */
+static inline __m512i intvit_requant_v8(__m512i v, __m512i m, __m512i e) {
+    __m512i half = _mm512_srli_epi64(_mm512_sllv_epi64(_mm512_set1_epi64(1), e), 1);
+    return _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(v, m), half), e);
+}
+
+static inline __m512i intvit_load_v8(const int32_t *x) {
+    return _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)x));
+}
+
+/* R(x[c]; m[c * s], e[c * s]) for 8 values from c. */
+static inline __m512i intvit_requant_at(const int32_t *x, const int32_t *m, const int8_t *e,
+                                        int32_t s, int32_t c) {
+    __m512i mv = s ? intvit_load_v8(m + c) : _mm512_set1_epi64(m[0]);
+    __m512i ev = s ? _mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(e + c)))
+                   : _mm512_set1_epi64(e[0]);
+    return intvit_requant_v8(intvit_load_v8(x + c), mv, ev);
+}
+
+/* out[c] = clamp(R(x[c]) (+ R(res[c]; rm, re) when res), lo, hi) for c < the returned
+ * count (n rounded down to 8). */
+static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const int32_t *m,
+                                           const int8_t *e, int32_t s, const int32_t *res,
+                                           const int32_t *rm, const int8_t *re, int32_t rs,
+                                           int32_t lo, int32_t hi, int32_t *out) {
+    __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
+    int32_t c;
+    for (c = 0; c + 8 <= n; c += 8) {
+        __m512i v = intvit_requant_at(x, m, e, s, c);
+        if (res) v = _mm512_add_epi64(v, intvit_requant_at(res, rm, re, rs, c));
+        v = _mm512_min_epi64(_mm512_max_epi64(v, vlo), vhi);
+        _mm256_storeu_si256((__m256i *)(out + c), _mm512_cvtepi64_epi32(v));
+    }
+    return c;
+}
+#else
+static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const int32_t *m,
+                                           const int8_t *e, int32_t s, const int32_t *res,
+                                           const int32_t *rm, const int8_t *re, int32_t rs,
+                                           int32_t lo, int32_t hi, int32_t *out) {
+    (void)n; (void)x; (void)m; (void)e; (void)s; (void)res; (void)rm; (void)re; (void)rs;
+    (void)lo; (void)hi; (void)out;
+    return 0;
+}
+#endif
+
 #define INTVIT_DECLARE_REQUANTIZE(NAME, TX, TY)                                           \
     void NAME(int32_t rows, int32_t C, const TX *x, const int32_t *m, const int8_t *e,    \
               int32_t per_channel, int32_t lo, int32_t hi, TY *y)
 
 #define INTVIT_DEFINE_REQUANTIZE(NAME, TX, TY)                                            \
     INTVIT_DECLARE_REQUANTIZE(NAME, TX, TY) {                                             \
-        int32_t r, c, s = per_channel ? 1 : 0;                                            \
+        int32_t r, s = per_channel ? 1 : 0;                                               \
+        INTVIT_OMP("omp parallel for schedule(static) if((int64_t)rows * C >= INTVIT_OMP_MIN_WORK)") \
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * C;                                            \
             TY *yr = y + (int64_t)r * C;                                                  \
-            for (c = 0; c < C; c++)                                                       \
-                yr[c] = (TY)intvit_clamp(intvit_requant(xr[c], m[c * s], e[c * s]), lo, hi); \
+            int32_t c0, c, n, done, t[INTVIT_CHUNK], v[INTVIT_CHUNK];                     \
+            for (c0 = 0; c0 < C; c0 += INTVIT_CHUNK) {                                    \
+                n = C - c0 < INTVIT_CHUNK ? C - c0 : INTVIT_CHUNK;                        \
+                for (c = 0; c < n; c++) v[c] = xr[c0 + c];                                \
+                done = intvit_requant_chunk(n, v, m + c0 * s, e + c0 * s, s, NULL, NULL,  \
+                                            NULL, 0, lo, hi, t);                          \
+                for (c = 0; c < done; c++) yr[c0 + c] = (TY)t[c];                         \
+                for (c = c0 + done; c < c0 + n; c++)                                      \
+                    yr[c] = (TY)intvit_clamp(intvit_requant(xr[c], m[c * s], e[c * s]),   \
+                                             lo, hi);                                     \
+            }                                                                             \
         }                                                                                 \
     }
 
 /* y[r][c] = clamp(R(x[r][c]; m[c], e[c]) + R(res[r % res_rows][c]; rm[c], re[c]), lo, hi):
  * the residual sum of a transformer block (res_rows = rows), or a constant residual
- * shared by every batch entry, window or head (res_rows divides rows). */
+ * shared by every batch entry, window or head (res_rows divides rows). The residual is
+ * widened to int32 per chunk as well. */
 #define INTVIT_DECLARE_REQUANTIZE_ADD(NAME, TX, TR, TY)                                   \
     void NAME(int32_t rows, int32_t C, const TX *x, const int32_t *m, const int8_t *e,    \
               int32_t per_channel, const TR *res, int32_t res_rows, const int32_t *rm,    \
@@ -295,15 +700,27 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
 
 #define INTVIT_DEFINE_REQUANTIZE_ADD(NAME, TX, TR, TY)                                    \
     INTVIT_DECLARE_REQUANTIZE_ADD(NAME, TX, TR, TY) {                                     \
-        int32_t r, c, s = per_channel ? 1 : 0, rs = res_per_channel ? 1 : 0;              \
+        int32_t r, s = per_channel ? 1 : 0, rs = res_per_channel ? 1 : 0;                 \
+        INTVIT_OMP("omp parallel for schedule(static) if((int64_t)rows * C >= INTVIT_OMP_MIN_WORK)") \
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * C;                                            \
             const TR *qr = res + (int64_t)(r % res_rows) * C;                             \
             TY *yr = y + (int64_t)r * C;                                                  \
-            for (c = 0; c < C; c++)                                                       \
-                yr[c] = (TY)intvit_clamp(intvit_requant(xr[c], m[c * s], e[c * s])        \
-                                         + intvit_requant(qr[c], rm[c * rs], re[c * rs]), \
-                                         lo, hi);                                         \
+            int32_t c0, c, n, done, t[INTVIT_CHUNK], v[INTVIT_CHUNK], w[INTVIT_CHUNK];    \
+            for (c0 = 0; c0 < C; c0 += INTVIT_CHUNK) {                                    \
+                n = C - c0 < INTVIT_CHUNK ? C - c0 : INTVIT_CHUNK;                        \
+                for (c = 0; c < n; c++) {                                                 \
+                    v[c] = xr[c0 + c];                                                    \
+                    w[c] = qr[c0 + c];                                                    \
+                }                                                                         \
+                done = intvit_requant_chunk(n, v, m + c0 * s, e + c0 * s, s, w,           \
+                                            rm + c0 * rs, re + c0 * rs, rs, lo, hi, t);   \
+                for (c = 0; c < done; c++) yr[c0 + c] = (TY)t[c];                         \
+                for (c = c0 + done; c < c0 + n; c++)                                      \
+                    yr[c] = (TY)intvit_clamp(intvit_requant(xr[c], m[c * s], e[c * s])    \
+                                             + intvit_requant(qr[c], rm[c * rs], re[c * rs]), \
+                                             lo, hi);                                     \
+            }                                                                             \
         }                                                                                 \
     }
 
@@ -314,6 +731,7 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
 #define INTVIT_DEFINE_LOOKUP(NAME, TX, TY)                                                \
     INTVIT_DECLARE_LOOKUP(NAME, TX, TY) {                                                 \
         int32_t i;                                                                        \
+        INTVIT_OMP("omp parallel for schedule(static) if(n >= INTVIT_OMP_MIN_WORK)")      \
         for (i = 0; i < n; i++) y[i] = table[(int32_t)x[i] - lo];                         \
     }
 
@@ -322,8 +740,40 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
  * S = sum e_i, factor = floor(numerator / max(S, 1)), p_i = e_i * factor,
  * y_i = clamp(R(p_i; m, e), lo, hi). The exporter checks e_max * L < numerator, so S and
  * p_i fit 32 bits when numerator < 2^31 (I-ViT) and 34 bits otherwise (I-BERT: the
- * program's 64-bit step).
+ * program's 64-bit step). With AVX-512 (DQ) the last step goes through
+ * intvit_softmax_chunk, 8 values a vector: int64 lanes, vpmullq products, exact because
+ * p_i <= numerator and numerator * |m| < 2^63 (the plan checks it), the floor shift
+ * vpsravq.
  */
+#if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
+/* out[i] = clamp(R(ex[i] * factor; m, e), lo, hi) for i < the returned count (n rounded
+ * down to 8). */
+static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
+                                           int32_t m, int32_t e, int32_t lo, int32_t hi,
+                                           int32_t *out) {
+    __m512i f = _mm512_set1_epi64(factor), mv = _mm512_set1_epi64(m);
+    __m512i ev = _mm512_set1_epi64(e), vlo = _mm512_set1_epi64(lo);
+    __m512i vhi = _mm512_set1_epi64(hi);
+    __m512i half = _mm512_set1_epi64(e > 0 ? (int64_t)1 << (e - 1) : 0);
+    int32_t i;
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m512i p = _mm512_mullo_epi64(
+            _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(ex + i))), f);
+        __m512i v = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(p, mv), half), ev);
+        v = _mm512_min_epi64(_mm512_max_epi64(v, vlo), vhi);
+        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi64_epi32(v));
+    }
+    return i;
+}
+#else
+static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
+                                           int32_t m, int32_t e, int32_t lo, int32_t hi,
+                                           int32_t *out) {
+    (void)n; (void)ex; (void)factor; (void)m; (void)e; (void)lo; (void)hi; (void)out;
+    return 0;
+}
+#endif
+
 #define INTVIT_DECLARE_SOFTMAX(NAME, TX, TY)                                              \
     void NAME(int32_t rows, int32_t L, const TX *x, const int32_t *exp_table,             \
               int32_t table_len, int64_t numerator, int32_t m, int32_t e, int32_t lo,     \
@@ -332,18 +782,24 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
 #define INTVIT_DEFINE_SOFTMAX(NAME, TX, TY)                                               \
     INTVIT_DECLARE_SOFTMAX(NAME, TX, TY) {                                                \
         int32_t r, i;                                                                     \
+        INTVIT_OMP("omp parallel for schedule(static) private(i) if((int64_t)rows * L >= INTVIT_OMP_MIN_WORK)") \
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * L;                                            \
             TY *yr = y + (int64_t)r * L;                                                  \
-            int32_t top = xr[0];                                                          \
+            int32_t top = xr[0], c0, n, done, ex[INTVIT_CHUNK], t[INTVIT_CHUNK];          \
             int64_t sum = 0, factor;                                                      \
             for (i = 1; i < L; i++) top = xr[i] > top ? xr[i] : top;                      \
             for (i = 0; i < L; i++) sum += exp_table[xr[i] - top + table_len - 1];        \
             factor = numerator / (sum > 1 ? sum : 1);                                     \
-            for (i = 0; i < L; i++)                                                       \
-                yr[i] = (TY)intvit_clamp(                                                 \
-                    intvit_requant(exp_table[xr[i] - top + table_len - 1] * factor, m, e), \
-                    lo, hi);                                                              \
+            for (c0 = 0; c0 < L; c0 += INTVIT_CHUNK) {                                    \
+                n = L - c0 < INTVIT_CHUNK ? L - c0 : INTVIT_CHUNK;                        \
+                for (i = 0; i < n; i++) ex[i] = exp_table[xr[c0 + i] - top + table_len - 1]; \
+                done = intvit_softmax_chunk(n, ex, factor, m, e, lo, hi, t);              \
+                for (i = 0; i < done; i++) yr[c0 + i] = (TY)t[i];                         \
+                for (; i < n; i++)                                                        \
+                    yr[c0 + i] = (TY)intvit_clamp(intvit_requant(ex[i] * factor, m, e),   \
+                                                  lo, hi);                                \
+            }                                                                             \
         }                                                                                 \
     }
 
@@ -362,6 +818,7 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
 #define INTVIT_DEFINE_LAYERNORM(NAME, TX, TY)                                             \
     INTVIT_DECLARE_LAYERNORM(NAME, TX, TY) {                                              \
         int32_t r, c;                                                                     \
+        INTVIT_OMP("omp parallel for schedule(static) private(c) if((int64_t)rows * C >= INTVIT_OMP_MIN_WORK)") \
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * C;                                            \
             TY *yr = y + (int64_t)r * C;                                                  \
