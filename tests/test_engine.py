@@ -287,14 +287,34 @@ def test_bench_times_every_row_in_its_own_process(tmp_path):
     assert "deit_tiny, batch 1" in verdicts(tiny, TARGETS)[0]
 
 
-@pytest.mark.parametrize("int8_dot,order", [(True, ("tvm", "c", "int")),
-                                            (False, ("c", "tvm", "int"))])
-def test_auto_takes_the_fastest_engine_this_machine_can_build(monkeypatch, int8_dot, order):
+def test_bench_verdicts_hold_each_model_to_its_goal_at_every_batch():
+    from intvit.engine.bench import Goal, Row, verdicts
+
+    def rows(model, batch, fp32, ort, c, tvm):
+        return [Row(model, batch, "torch_fp32", fp32, fp32, fp32, 1.0),
+                Row(model, batch, "ort_int8_dynamic", ort, ort, ort, fp32 / ort),
+                Row(model, batch, "c", c, c, c, fp32 / c, True),
+                Row(model, batch, "tvm", tvm, tvm, tvm, fp32 / tvm, True)]
+
+    measured = (rows("deit_small", 1, 100.0, 30.0, 20.0, 24.0)      # 0.67x ORT, 5x FP32
+                + rows("deit_small", 8, 800.0, 240.0, 150.0, 210.0)  # 0.62x ORT, 5.3x
+                + rows("deit_tiny", 1, 20.0, 10.0, 12.0, 10.5))      # 1.05x ORT
+    lines = verdicts(measured, {"deit_small": Goal(0.67, 4.0), "deit_tiny": Goal(1.0),
+                                "swin_tiny": Goal(1.0)})
+    assert len(lines) == 3  # swin_tiny was not measured
+    assert lines[0].startswith("- deit_small, batch 1: fastest integer engine `c`")
+    assert lines[0].endswith(": met")
+    assert "`c` 150.00 ms = 0.62x" in lines[1] and lines[1].endswith(": met")
+    assert "`tvm` 10.50 ms = 1.05x" in lines[2] and lines[2].endswith("**missed**")
+    slow = verdicts(measured[:4], {"deit_small": Goal(0.67, 6.0)})  # fast, not 6x FP32
+    assert slow[0].endswith("**missed**")
+
+
+def test_auto_takes_the_fastest_engine_this_machine_can_build(monkeypatch):
     from intvit.engine import engines
 
-    monkeypatch.setattr(engines, "cpu_has_int8_dot", lambda: int8_dot)
-    assert engines.engine_preference() == order
-    assert engines.fastest_engine() == order[0]
+    assert engines.engine_preference() == ("c", "tvm", "int")
+    assert engines.fastest_engine() == "c"
     monkeypatch.setenv("PATH", "")  # no compiler, so no c engine
     monkeypatch.delenv("CC", raising=False)
     assert "needs a C compiler" in engines.unavailable("c")

@@ -14,7 +14,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..arith.matmul import cpu_has_int8_dot
 from .program import IntProgram, ProgramError
 from .runtime import IntRuntime, check_images
 
@@ -137,12 +136,13 @@ ENGINES: dict[str, EngineKind] = {
 
 
 def engine_preference() -> tuple[str, ...]:
-    """The engines by speed on this CPU, fastest first (``benchmarks/eval_speed.py``
-    measures them; every one gives the same integers). With int8 dot-product instructions
-    (AVX-512 VNNI, AMX) TVM's tensorized products lead; without them (AVX2) TVM and
-    PyTorch have only slow generic int8 products and the C library's int16 multiply-add
-    kernels lead."""
-    return ("tvm", "c", "int") if cpu_has_int8_dot() else ("c", "tvm", "int")
+    """The engines by evaluation speed, fastest first (``benchmarks/eval_speed.py`` and
+    ``intvit bench`` measure them; every one gives the same integers). The C library
+    leads on every CPU measured at the batch of 8 an engine runs at a time: with AMX or
+    AVX-512 VNNI its 8-bit product kernels, with AVX2 only its int16 multiply-add kernels
+    (where TVM and PyTorch have only generic int8 products). TVM is next; the int engine,
+    PyTorch's integer ops, is last."""
+    return ("c", "tvm", "int")
 
 
 def unavailable(kind: str) -> str | None:
