@@ -70,16 +70,22 @@ def quantized_twin(name: str, family: str, seed: int = 0):
 def bench_model(name: str, batches: list[int], engines: list[str], family: str, n_threads: int,
                 warmup: int, repeats: int, workdir: Path, profile: bool = False
                 ) -> tuple[list[Row], str]:
-    """The model's rows, and with ``profile`` the ``int`` engine's time by op class."""
+    """The model's rows, and with ``profile`` the ``int`` engine's time by op class (and
+    the ``c`` engine's beside it when ``c`` is among ``engines``)."""
     with threads(n_threads):
         float_model, model = quantized_twin(name, family)
     program = export_program(model)
     table = ""
     if profile:
-        from .profile import profile_int, profile_markdown
+        from .profile import profile_c, profile_int, profile_markdown
         with threads(n_threads):
             table = profile_markdown(f"{name}, int engine", {
                 b: profile_int(program, probe_images(model, b, seed=b)) for b in batches})
+        if "c" in engines:
+            table += "\n\n" + profile_markdown(
+                f"{name}, c engine ({n_threads} OpenMP threads, images one after another)",
+                {b: profile_c(program, probe_images(model, b, seed=b), n_threads)
+                 for b in batches})
     return time_engines(name, float_model, model, program, batches, engines,
                         n_threads, warmup, repeats, workdir / name), table
 
@@ -223,7 +229,8 @@ def run_bench(models: Sequence[str], batches: Sequence[int], engines: Sequence[s
               family: str = "ivit", n_threads: int = 2, warmup: int = 3, repeats: int = 10,
               profile: bool = False) -> tuple[list[Row], list[str]]:
     """Every model's rows (see :func:`bench_model`), and with ``profile`` the ``int``
-    engine's time by op class per model; ValueError for an unknown engine."""
+    engine's time by op class per model (and the ``c`` engine's with ``c``); ValueError
+    for an unknown engine."""
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
         raise ValueError(f"unknown engines {unknown}; engines: {', '.join(ENGINES)}")

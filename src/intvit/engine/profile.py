@@ -1,5 +1,6 @@
-"""Where the ``int`` engine's time goes, by op class: each node of the program timed as
-the runtime runs it (``intvit bench --profile``).
+"""Where the ``int`` and ``c`` engines' time goes, by op class: each node of the program
+timed as the engine runs it (``intvit bench --profile``; the ``c`` engine through its
+profile build, :mod:`.c.profile`).
 
 | class          | program ops                        |
 |----------------|------------------------------------|
@@ -51,6 +52,21 @@ def profile_int(program: IntProgram, images: torch.Tensor, repeats: int = 3
                 if run:
                     totals[op_class(node.op)] += time.perf_counter() - start
     return {c: 1e3 * totals[c] / repeats for c in CLASSES}
+
+
+def profile_c(program: IntProgram, images: torch.Tensor, threads: int = 1, repeats: int = 3,
+              flags: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Milliseconds per op class of the ``c`` engine running ``images`` one after another,
+    each on ``threads`` OpenMP threads (the engine's batch split over threads is not
+    modelled), the mean of ``repeats`` runs after one warm-up run; ``flags`` as
+    :class:`.c.build.CEngine`'s (default: the engine's build)."""
+    from .c.profile import ProfiledCEngine
+
+    seconds, _ = ProfiledCEngine(program, threads, flags).node_seconds(images, repeats)
+    totals: dict[str, float] = defaultdict(float)
+    for node, s in zip(program.nodes, seconds):
+        totals[op_class(node.op)] += s
+    return {c: 1e3 * totals[c] for c in CLASSES}
 
 
 def profile_markdown(label: str, profiles: dict[int, dict[str, float]]) -> str:

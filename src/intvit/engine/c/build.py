@@ -120,19 +120,20 @@ def load(path: Path) -> ctypes.CDLL:
 class CEngine(Engine):
     """``c``: the exported C library, compiled for this host, called through ctypes, with
     ``threads`` threads (1 when not given): OpenMP threads inside a single image, or one
-    thread per run of images in a batch."""
+    thread per run of images in a batch. ``extra_sources`` are compiled into the library
+    beside it (the profile hook)."""
 
     name = "c"
 
     def __init__(self, program: IntProgram, threads: int | None = None,
                  flags: tuple[str, ...] | None = None, library: CLibrary | None = None,
-                 cc: str | None = None) -> None:
+                 cc: str | None = None, extra_sources: dict[str, str] | None = None) -> None:
         super().__init__(program)
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.threads = threads or 1
         library = library or generate(program)
-        self.lib = load(build(library, flags, cc))
+        self.lib = load(build(library, flags, cc, extra_sources=extra_sources))
         self.classes = library.plan.values[library.plan.logits].numel
         self.scratch_bytes = library.scratch_bytes
         self.scratches: list[tuple[np.ndarray, int]] = []

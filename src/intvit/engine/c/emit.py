@@ -323,7 +323,8 @@ def _where(e: Emitter, i: int, node: Node) -> None:
 
 
 def emit_network(plan: Plan) -> Emitter:
-    """Every node's statement, in program order, each followed by its debug dump."""
+    """Every node's statement, in program order, each followed by its debug dump and its
+    profile tick."""
     e = Emitter(plan)
     for i, node in enumerate(plan.program.nodes):
         if node.op not in EMITTERS:
@@ -333,4 +334,5 @@ def emit_network(plan: Plan) -> Emitter:
         if node.op != "dequantize":
             y = plan.values[node.output]
             e.emit(f"INTVIT_DUMP({i}, {e.ptr(y.name)}, {y.code}, {y.numel});")
+        e.emit(f"INTVIT_TICK({i});")
     return e

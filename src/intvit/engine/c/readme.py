@@ -64,6 +64,13 @@ it is called after every node, in program order, with that node's output (type 0
 1 uint8, 2 int16, 3 int32). Compare with `intvit export --format golden` (node `i` is
 `nodes/i_<op>.safetensors`, `output`).
 
+## Profile build: every node's time
+
+Compile with `-DINTVIT_PROFILE` and define `void intvit_profile_node(int32_t node)`: it
+is called once each node is done (node 0, the quantization, when `intvit_model_run`
+starts), in program order, so a timestamp per call gives each node's time
+(`intvit bench --profile` does so by op class).
+
 ## Swapping kernels
 
 The network (`intvit_model.c`) calls only the kernel functions listed in

@@ -1,0 +1,64 @@
+"""The ``c`` engine's time per program node: the library built with ``-DINTVIT_PROFILE``
+and ``kernels/intvit_profile.c``, whose hook records a monotonic timestamp each time a
+node is done (the C network runs one statement group per program node, in program
+order, so C node ``i`` is program node ``i``)."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+
+import numpy as np
+import torch
+
+from ..program import IntProgram, ProgramError
+from .build import CEngine, compiler, engine_flags
+
+PROFILE_SOURCE = "intvit_profile.c"
+
+
+def profile_source() -> str:
+    return importlib.resources.files(__package__).joinpath(
+        f"kernels/{PROFILE_SOURCE}").read_text()
+
+
+class ProfiledCEngine(CEngine):
+    """The ``c`` engine's profile build (by default the engine's own flags plus
+    ``-DINTVIT_PROFILE``): the same logits, and :meth:`node_seconds`."""
+
+    def __init__(self, program: IntProgram, threads: int | None = None,
+                 flags: tuple[str, ...] | None = None, cc: str | None = None) -> None:
+        cc = cc or compiler()
+        flags = (*(engine_flags(cc) if flags is None else flags), "-DINTVIT_PROFILE")
+        super().__init__(program, threads, flags, cc=cc,
+                         extra_sources={PROFILE_SOURCE: profile_source()})
+        self.lib.intvit_profile_run.restype = ctypes.c_int32
+        self.lib.intvit_profile_run.argtypes = [ctypes.c_void_p] * 4
+        self.nodes = len(program.nodes)
+
+    def node_seconds(self, images: torch.Tensor, repeats: int = 3
+                     ) -> tuple[np.ndarray, torch.Tensor]:
+        """Seconds per program node of running ``images`` one after another on
+        ``threads`` OpenMP threads (the mean of ``repeats`` runs after one warm-up run),
+        and their logits."""
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
+        x = images.to(torch.float32).numpy()
+        logits = np.zeros((x.shape[0], self.classes), dtype=np.int32)
+        ticks = np.zeros(self.nodes + 1, dtype=np.int64)
+        total = np.zeros(self.nodes, dtype=np.int64)
+        scratch = self.scratch(0)
+        torch_threads = torch.get_num_threads()
+        try:
+            self.lib.intvit_model_set_threads(self.threads)
+            for run in range(repeats + 1):
+                for b in range(x.shape[0]):
+                    image = np.ascontiguousarray(x[b])
+                    if self.lib.intvit_profile_run(image.ctypes.data, logits[b].ctypes.data,
+                                                   scratch, ticks.ctypes.data) != 0:
+                        raise ProgramError("the profiled C model failed")
+                    if run:
+                        total += np.diff(ticks)
+        finally:
+            torch.set_num_threads(torch_threads)
+        return total / (1e9 * repeats), torch.from_numpy(logits.astype(np.int64))

@@ -1,0 +1,63 @@
+"""The c engine's profile by op class (``intvit bench --profile`` with ``c``): the
+profiled build gives the eval-mode logits, its node times add up to the run's wall time,
+and a product-heavy program spends most of it in the int8 products."""
+
+import shutil
+import time
+
+import pytest
+import torch
+from conftest import SMALL
+from test_engine import FAMILIES, calibrated, images
+
+from intvit.engine import export_program
+from intvit.engine.c.profile import ProfiledCEngine
+from intvit.engine.profile import CLASSES, profile_c
+from intvit.models import model_config
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                reason="no C compiler on this machine")
+# 16 tokens of width 256: the products (K = 256 or 1024) outweigh the row kernels
+WIDE = dict(SMALL, embed_dim=256, num_heads=4, depth=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("INTVIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def wide():
+    model = calibrated(model_config("custom", **WIDE), FAMILIES["ivit"])
+    return model, export_program(model)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_profiled_build_gives_the_models_logits_and_times_every_node(wide, threads):
+    model, program = wide
+    engine = ProfiledCEngine(program, threads)
+    x = images(3, seed=4)
+    engine.node_seconds(x, repeats=1)  # threads started, pages touched
+    start = time.perf_counter()
+    seconds, logits = engine.node_seconds(x, repeats=4)
+    wall = time.perf_counter() - start  # the warm-up run and 4 timed runs
+    assert torch.equal(logits, model.forward_int(x).value)
+    assert seconds.shape == (len(program.nodes),) and (seconds >= 0).all()
+    # the ticks cover each run from before the quantization to the last node
+    assert 0.5 * wall < 5 * seconds.sum() and 4 * seconds.sum() <= wall
+
+
+def test_product_heavy_program_spends_most_time_in_int8_products(wide):
+    _, program = wide
+    profile = profile_c(program, images(4, seed=2), threads=1, repeats=3)
+    assert list(profile) == list(CLASSES) and all(v >= 0 for v in profile.values())
+    assert profile["int8 products"] > 0.5 * sum(profile.values())
+    assert all(profile[c] > 0 for c in ("requantization", "GELU", "Softmax", "LayerNorm"))
+
+
+def test_repeats_must_be_positive(wide):
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        ProfiledCEngine(wide[1]).node_seconds(images(1), repeats=0)
