@@ -374,6 +374,47 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
     }
 }
 
+/* The panel of columns j0 .. j0 + jb - 1 (jb <= 32) of bt over k0 .. k0 + kc - 1, as
+ * quads xor xb (panel[q][h][j][t] = bt[j0 + 16h + j][k0 + 4q + t] ^ xb, zero past kc and
+ * jb), and with sums the exact column sums of bt as int8_t (col_sum[j], 0 past jb). A
+ * whole quad of 16 columns is one gather of 16 32-bit words (vpgatherdd, column j's
+ * word at j * K bytes), its sums one vpdpbusd of bytes 1 against it (the four signed
+ * bytes of each word summed exactly); the last quad when kc is not a multiple of 4 is
+ * copied byte by byte. */
+static inline void intvit_vnni_pack(const uint8_t *bt, int32_t K, int32_t jb, int32_t kc,
+                                    uint8_t xb, int32_t sums, uint8_t *panel,
+                                    int32_t *col_sum) {
+    const __m512i ones = _mm512_set1_epi8(1), flip = _mm512_set1_epi8((char)xb);
+    const __m512i rows = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(K));
+    int32_t whole = kc / 4, quads = (kc + 3) / 4, h, q, j, k;
+    for (h = 0; h < 2; h++) {
+        int32_t cols = jb - 16 * h < 0 ? 0 : (jb - 16 * h < 16 ? jb - 16 * h : 16);
+        __mmask16 valid = (__mmask16)((1u << cols) - 1);
+        const uint8_t *base = bt + (int64_t)16 * h * K;
+        __m512i sum = _mm512_setzero_si512();
+        for (q = 0; q < whole; q++) {
+            __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, rows,
+                                                    base + 4 * q, 1);
+            if (sums) sum = _mm512_dpbusd_epi32(sum, ones, v);
+            _mm512_storeu_si512(panel + 128 * q + 64 * h,
+                                _mm512_maskz_mov_epi32(valid, _mm512_xor_si512(v, flip)));
+        }
+        _mm512_storeu_si512(col_sum + 16 * h, sum);
+        for (; q < quads; q++) {
+            uint8_t *pq = panel + 128 * q + 64 * h;
+            memset(pq, 0, 64);
+            for (j = 0; j < cols; j++)
+                for (k = 4 * q; k < kc; k++) {
+                    uint8_t b = base[(int64_t)j * K + k];
+                    pq[4 * j + k - 4 * q] = (uint8_t)(b ^ xb);
+                    col_sum[16 * h + j] += b - (b >> 7) * 256;   /* as int8_t */
+                }
+        }
+    }
+}
+
 /* The VNNI kernel on bytes: a_signed, b_signed say whether a, bt hold int8_t. */
 static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uint8_t *a,
                                       int32_t a_signed, const uint8_t *bt, int32_t b_signed,
@@ -405,19 +446,10 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
             for (j0 = 0; j0 < N; j0 += 32) {
                 uint8_t panel[INTVIT_VNNI_KC * 32];
                 int32_t col_fix[32];
-                int32_t jb = N - j0 < 32 ? N - j0 : 32, j, k, r;
-                if (jb < 32 || (kc & 3)) memset(panel, 0, sizeof(panel));
-                for (j = 0; j < 32; j++) col_fix[j] = 0;
-                for (j = 0; j < jb; j++) {
-                    const uint8_t *br = bt + (int64_t)(j0 + j) * K + k0;
-                    uint8_t *pj = panel + (j >> 4) * 64 + (j & 15) * 4;
-                    int32_t sum = 0;
-                    for (k = 0; k < kc; k++) {
-                        pj[(k >> 2) * 128 + (k & 3)] = (uint8_t)(br[k] ^ xb);
-                        sum += br[k] - (br[k] >> 7) * 256;   /* as int8_t */
-                    }
-                    col_fix[j] = xa ? 128 * sum : 0;
-                }
+                int32_t jb = N - j0 < 32 ? N - j0 : 32, j, r;
+                intvit_vnni_pack(bt + (int64_t)j0 * K + k0, K, jb, kc, xb, xa != 0, panel,
+                                 col_fix);
+                for (j = 0; j < 32; j++) col_fix[j] = xa ? 128 * col_fix[j] : 0;
                 for (r = 0; r < mc; r += 8)
                     intvit_vnni_block(mc - r < 8 ? mc - r : 8, jb, quads,
                                       a8 + r * 4 * quads, 4 * quads, panel, swap, col_fix,
