@@ -892,7 +892,10 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
                 + (int64_t)i2 * ss[2] + (int64_t)i3 * ss[3] + (int64_t)i4 * ss[4];        \
             TD *d = dst + (int64_t)i0 * ds[0] + (int64_t)i1 * ds[1]                       \
                 + (int64_t)i2 * ds[2] + (int64_t)i3 * ds[3] + (int64_t)i4 * ds[4];        \
-            for (i5 = 0; i5 < shape[5]; i5++) d[(int64_t)i5 * ds[5]] = (TD)s[(int64_t)i5 * ss[5]]; \
+            if (ss[5] == 1 && ds[5] == 1)                                                 \
+                for (i5 = 0; i5 < shape[5]; i5++) d[i5] = (TD)s[i5];                      \
+            else                                                                          \
+                for (i5 = 0; i5 < shape[5]; i5++) d[(int64_t)i5 * ds[5]] = (TD)s[(int64_t)i5 * ss[5]]; \
         }                                                                                 \
     }
 
