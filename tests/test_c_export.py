@@ -422,3 +422,45 @@ def test_requantize_kernels_equal_intvit_arith(requantize_kernels, rows, C, per_
                                  ptr(e8.data_ptr()), per_channel, i32(-300), i32(300),
                                  ptr(y16.data_ptr()))
     assert torch.equal(y16.to(torch.int64), requantize(res, m, e).clamp(-300, 300))
+
+
+@pytest.fixture(scope="module", params=["portable", "vnni"])
+def layernorm_kernels(request, tmp_path_factory):
+    """The LayerNorm kernels alone: portable, and the AVX-512 affine (the vnni build)."""
+    return kernel_snippet(tmp_path_factory.mktemp("layernorm"),
+                          "INTVIT_DEFINE_LAYERNORM(ln_s8_s8, int8_t, int8_t)\n"
+                          "INTVIT_DEFINE_LAYERNORM(ln_s16_s32, int16_t, int32_t)\n",
+                          kernel_build(request.param))
+
+
+@pytest.mark.parametrize("C", [1, 7, 8, 70, 129, 384])
+@pytest.mark.parametrize("x_type,lo,hi", [("s8", -128, 127), ("s16", -(1 << 30), 1 << 30)])
+def test_layernorm_kernels_equal_layernorm_int(layernorm_kernels, C, x_type, lo, hi):
+    """Rows of random values, of one constant value (variance 0), of the extremes
+    alternating; multipliers up to 2^31 - 1, shifts 0..62, wide biases: every value equals
+    intvit.approx.rows.layernorm_int in every vector lane and the scalar tail."""
+    from intvit.approx.rows import layernorm_int, variance_shift_for_32_bits
+
+    bits, dtype = (8, torch.int8) if x_type == "s8" else (16, torch.int16)
+    top = (1 << (bits - 1)) - 1
+    g = torch.Generator().manual_seed(C * 10 + bits)
+    x = torch.randint(-top - 1, top + 1, (5, C), generator=g)
+    x[1] = top
+    x[2] = -top - 1
+    x[3, ::2], x[3, 1::2] = top, -top - 1
+    m = torch.randint(1, 1 << 31, (C,), generator=g)
+    m[0] = (1 << 31) - 1
+    e = torch.randint(0, 63, (C,), generator=g)
+    e[-1] = 0
+    beta = torch.randint(-(1 << 20), 1 << 20, (C,), generator=g)
+    var_shift = variance_shift_for_32_bits(bits, C) if bits > 8 else 0
+    want = layernorm_int(x, bits, var_shift, m, e, beta, lo, hi)
+    out_type = torch.int8 if x_type == "s8" else torch.int32
+    xc, m32, e8, b32 = (t.to(d).contiguous() for t, d in
+                        ((x, dtype), (m, torch.int32), (e, torch.int8), (beta, torch.int32)))
+    y = torch.zeros(5, C, dtype=out_type)
+    ptr = ctypes.c_void_p
+    fn = layernorm_kernels.ln_s8_s8 if x_type == "s8" else layernorm_kernels.ln_s16_s32
+    fn(5, C, ptr(xc.data_ptr()), var_shift, ptr(m32.data_ptr()), ptr(e8.data_ptr()),
+       ptr(b32.data_ptr()), lo, hi, ptr(y.data_ptr()))
+    assert torch.equal(y.to(torch.int64), want)

@@ -841,8 +841,35 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
  *   var = sum ys^2; std = max(isqrt(var), 1); factor = floor((2^31 - 1) / std);
  *   z = floor_shift(ys * factor, 1)    (|ys| <= std, so |ys * factor| < 2^31)
  *   y_c = clamp(R(z_c; m_c, e_c) + beta_c, lo, hi)
- * var is summed in 64 bits (it needs more than 32 when C * max|ys|^2 >= 2^31).
+ * var is summed in 64 bits (it needs more than 32 when C * max|ys|^2 >= 2^31). z fits
+ * int32, so with AVX-512 the last step takes intvit_layernorm_chunk per chunk of
+ * INTVIT_CHUNK values: R(z_c; m_c, e_c) on int64 lanes as intvit_requant_at, then
+ * + beta_c and the clamp, 8 values a vector (the rest scalar).
  */
+#if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__)
+/* out[c] = clamp(R(z[c]; m[c], e[c]) + beta[c], lo, hi) for c < the returned count (n
+ * rounded down to 8). */
+static inline int32_t intvit_layernorm_chunk(int32_t n, const int32_t *z, const int32_t *m,
+                                             const int8_t *e, const int32_t *beta,
+                                             int32_t lo, int32_t hi, int32_t *out) {
+    __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
+    int32_t c;
+    for (c = 0; c + 8 <= n; c += 8) {
+        __m512i v = _mm512_add_epi64(intvit_requant_at(z, m, e, 1, c), intvit_load_v8(beta + c));
+        v = _mm512_min_epi64(_mm512_max_epi64(v, vlo), vhi);
+        _mm256_storeu_si256((__m256i *)(out + c), _mm512_cvtepi64_epi32(v));
+    }
+    return c;
+}
+#else
+static inline int32_t intvit_layernorm_chunk(int32_t n, const int32_t *z, const int32_t *m,
+                                             const int8_t *e, const int32_t *beta,
+                                             int32_t lo, int32_t hi, int32_t *out) {
+    (void)n; (void)z; (void)m; (void)e; (void)beta; (void)lo; (void)hi; (void)out;
+    return 0;
+}
+#endif
+
 #define INTVIT_DECLARE_LAYERNORM(NAME, TX, TY)                                            \
     void NAME(int32_t rows, int32_t C, const TX *x, int32_t var_shift, const int32_t *m,  \
               const int8_t *e, const int32_t *beta, int32_t lo, int32_t hi, TY *y)
@@ -855,7 +882,7 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
             const TX *xr = x + (int64_t)r * C;                                            \
             TY *yr = y + (int64_t)r * C;                                                  \
             int64_t total = 0, var = 0, std, mean;                                        \
-            int32_t factor;                                                               \
+            int32_t factor, c0, n, done, z[INTVIT_CHUNK], t[INTVIT_CHUNK];                \
             for (c = 0; c < C; c++) total += xr[c];                                       \
             mean = intvit_round_div(total, C);                                            \
             for (c = 0; c < C; c++) {                                                     \
@@ -864,17 +891,26 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
             }                                                                             \
             std = intvit_isqrt(var);                                                      \
             factor = (int32_t)(INT32_MAX / (std > 1 ? std : 1));                          \
-            for (c = 0; c < C; c++) {                                                     \
-                int32_t ys = (int32_t)intvit_floor_shift(xr[c] - mean, var_shift);        \
-                int64_t z = intvit_floor_shift((int64_t)(ys * factor), 1);                \
-                yr[c] = (TY)intvit_clamp(intvit_requant(z, m[c], e[c]) + beta[c], lo, hi); \
+            for (c0 = 0; c0 < C; c0 += INTVIT_CHUNK) {                                    \
+                n = C - c0 < INTVIT_CHUNK ? C - c0 : INTVIT_CHUNK;                        \
+                for (c = 0; c < n; c++) {                                                 \
+                    int32_t ys = (int32_t)intvit_floor_shift(xr[c0 + c] - mean, var_shift); \
+                    z[c] = (int32_t)intvit_floor_shift((int64_t)(ys * factor), 1);        \
+                }                                                                         \
+                done = intvit_layernorm_chunk(n, z, m + c0, e + c0, beta + c0, lo, hi, t); \
+                for (c = 0; c < done; c++) yr[c0 + c] = (TY)t[c];                         \
+                for (; c < n; c++)                                                        \
+                    yr[c0 + c] = (TY)intvit_clamp(intvit_requant(z[c], m[c0 + c], e[c0 + c]) \
+                                                  + beta[c0 + c], lo, hi);                \
             }                                                                             \
         }                                                                                 \
     }
 
 /* --- index moves ------------------------------------------------------------------------
  * Copy a box of up to 6 dimensions: dst[sum i_d * ds_d] = src[sum i_d * ss_d] for
- * 0 <= i_d < shape_d (transpose, take, slice, concat, roll, pad are boxes of this).
+ * 0 <= i_d < shape_d (transpose, take, slice, concat, roll, pad are boxes of this). Where
+ * the last dimension is contiguous on both sides (ss_5 = ds_5 = 1, as when a transpose
+ * keeps the last axis) its loop runs on unit strides, which the compiler vectorizes.
  */
 #define INTVIT_DECLARE_COPY(NAME, TS, TD)                                                 \
     void NAME(const int32_t *shape, const TS *src, const int32_t *ss, TD *dst,            \
