@@ -13,6 +13,7 @@ import torch
 
 from ..program import IntProgram, ProgramError
 from .build import CEngine, compiler, engine_flags
+from .library import CLibrary
 
 PROFILE_SOURCE = "intvit_profile.c"
 
@@ -24,13 +25,15 @@ def profile_source() -> str:
 
 class ProfiledCEngine(CEngine):
     """The ``c`` engine's profile build (by default the engine's own flags plus
-    ``-DINTVIT_PROFILE``): the same logits, and :meth:`node_seconds`."""
+    ``-DINTVIT_PROFILE``) of ``library`` (default: the program's): the same logits, and
+    :meth:`node_seconds`."""
 
     def __init__(self, program: IntProgram, threads: int | None = None,
-                 flags: tuple[str, ...] | None = None, cc: str | None = None) -> None:
+                 flags: tuple[str, ...] | None = None, library: CLibrary | None = None,
+                 cc: str | None = None) -> None:
         cc = cc or compiler()
         flags = (*(engine_flags(cc) if flags is None else flags), "-DINTVIT_PROFILE")
-        super().__init__(program, threads, flags, cc=cc,
+        super().__init__(program, threads, flags, library, cc,
                          extra_sources={PROFILE_SOURCE: profile_source()})
         self.lib.intvit_profile_run.restype = ctypes.c_int32
         self.lib.intvit_profile_run.argtypes = [ctypes.c_void_p] * 4
