@@ -184,11 +184,12 @@ MATMUL_TYPES = {"mm_s8_s8": (S8, S8), "mm_u8_s8": (U8, S8), "mm_s16_s8": (S16, S
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (4, 16, 2), (5, 17, 3), (7, 33, 257),
                                    (9, 3, 600), (3, 40, 513), (17, 65, 64), (33, 47, 130),
                                    (300, 70, 1030), (197, 197, 64), (197, 64, 197),
-                                   (8, 32, 4), (2, 48, 516)])
+                                   (8, 32, 4), (2, 48, 516), (3, 5, 0)])
 @pytest.mark.parametrize("fill", ["min", "max", "opposite", "random"])
 def test_matmul_kernel_edges(matmul_kernels, fn, m, n, k, fill):
     """M, N, K not a multiple of any block (register block, panel, tile, K block, M block,
     the VNNI panel's gathered quads and its byte-wise last quad), DeiT's attention shapes,
+    an empty reduction (c = bias: the VNNI kernel starts c from the bias in its first block),
     all-minimum and all-maximum operands (the largest shifted sums)."""
     (dtype, lo, hi), (b_dtype, b_lo, b_hi) = MATMUL_TYPES[fn]
     g = torch.Generator().manual_seed(m * 1000 + n * 10 + k)

@@ -325,12 +325,15 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
 #error "INTVIT_VNNI_KC must be a multiple of 4 in [4, 65792] (KC * 255 * 128 < 2^31)"
 #endif
 
-/* c[r][j] += sum_q a8[r][4q..4q+3] . panel[q][j] - col_fix[j] + row_fix[r] for r < rows
- * (<= 8), j < cols (<= 32); swap: the panel is the unsigned operand. */
+/* c[r][j] = start[r][j] + sum_q a8[r][4q..4q+3] . panel[q][j] - col_fix[j] + row_fix[r]
+ * for r < rows (<= 8), j < cols (<= 32), where start is c itself, or with first (the first
+ * K block) bias[j] (0 when bias is NULL): c needs no pass of its own to start from the
+ * bias; swap: the panel is the unsigned operand. */
 static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
                                      const uint8_t *a8, int32_t lda, const uint8_t *panel,
                                      int32_t swap, const int32_t *col_fix,
-                                     const int32_t *row_fix, int32_t *c, int32_t ldc) {
+                                     const int32_t *row_fix, int32_t first,
+                                     const int32_t *bias, int32_t *c, int32_t ldc) {
     __m512i acc[8][2];
     const uint8_t *ar[8];
     int32_t q, r, j;
@@ -363,13 +366,17 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
         __m512i s1 = _mm512_sub_epi32(_mm512_add_epi32(acc[r][1], fix),
                                       _mm512_loadu_si512(col_fix + 16));
         if (cols == 32) {
-            _mm512_storeu_si512(cr, _mm512_add_epi32(_mm512_loadu_si512(cr), s0));
-            _mm512_storeu_si512(cr + 16, _mm512_add_epi32(_mm512_loadu_si512(cr + 16), s1));
+            const int32_t *from = first ? bias : cr;
+            __m512i c0 = from ? _mm512_loadu_si512(from) : _mm512_setzero_si512();
+            __m512i c1 = from ? _mm512_loadu_si512(from + 16) : _mm512_setzero_si512();
+            _mm512_storeu_si512(cr, _mm512_add_epi32(c0, s0));
+            _mm512_storeu_si512(cr + 16, _mm512_add_epi32(c1, s1));
         } else {
             int32_t t[32];
             _mm512_storeu_si512(t, s0);
             _mm512_storeu_si512(t + 16, s1);
-            for (j = 0; j < cols; j++) cr[j] += t[j];
+            for (j = 0; j < cols; j++)
+                cr[j] = (first ? (bias ? bias[j] : 0) : cr[j]) + t[j];
         }
     }
 }
@@ -423,10 +430,8 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
     int32_t row_fix[INTVIT_MATMUL_MC];
     uint8_t xa = (uint8_t)(a_signed && b_signed ? 0x80 : 0);
     uint8_t xb = (uint8_t)(!a_signed && !b_signed ? 0x80 : 0);
-    int32_t swap = a_signed && !b_signed, i, j, k0, i0, j0, kc, mc, quads;
-    for (i = 0; i < M; i++)
-        for (j = 0; j < N; j++) c[(int64_t)i * N + j] = bias ? bias[j] : 0;
-    for (k0 = 0; k0 < K; k0 += INTVIT_VNNI_KC) {
+    int32_t swap = a_signed && !b_signed, i, k0, i0, j0, kc, mc, quads;
+    for (k0 = 0; k0 == 0 || k0 < K; k0 += INTVIT_VNNI_KC) {   /* K = 0: c = bias */
         kc = K - k0 < INTVIT_VNNI_KC ? K - k0 : INTVIT_VNNI_KC;
         quads = (kc + 3) / 4;
         for (i0 = 0; i0 < M; i0 += INTVIT_MATMUL_MC) {
@@ -453,7 +458,8 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
                 for (r = 0; r < mc; r += 8)
                     intvit_vnni_block(mc - r < 8 ? mc - r : 8, jb, quads,
                                       a8 + r * 4 * quads, 4 * quads, panel, swap, col_fix,
-                                      row_fix + r, c + (int64_t)(i0 + r) * N + j0, N);
+                                      row_fix + r, k0 == 0, bias ? bias + j0 : NULL,
+                                      c + (int64_t)(i0 + r) * N + j0, N);
             }
         }
     }
