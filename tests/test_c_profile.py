@@ -46,8 +46,10 @@ def test_profiled_build_gives_the_models_logits_and_times_every_node(wide, threa
     wall = time.perf_counter() - start  # the warm-up run and 4 timed runs
     assert torch.equal(logits, model.forward_int(x).value)
     assert seconds.shape == (len(program.nodes),) and (seconds >= 0).all()
-    # the ticks cover each run from before the quantization to the last node
-    assert 0.5 * wall < 5 * seconds.sum() and 4 * seconds.sum() <= wall
+    # the ticks cover each run from before the quantization to the last node: all of the
+    # wall time but the Python calls between images (loose: other processes share the
+    # cores, and a thread descheduled between two images counts against the ticks)
+    assert 0.25 * wall < 5 * seconds.sum() and 4 * seconds.sum() <= wall
 
 
 def test_product_heavy_program_spends_most_time_in_int8_products(wide):
