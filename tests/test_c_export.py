@@ -290,6 +290,23 @@ def test_memory_plan_reuses_activations_and_is_stated(models):
     assert str(mem.scratch_bytes) in library.files["README.md"]
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_scores_read_k_in_place_of_a_transposed_copy(models, arch):
+    """The attention scores q @ k^T take k (the transpose's input) as their transposed
+    operand, with no temporary; the context product keeps its transposed copy of v; the
+    logits stay exact (every whole-model test here), k lives until the scores."""
+    _, program, library = models[arch, "ivit"]
+    plan = library.plan
+    scores = [i for i, n in enumerate(program.nodes) if n.op == "matmul" and "scores" in n.module]
+    context = [i for i, n in enumerate(program.nodes) if n.op == "matmul" and "context" in n.module]
+    assert scores and set(plan.bt_sources) == set(scores) and set(plan.temps) == set(context)
+    for i in scores:
+        k = plan.bt_sources[i]
+        producer = next(n for n in program.nodes if n.output == program.nodes[i].inputs[1])
+        assert producer.op == "transpose" and producer.inputs == [k]
+        assert plan.root(k).last >= i
+
+
 def test_accumulator_past_int32_is_refused(models):
     _, program, _ = models["vit", "ivit"]
     node = next(n for n in program.nodes if n.op == "linear")

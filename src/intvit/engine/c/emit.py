@@ -149,10 +149,14 @@ def _matmul(e: Emitter, i: int, node: Node) -> None:
     lead, lead_b = prod(a.shape[:-2]), prod(b.shape[:-2])
     if lead_b not in (1, lead):
         raise ProgramError(f"node {i}: the C export multiplies equal or shared batches only")
-    bt = e.plan.temps[i]
-    bt_ptr = e.at(bt, 0, bt.ctype)
-    e.copy((lead_b, n, k), e.ptr(b.name), b.ctype, (k * n, 1, n), bt_ptr, bt.ctype,
-           (n * k, k, 1))
+    if i in e.plan.bt_sources:  # b is a transpose of its last two axes: its input is b^T
+        bt = e.plan.values[e.plan.bt_sources[i]]
+        bt_ptr = e.ptr(bt.name)
+    else:
+        bt = e.plan.temps[i]
+        bt_ptr = e.at(bt, 0, bt.ctype)
+        e.copy((lead_b, n, k), e.ptr(b.name), b.ctype, (k * n, 1, n), bt_ptr, bt.ctype,
+               (n * k, k, 1))
     fn = e.kernel(product_kernel(a, bt), a.ctype, bt.ctype)
     step_b = f"l * {n * k}" if lead_b > 1 else "0"
     if lead > 1:  # the heads (and windows) over the threads; the kernel then runs on one

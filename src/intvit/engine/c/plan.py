@@ -14,7 +14,9 @@ requantization product past 63, is an error, so the C code cannot overflow.
 (no storage). Every other activation gets a region of the scratch buffer from the node
 that writes it to the last node that reads it (or a view of it); a region is reused
 once its value is dead (first fit, offsets aligned to 16 bytes). Node-local temporaries
-(the transposed right operand of an activation product) live for their node only.
+(the transposed right operand of an activation product) live for their node only; a
+product whose right operand is a transpose of the last two axes (``k^T``) reads that
+transpose's input as its transposed operand instead, which then lives to the product.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Plan:
     program: IntProgram
     values: dict[str, Value]
     temps: dict[int, Value] = field(default_factory=dict)   # node index -> temporary
+    bt_sources: dict[int, str] = field(default_factory=dict)  # matmul index -> its b^T
     scratch_bytes: int = 0
     logits: str = ""
 
@@ -161,7 +164,11 @@ def make_plan(program: IntProgram) -> Plan:
     for i, node in enumerate(nodes):
         if node.op == "matmul":
             a, b = (values[n] for n in node.inputs)
-            plan.temps[i] = Value(f"{node.output}.bt", b.shape, b.lo, b.hi, first=i, last=i)
+            source = transposed_source(nodes, node.inputs[1])
+            if source is not None:
+                plan.bt_sources[i] = source
+            else:
+                plan.temps[i] = Value(f"{node.output}.bt", b.shape, b.lo, b.hi, first=i, last=i)
     values[nodes[0].output].kind = "input"
     out = values[program.output]
     if out.kind == "scratch" and out.ctype == "int32_t":
@@ -169,6 +176,20 @@ def make_plan(program: IntProgram) -> Plan:
     _lifetimes(plan)
     _allocate(plan)
     return plan
+
+
+def transposed_source(nodes, name: str) -> str | None:
+    """The value whose layout is ``name`` with its last two axes swapped back, where
+    ``name`` is the output of a transpose of exactly those two axes (the attention's
+    ``k^T``): a product reads it as its ``b^T`` in place of a transposed copy."""
+    producer = next((n for n in nodes if n.output == name), None)
+    if producer is None or producer.op != "transpose":
+        return None
+    perm = list(producer.attrs["perm"])
+    rank = len(perm)
+    if rank < 2 or perm != list(range(rank - 2)) + [rank - 1, rank - 2]:
+        return None
+    return producer.inputs[0]
 
 
 def trace_shapes(program: IntProgram) -> dict[str, tuple[int, ...]]:
@@ -267,6 +288,9 @@ def _lifetimes(plan: Plan) -> None:
             if name in plan.values:
                 root = plan.root(name)
                 root.last = max(root.last, i)
+    for i, name in plan.bt_sources.items():
+        root = plan.root(name)
+        root.last = max(root.last, i)
     end = len(plan.program.nodes)
     plan.root(plan.logits).last = end
 
