@@ -90,6 +90,13 @@ def test_objects_hold_every_type_at_its_ends(route, tmp_path):
             assert ctypes.addressof(got) % ALIGN == 0
 
 
+@pytest.mark.parametrize("ctype,value", [("int8_t", 128), ("uint8_t", -1), ("int16_t", -32769),
+                                         ("int32_t", 1 << 31)])
+def test_a_value_past_its_type_is_refused_not_wrapped(ctype, value):
+    with pytest.raises(ValueError, match=f"past {ctype}"):
+        Constant("c0", "t", ctype, torch.tensor([0, value])).data()
+
+
 @pytest.mark.parametrize("name", ["ivit", "leaky16"])
 def test_blob_and_text_builds_equal_the_int_engine(programs, name):
     model, program = programs[name]

@@ -25,7 +25,7 @@ import torch
 
 from ...fileio import atomic_folder
 from ..program import IntProgram
-from .emit import Emitter, emit_network
+from .emit import LIMITS, Emitter, emit_network
 from .plan import CTYPE_SIZE, Plan, make_plan
 
 PREFIX = "intvit_model"
@@ -55,10 +55,14 @@ class Constant:
         return self.values.numel()
 
     def data(self) -> bytes:
-        """The array's bytes, little-endian (the values fit ``ctype``: checked by the
-        emitter)."""
-        return self.values.reshape(-1).to(torch.int64).numpy().astype(
-            LITTLE_ENDIAN[self.ctype]).tobytes()
+        """The array's bytes, little-endian; values past ``ctype`` are an error, never
+        wrapped."""
+        flat = self.values.reshape(-1).to(torch.int64)
+        lo, hi = LIMITS[self.ctype]
+        if flat.numel() and (int(flat.min()) < lo or int(flat.max()) > hi):
+            raise ValueError(f"constant {self.name} ({self.tensor}) has values past "
+                             f"{self.ctype} [{lo}, {hi}]")
+        return flat.numpy().astype(LITTLE_ENDIAN[self.ctype]).tobytes()
 
 
 @dataclass
