@@ -84,8 +84,9 @@ def _tmp_name(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
-def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
+def atomic_write(path: str | Path, write: Callable[[str], object], mode: int = 0o666) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file.
+    ``mode``: the permissions before the umask (``0o777`` for a program)."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give a file name for this output")
@@ -97,7 +98,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, mode & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
