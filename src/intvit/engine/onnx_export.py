@@ -31,9 +31,10 @@ program op maps to ONNX, given ONNX Runtime's kernels:
 * **tables** (GELU, the softmax exponentials, powers of two): ``Gather``.
 * **isqrt** (LayerNorm): the bit length as the count of powers of two not above the
   value (one broadcast comparison and a sum), the start ``2^ceil(n/2)`` by ``Gather``,
-  then :data:`~intvit.arith.isqrt.MAX_NEWTON_STEPS` unrolled Newton steps
-  ``r = min(r, (r + v / r) / 2)``: extra steps leave a converged root unchanged, so the
-  result equals the early-exit loop of :func:`intvit.arith.isqrt`.
+  then ``newton_steps(B)`` unrolled Newton steps ``r = min(r, (r + v / r) / 2)`` for the
+  ``B``-bit variance bound the kernel declares (:func:`intvit.arith.isqrt.newton_steps`):
+  the steps :func:`intvit.arith.isqrt` runs compiled; its eager loop stops early at the
+  same root.
 
 Outputs: ``logits`` (int64, the integer logits) and ``logits_float`` (float32).
 """
@@ -47,8 +48,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..approx.rows import NUMERATOR_IVIT
-from ..arith.isqrt import MAX_NEWTON_STEPS
+from ..approx.rows import NUMERATOR_IVIT, variance_max
+from ..arith.isqrt import newton_steps
 from .program import IntProgram, Node, ProgramError
 
 OPSET = 17
@@ -169,16 +170,17 @@ class GraphWriter:
         dtype = np.int8 if t.dtype == torch.int8 else np.int64
         return self._init(key, np.ascontiguousarray(t.numpy().T.astype(dtype)))
 
-    def isqrt(self, v: str) -> str:
-        """``floor(sqrt(v))`` in ``v``'s type (int32 or int64, ``v >= 0``)."""
+    def isqrt(self, v: str, bits: int | None = None) -> str:
+        """``floor(sqrt(v))`` in ``v``'s type (int32 or int64, ``0 <= v < 2^bits``; the
+        type's width by default): :func:`~intvit.arith.isqrt.newton_steps` steps."""
         width = 31 if self.types[v] == INT32 else 63
         powers = self.const([1 << k for k in range(width)], hint="pow2_table", like=v)
-        bits = self.op("ReduceSum", [self.cast(self.op("GreaterOrEqual", [
+        length = self.op("ReduceSum", [self.cast(self.op("GreaterOrEqual", [
             self.op("Unsqueeze", [v, self.const([-1])]), powers]), self.types[v]),
             self.const([-1])], keepdims=0)
         one, two = self.const(1, like=v), self.const(2, like=v)
-        root = self.op("Gather", [powers, self.op("Div", [self.op("Add", [bits, one]), two])])
-        for _ in range(MAX_NEWTON_STEPS):
+        root = self.op("Gather", [powers, self.op("Div", [self.op("Add", [length, one]), two])])
+        for _ in range(newton_steps(width if bits is None else bits)):
             quotient = self.op("Div", [v, self.op("Max", [root, one])])
             step = self.op("Div", [self.op("Add", [root, quotient]), two])
             root = self.op("Min", [root, step])
@@ -262,13 +264,13 @@ def _layernorm(w, node, x):
     length = w.program.tensors[node.params["beta"]].shape[0]
     total = w.op("ReduceSum", [x[0], axes], keepdims=1)
     y = w.op("Sub", [x[0], _round_div(w, total, length)])
-    y_max = ((1 << a["in_bits"]) - 1 + (1 << a["var_shift"]) - 1) >> a["var_shift"]
+    var_max = variance_max(a["in_bits"], a["var_shift"], length)
     if a["var_shift"]:
         y = w.cast(w.floor_shift(y, a["var_shift"]), INT32)
-    if not _fits_int32(length * y_max * y_max):
+    if not _fits_int32(var_max):
         y = w.cast(y, INT64)
     var = w.op("ReduceSum", [w.op("Mul", [y, y]), axes], keepdims=1)
-    std = w.op("Max", [w.isqrt(var), w.const(1, like=var)])
+    std = w.op("Max", [w.isqrt(var, var_max.bit_length()), w.const(1, like=var)])
     factor = w.op("Div", [w.const(NUMERATOR_IVIT, like=std), std])
     z = w.floor_shift(w.op("Mul", [y, factor]), 1)
     out = w.op("Add", [w.requantize(z, node.params["m"], node.params["e"]),
