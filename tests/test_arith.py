@@ -839,10 +839,12 @@ def test_newton_steps_bound_the_moves_of_every_width():
         newton_steps(64)
 
 
-def test_isqrt_refuses_inputs_above_the_bits_promised():
-    assert_exact(isqrt(t64([0, 255, 65535]), 16), [0, 15, 255])
-    with pytest.raises(ValueError, match="promised inputs below 2\\^16, got 65536"):
-        isqrt(t64([3, 65536]), 16)
+def test_isqrt_refuses_inputs_beyond_the_bits_promised_that_do_not_converge():
+    """Three steps (8 bits) settle every root below 2^8, not that of 2^62 (five moves)."""
+    assert_exact(isqrt(t64([0, 255, 65535]), 8), [0, 15, 255])
+    with pytest.raises(ValueError, match="did not converge in 3 steps: an input is not "
+                                         "below the 2\\^8 promised"):
+        isqrt(t64([3, 1 << 62]), 8)
 
 
 def test_isqrt_keeps_shape():
