@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     for profile in profiles:
         print("\n" + profile)
-    write_json(args.json, {"header": header, "rows": [asdict(r) for r in rows]})
+    write_json(args.json, "bench", {"header": header, "rows": [asdict(r) for r in rows]})
     if args.update_readme:
         replace_between(args.update_readme, README_START, README_END, table)
     return 0 if all(r.exact is not False for r in rows) else 1
