@@ -80,3 +80,14 @@ def test_profile_covers_every_class_and_sums_to_the_run():
     assert 0.5 * total < sum(profile.values()) < 2.0 * total
     with pytest.raises(ValueError, match="repeats"):
         profile_tvm(module, x, repeats=0)
+
+
+def test_bench_prints_the_tvm_profile_measured_in_its_own_process(tmp_path):
+    pytest.importorskip("tvm", reason="the tvm engine's profile needs pip install intvit[tvm]")
+    from intvit.engine.bench import tvm_profile
+    from intvit.models import model_config
+
+    model = calibrated(model_config("custom", **SMALL), FAMILIES["ivit"])
+    table = tvm_profile("small", model, export_program(model), [1, 2], 1, tmp_path)
+    assert "| small, tvm engine: op class | batch 1: ms | share | batch 2: ms | share |" in table
+    assert table.count("\n") == len(CLASSES) + 2

@@ -84,24 +84,37 @@ def bench_model(name: str, batches: list[int], engines: list[str], family: str, 
             table = profile_markdown(f"{name}, int engine", {
                 b: profile_int(program, probe_images(model, b, seed=b)) for b in batches})
         if "tvm" in engines and tvm_available():
-            table += "\n\n" + tvm_profile(name, model, program, batches, n_threads)
+            table += "\n\n" + tvm_profile(name, model, program, batches, n_threads,
+                                           workdir / name)
     return time_engines(name, float_model, model, program, batches, engines,
                         n_threads, warmup, repeats, workdir / name), table
 
 
-def tvm_profile(name: str, model, program, batches: list[int], n_threads: int) -> str:
-    """The ``tvm`` engine's time by op class per batch size
-    (:func:`.tvm.profile.profile_tvm`, one module built for every batch), as a table; a
-    line saying why not when TVM builds that program per input shape."""
-    from .onnx_export import to_onnx
+def tvm_profile(name: str, model, program, batches: list[int], n_threads: int,
+                workdir: Path) -> str:
+    """The ``tvm`` engine's time by op class per batch size, as a table: measured in a
+    fresh process (``python -m intvit.engine.tvm.profile SPEC``, one module built for
+    every batch) so that this process's PyTorch threads do not slow it; a line saying
+    why not when TVM builds that program per input shape."""
+    from safetensors.torch import save_file
+
     from .profile import profile_markdown
-    from .tvm import TvmModule
-    from .tvm.profile import profile_tvm
-    module = TvmModule(to_onnx(program), threads=n_threads)
-    if not module.dynamic:
-        return f"{name}, tvm engine: no profile (built per input shape: {module.fallback_reason})"
-    return profile_markdown(f"{name}, tvm engine", {
-        b: profile_tvm(module, probe_images(model, b, seed=b).numpy()) for b in batches})
+    workdir.mkdir(parents=True, exist_ok=True)
+    inputs = {}
+    for b in batches:
+        inputs[b] = str(workdir / f"profile_inputs_{b}.safetensors")
+        save_file({"images": probe_images(model, b, seed=b).contiguous()}, inputs[b])
+    spec = {"program": str(program.save(workdir / "profile_program.safetensors")),
+            "inputs": inputs, "threads": n_threads}
+    done = subprocess.run([sys.executable, "-m", "intvit.engine.tvm.profile", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"profiling tvm failed:\n{done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if "fallback" in result:
+        return f"{name}, tvm engine: no profile (built per input shape: {result['fallback']})"
+    return profile_markdown(f"{name}, tvm engine",
+                            {int(b): profile for b, profile in result["profiles"].items()})
 
 
 def time_engines(label: str, float_model: torch.nn.Module, model, program, batches: list[int],

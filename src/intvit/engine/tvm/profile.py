@@ -1,7 +1,9 @@
 """Where a :class:`.module.TvmModule`'s time goes, by op class: every kernel the Relax
 VM calls timed through its instrument hook (``VirtualMachine.set_instrument``, called
 before and after each ``Call`` instruction), each named by its class
-(``intvit bench --profile``).
+(``intvit bench --profile`` runs ``python -m intvit.engine.tvm.profile SPEC``,
+:func:`worker`, in a fresh process, as it times every engine: PyTorch's idle threads
+spin against TVM's pool, see ``benchmarks/README.md``, "Threads").
 
 TVM keeps no trace of the ONNX nodes a fused kernel came from, only the Relax op names
 it fused (``fused_add7_divide2_less_...``), the argument tensors, and intvit's own VNNI
@@ -33,7 +35,9 @@ ViT's 79 kernels at batch 1 sum to twice its 0.075 ms run, at batch 32 to 1.05 t
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -152,3 +156,26 @@ def profile_tvm(module: TvmModule, images: np.ndarray, repeats: int = 3) -> dict
         totals[cls] += ms
     totals["data movement"] += max(0.0, run_ms - sum(totals.values()))
     return totals
+
+
+def worker(spec: dict) -> dict:
+    """Build the tvm module of ``spec["program"]`` (an :class:`~intvit.engine.program.IntProgram`
+    file) with ``spec["threads"]`` threads and profile it (:func:`profile_tvm`) on the
+    images of each ``spec["inputs"]`` file (batch -> safetensors with ``images``):
+    ``{"profiles": {batch: {class: ms}}}``, or ``{"fallback": reason}`` when TVM builds
+    the program per input shape."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..onnx_export import to_onnx
+    from ..program import IntProgram
+    torch.set_num_threads(1)  # PyTorch only loads files here; its threads would spin
+    module = TvmModule(to_onnx(IntProgram.load(spec["program"])), threads=spec["threads"])
+    if not module.dynamic:
+        return {"fallback": module.fallback_reason}
+    return {"profiles": {b: profile_tvm(module, load_file(path)["images"].numpy())
+                         for b, path in spec["inputs"].items()}}
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(json.loads(sys.argv[1]))))
