@@ -53,12 +53,13 @@ VNNI_PREFIXES = ("intvit.vnni_matmul.", "intvit_pack_b_", "intvit_colsum_")
 
 
 def kernel_ops(name: str) -> set[str]:
-    """The Relax op names a fused kernel's name joins (``fused_add7_take1`` ->
-    ``{"add", "take"}``), without their numeric suffixes."""
+    """The Relax op names a fused kernel's name joins, without their numeric suffixes:
+    every ``_``-separated part (``fused_add7_take1`` -> ``{"add", "take"}``) and the op
+    names that hold an underscore (``right_shift3`` -> ``right``, ``shift`` and
+    ``right_shift``)."""
     ops = set()
     for part in name.removeprefix("fused_").split("_"):
         ops.add(_SUFFIX.sub("", part))
-    # Op names that hold an underscore themselves.
     joined = "_" + name + "_"
     for op in ("greater_equal", "floor_mod", "right_shift"):
         if re.search(rf"_{op}\d*_", joined):
@@ -68,8 +69,8 @@ def kernel_ops(name: str) -> set[str]:
 
 def kernel_class(name: str, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str]) -> str:
     """The op class (one of :data:`intvit.engine.profile.CLASSES`) of a call to the
-    kernel or VM builtin ``name`` with arguments of these shapes and dtypes; the rules are
-    the module docstring's table."""
+    kernel ``name`` with argument tensors of these shapes and dtypes; the rules are the
+    module docstring's table."""
     if "float32" in dtypes:
         return "quantization"
     ops = kernel_ops(name)
