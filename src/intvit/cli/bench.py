@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--profile", action="store_true",
                    help="also print the int engine's time by op class (int8 products, "
-                        "requantization, GELU, Softmax, LayerNorm, data movement)")
+                        "requantization, GELU, Softmax, LayerNorm, quantization, data "
+                        "movement), and the tvm engine's when it is timed and installed")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--update-readme", metavar="README", nargs="?", const="README.md",
                    help="write the table between the README's latency markers")
