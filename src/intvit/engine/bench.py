@@ -106,11 +106,7 @@ def tvm_profile(name: str, model, program, batches: list[int], n_threads: int,
         save_file({"images": probe_images(model, b, seed=b).contiguous()}, inputs[b])
     spec = {"program": str(program.save(workdir / "profile_program.safetensors")),
             "inputs": inputs, "threads": n_threads}
-    done = subprocess.run([sys.executable, "-m", "intvit.engine.tvm.profile", json.dumps(spec)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"profiling tvm failed:\n{done.stderr[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_module("intvit.engine.tvm.profile", spec, "profiling tvm")
     if "fallback" in result:
         return f"{name}, tvm engine: no profile (built per input shape: {result['fallback']})"
     return profile_markdown(f"{name}, tvm engine",
@@ -157,13 +153,19 @@ def time_engines(label: str, float_model: torch.nn.Module, model, program, batch
     return rows
 
 
-def run_worker(spec: dict) -> dict:
-    """Time one row in a fresh Python process; its last output line is the result."""
-    done = subprocess.run([sys.executable, "-m", "intvit.engine.bench", json.dumps(spec)],
+def run_module(module: str, spec: dict, what: str) -> dict:
+    """``python -m module SPEC`` in a fresh Python process; its last output line, JSON, is
+    the result (an error quoting its stderr when it fails)."""
+    done = subprocess.run([sys.executable, "-m", module, json.dumps(spec)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"timing {spec['kind']} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_worker(spec: dict) -> dict:
+    """Time one row in a fresh Python process."""
+    return run_module("intvit.engine.bench", spec, f"timing {spec['kind']}")
 
 
 def worker(spec: dict) -> dict:
