@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from intvit.arith import (MANTISSA_BITS, IntegerOverflowError, WidthLog, bit_length,
                           declare, dyadic, dyadic_value, floor_div, floor_shift, horner,
-                          horner_bits, isqrt, mantissa_bits_for, overflow_checks, qrange,
-                          record_widths, requantize, round_div, round_shift, saturate,
+                          horner_bits, isqrt, mantissa_bits_for, newton_steps, overflow_checks,
+                          qrange, record_widths, requantize, round_div, round_shift, saturate,
                           signed_bits)
 
 # ----------------------------------------------------------------------------------
@@ -810,6 +810,41 @@ def test_isqrt_exhaustive_small_and_random_sweep():
     sweep = torch.cat([torch.randint(0, min(1 << b, INT64_MAX), (2000,), generator=gen,
                                      dtype=torch.int64) for b in range(1, 64)])
     assert_exact(isqrt(sweep), [math.isqrt(x) for x in sweep.tolist()])
+
+
+def _newton_moves(x: int) -> int:
+    """Newton steps that change the root of ``x`` from ``2^ceil(n/2)`` (isqrt.py), in ints."""
+    root, moves = 1 << ((x.bit_length() + 1) >> 1), 0
+    while (step := (root + x // max(root, 1)) >> 1) < root:
+        root, moves = step, moves + 1
+    assert root == math.isqrt(x)
+    return moves
+
+
+def test_newton_steps_bound_the_moves_of_every_width():
+    """``newton_steps(B)`` (the e_{i+1} = e_i^2 / (2 (1 + e_i)) bound) is at least the
+    moves of the slowest inputs below 2^B: just above a power of two (start twice the
+    root), just below one, squares and their neighbours, random values."""
+    assert [newton_steps(b) for b in (0, 1, 8, 16, 31, 32, 63)] == [2, 2, 3, 4, 5, 5, 6]
+    rng = random.Random(7)
+    for bits in range(1, 64):
+        top = 1 << bits
+        xs = {(1 << (n - 1)) + d for n in range(1, bits + 1) for d in range(40)}
+        xs |= {(1 << n) - 1 - d for n in range(1, bits + 1) for d in range(40)}
+        xs |= {k * k + d for k in (rng.randrange(math.isqrt(top - 1) + 1) for _ in range(200))
+               for d in (-1, 0, 1)}
+        xs |= {rng.randrange(top) for _ in range(200)}
+        assert max(_newton_moves(x) for x in xs if 0 <= x < top) <= newton_steps(bits)
+    with pytest.raises(ValueError, match="0 to 63 bits"):
+        newton_steps(64)
+
+
+def test_isqrt_refuses_inputs_beyond_the_bits_promised_that_do_not_converge():
+    """Three steps (8 bits) settle every root below 2^8, not that of 2^62 (five moves)."""
+    assert_exact(isqrt(t64([0, 255, 65535]), 8), [0, 15, 255])
+    with pytest.raises(ValueError, match="did not converge in 3 steps: an input is not "
+                                         "below the 2\\^8 promised"):
+        isqrt(t64([3, 1 << 62]), 8)
 
 
 def test_isqrt_keeps_shape():

@@ -270,6 +270,25 @@ def test_onnx_floor_division_and_requantize_match_torch_on_extremes():
     assert np.array_equal(got, requantize(x, m, e, 32).numpy())
 
 
+def test_onnx_layernorm_runs_the_newton_steps_of_its_declared_variance(program_file):
+    """Each LayerNorm's integer sqrt in the ONNX graph unrolls exactly the
+    ``newton_steps(B)`` that :func:`intvit.arith.isqrt` runs for the B-bit variance bound
+    the kernel declares (one ``Min`` per step), not a fixed maximum."""
+    from intvit.approx.rows import variance_max
+    from intvit.arith import newton_steps
+
+    program = IntProgram.load(program_file[1])
+    graph = to_onnx(program)
+    layernorms = [n for n in program.nodes if n.op == "layernorm"]
+    assert layernorms
+    for node in layernorms:
+        length = program.tensors[node.params["beta"]].shape[0]
+        bits = variance_max(node.attrs["in_bits"], node.attrs["var_shift"], length).bit_length()
+        steps = [n for n in graph.graph.node
+                 if n.name.startswith(f"{node.module}/") and n.op_type == "Min"]
+        assert len(steps) == newton_steps(bits) < 8
+
+
 def test_bench_times_every_row_in_its_own_process(tmp_path):
     from intvit.cli.bench import TARGETS
     from intvit.engine.bench import markdown, time_engines, verdicts

@@ -118,3 +118,20 @@ def test_no_tensor_is_created_without_its_device(family):
         torch.set_default_device(None)
     assert first.device.type == "cpu" and torch.equal(first, second)
     assert all(t.device.type == "cpu" for t in model.buffers())
+
+
+def test_exact_logits_of_a_large_cpu_batch_run_in_chunks_with_the_same_integers():
+    """The evaluation of the eval-mode model takes a CPU batch CPU_BATCH_CHUNK images at a
+    time (chunks of 8 and 3 here): the logits are those of the whole batch at once, in
+    order."""
+    from intvit.device import CPU_BATCH_CHUNK, cpu_chunks
+    from intvit.evaluation import exact_logits
+
+    model = calibrated("vit").eval()
+    x = torch.randn(CPU_BATCH_CHUNK + 3, 3, 32, 32)
+    assert [len(c) for c in cpu_chunks(x)] == [CPU_BATCH_CHUNK, 3]
+    assert len(cpu_chunks(x.to("meta"))) == 1  # other devices take the batch whole
+    with torch.no_grad():
+        whole = model.forward_int(x)
+        got = exact_logits(model, x)
+    assert torch.equal(got, whole.value.double() * whole.scale.double())

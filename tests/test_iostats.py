@@ -15,7 +15,7 @@ from intvit.analysis.iostats import COLUMNS, IOStats, Reservoir, samples_path
 from intvit.approx import REGISTRY
 from intvit.arith import qrange
 from intvit.evaluation import evaluate
-from intvit.quant import QT, QuantModule, calibrate
+from intvit.quant import QT, Mode, QuantModule, calibrate
 from intvit.quant.modules import QuantLinear
 from intvit.quant.nonlinear import KernelModule
 
@@ -327,3 +327,37 @@ def test_fake_mode_records_integers_of_the_fake_quantized_values():
     assert row["mode"] == "fake" and row["in_dtype"] == "float32"
     assert isinstance(row["in_min"], int) and -128 <= row["in_min"] <= row["in_max"] <= 127
     assert row["samples"] == 64
+
+
+def _float_rows(model):
+    model.set_mode(Mode.FLOAT)
+    with IOStats(model, sample_size=0) as stats, torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    return {r["layer"]: r for r in stats.rows()}
+
+
+def test_float_mode_declares_output_widths_and_no_input_format_it_was_not_given():
+    """A float model's modules declare their own output widths as in INT mode; their
+    input widths come from the values they are given, and float values have no format:
+    empty (bits and signedness both) until a FAKE/INT call, then that call's."""
+    model = small_model()
+    rows = _float_rows(model)
+    for name in ("blocks.0.attn.qkv", "blocks.0.attn.scores", "blocks.0.mlp.act",
+                 "blocks.0.norm1"):
+        row = rows[name]
+        assert row["mode"] == "float" and row["in_dtype"] == "float32"
+        assert row["in_bits"] is row["in_signed"] is row["in2_bits"] is row["in2_signed"] is None
+        assert row["out_bits"] is not None and row["out_signed"] is not None
+    assert (rows["blocks.0.mlp.act"]["out_bits"], rows["blocks.0.attn.qkv"]["out_bits"]) == (8, 32)
+
+    model = calibrated_model()
+    with IOStats(model, sample_size=0) as stats:
+        model(torch.randn(2, 3, 32, 32))
+    integer = {r["layer"]: r for r in stats.rows()}
+    rows = _float_rows(model)
+    for name, row in rows.items():
+        assert row["mode"] == "float"
+        for field in ("in_bits", "in_signed", "in2_bits", "in2_signed", "out_bits",
+                      "out_signed"):
+            assert row[field] == integer[name][field], (name, field)
+    assert rows["blocks.0.attn.scores"]["in2_bits"] == 8

@@ -11,9 +11,11 @@ attribute before the integer map is compared element by element.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
+from fractions import Fraction
 
 import pytest
 import torch
@@ -889,3 +891,73 @@ def test_ppoly_softmax_16bit_and_long_rows():
                                                                     out_bits=8)
     want = ref_ppoly_softmax(kernel, long_rows, frac_bits=frac)
     assert_same(run_rows(kernel, long_rows), want, long_rows)
+
+
+# --------------------------------------------------------------------------------------
+# ppoly (float backend: ppoly.py "backend=float")
+# --------------------------------------------------------------------------------------
+
+def ref_ppoly_float(kernel, qs) -> list[int]:
+    """The unrounded float polynomial (Horner in doubles on the fitted float coefficients,
+    as ``PiecewisePoly.floating`` does), then ``clamp(floor(y 2^-F / s_out + 1/2))`` with
+    the division and rounding done exactly in rationals; 0 below the fit's ``lo``."""
+    fit = kernel.fit
+    starts, coeffs = fit.starts.tolist(), fit.float_coeffs.tolist()
+    lo, hi = kernel.out_range
+    scale = Fraction(kernel.out_scale) * (1 << fit.frac_bits)
+    out = []
+    for q in qs:
+        if q < fit.lo:
+            out.append(0)
+            continue
+        i = max(j for j, b in enumerate(starts) if b <= q)
+        t = (q - starts[i]) / 2.0 ** fit.shift
+        y = 0.0
+        for c in reversed(coeffs[i]):
+            y = y * t + c
+        out.append(clamp(math.floor(Fraction(y) / scale + Fraction(1, 2)), lo, hi))
+    return out
+
+
+# Digests of the float backend's outputs over every input, recorded at commit 1cd4a1d
+# (before its rounding went through intvit.arith.quantize): the 8-bit cases are unchanged.
+PPOLY_FLOAT_DIGESTS = [
+    ("gelu", "ppoly_backend_float", 0.05, 8, None, "2075dcbbb5bd6cb4"),
+    ("gelu", "ppoly_backend_float", 2.0 ** -4, 8, 0.03, "27f08994b85f0164"),
+    ("exp", "ppoly_backend_float", 0.05, 16, 2.0 ** -15, "95a4aea2ffd2bbfd"),
+]
+
+
+@pytest.mark.parametrize("op,name,scale,out_bits,out_scale,digest", PPOLY_FLOAT_DIGESTS)
+def test_ppoly_float_backend_outputs_unchanged(op, name, scale, out_bits, out_scale, digest):
+    kernel = build(op, name).prepare(in_scale=scale, in_bits=8, out_bits=out_bits,
+                                     out_scale=out_scale)
+    assert not kernel.integer_only
+    qs = all_inputs(op)
+    got = kernel(torch.tensor(qs)).tolist()
+    text = ",".join(map(str, got)).encode()
+    assert hashlib.sha256(text).hexdigest()[:16] == digest
+    assert got == ref_ppoly_float(kernel, qs)
+
+
+@pytest.mark.parametrize("op", ["exp", "gelu"])
+@pytest.mark.parametrize("scale", SCALES)
+def test_ppoly_float_backend_exhaustive(op, scale):
+    kernel = build(op, "ppoly_seg_8_deg_3_bounds_opt_backend_float").prepare(
+        in_scale=scale, in_bits=8, out_bits=8)
+    check_out_range(kernel)
+    qs = all_inputs(op)
+    want = ref_ppoly_float(kernel, qs)
+    assert_same(kernel(torch.tensor(qs)), want, qs)
+    assert_nontrivial(want, 10)
+
+
+def test_ppoly_float_backend_rounds_once():
+    """At 16 bits, q = 22144 and 22400 give y 2^-F / s_out just below 86.5 and 87.5; the
+    old spelling ``y * (2^-F / s_out)`` rounded the product up onto the tie (87, 88)."""
+    kernel = build("gelu", "ppoly_seg_8_deg_3_bounds_opt_backend_float").prepare(
+        in_scale=0.002, in_bits=16, out_bits=8)
+    qs = sample_inputs("gelu", 16, seed=7, extra=[22144, 22400])
+    want = ref_ppoly_float(kernel, qs)
+    assert_same(kernel(torch.tensor(qs)), want, qs)
+    assert kernel(torch.tensor([22144, 22400])).tolist() == [86, 87]

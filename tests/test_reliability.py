@@ -3,9 +3,12 @@
 Each test here failed on the main branch before the fix it names; docs/reliability.md
 lists them, what each input gets, and the test that proves it."""
 
+import datetime
 import json
 import os
+import socket
 import stat
+import sys
 
 import numpy as np
 import pytest
@@ -115,11 +118,39 @@ def test_resume_needs_the_training_state_in_the_checkpoint(files, tmp_path, caps
 
 def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    with fileio.DirLock(out):
+    with fileio.DirLock(out, "intvit test"):
         err = refused([*TRAIN, "--output-dir", str(out)], "in use by a running intvit",
                       capsys)
-        assert f"pid {os.getpid()}" in err
+        assert f"pid {os.getpid()} on {socket.gethostname()}" in err
+        assert ": intvit test)" in err
+        assert f"delete {out / fileio.LOCK_FILE} and run again" in " ".join(err.split())
     assert not (out / "last.safetensors").exists()
+
+
+def test_the_lock_names_its_holder_without_the_arguments(tmp_path, monkeypatch):
+    """The lock file holds pid, host, start time and command name: not argv, which may
+    hold paths or keys and need not be UTF-8 (a surrogate-escaped byte broke the write)."""
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["intvit", "train", "--data", "/home/me/secret\udcff"])
+    with fileio.DirLock(out, "intvit training"):
+        text = (out / fileio.LOCK_FILE).read_text(encoding="utf-8")
+    head, command = text.rstrip("\n").split(": ")
+    assert command == "intvit training"
+    started = head.split(", started ")[1]
+    assert datetime.datetime.fromisoformat(started).tzinfo is not None
+    assert head.startswith(f"pid {os.getpid()} on {socket.gethostname()}, started ")
+    assert "secret" not in text
+    assert (out / fileio.LOCK_FILE).read_text() == ""
+
+
+def test_a_lock_file_that_is_not_utf8_is_still_read(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / fileio.LOCK_FILE).write_bytes(b"pid 999999 on \xff\xfe: intvit training\n")
+    notes = []
+    with fileio.DirLock(out, "intvit training", notes.append):
+        pass
+    assert "took over" in notes[0] and "pid 999999" in notes[0]
 
 
 def test_a_stale_lock_is_taken_over_with_a_note(tmp_path):
@@ -127,7 +158,7 @@ def test_a_stale_lock_is_taken_over_with_a_note(tmp_path):
     out.mkdir()
     (out / fileio.LOCK_FILE).write_text("pid 999999 on elsewhere: intvit train\n")
     notes = []
-    with fileio.DirLock(out, notes.append):
+    with fileio.DirLock(out, "intvit training", notes.append):
         pass
     assert "took over" in notes[0] and "pid 999999" in notes[0]
 

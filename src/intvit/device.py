@@ -13,6 +13,10 @@ import torch
 from torch import nn
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+# Images an integer forward takes at a time on a CPU: the int64 intermediates of a larger
+# batch (a deit_small attention's scores at batch 32: 60 MB) fall out of the caches, and
+# the time per image grows with the batch (measured: benchmarks/eval_speed.py).
+CPU_BATCH_CHUNK = 8
 
 
 class DeviceError(ValueError):
@@ -54,6 +58,12 @@ def model_device(model) -> torch.device:
         for tensor in model.buffers():
             return tensor.device
     return torch.device("cpu")
+
+
+def cpu_chunks(images: torch.Tensor, chunk: int = CPU_BATCH_CHUNK) -> tuple[torch.Tensor, ...]:
+    """A CPU batch split into runs of ``chunk`` images (every image's integers are
+    independent of the others'); a GPU batch whole, which it runs fastest."""
+    return images.split(chunk) if images.device.type == "cpu" else (images,)
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:

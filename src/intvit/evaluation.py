@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from .progress import tqdm
 
-from .device import model_device, to_device
+from .device import cpu_chunks, model_device, to_device
 from .quant import Mode
 
 
@@ -34,13 +34,14 @@ class EvalResult:
 
 def exact_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Float64 logits; for the integer model, the int32 logits times their scales, exact
-    (a float32 product would round integers above 2^24). An engine of
+    (a float32 product would round integers above 2^24), on a CPU in chunks of images
+    (:func:`~intvit.device.cpu_chunks`). An engine of
     :mod:`intvit.engine` gives its own."""
     if hasattr(model, "exact_logits"):
         return model.exact_logits(images)
     if getattr(model, "mode", None) is Mode.INT:
-        logits = model.forward_int(images)
-        return logits.value.double() * logits.scale.double()
+        chunks = [model.forward_int(chunk) for chunk in cpu_chunks(images)]
+        return torch.cat([c.value.double() * c.scale.double() for c in chunks])
     return model(images).double()
 
 

@@ -29,9 +29,7 @@ import platform
 import shlex
 import shutil
 import socket
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -84,8 +82,9 @@ def _tmp_name(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
-def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
+def atomic_write(path: str | Path, write: Callable[[str], object], mode: int = 0o666) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file.
+    ``mode``: the permissions before the umask (``0o777`` for a program)."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give a file name for this output")
@@ -97,7 +96,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, mode & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -275,15 +274,18 @@ def check_distinct(outputs: dict[str, str | Path | None],
 
 
 class DirLock:
-    """An exclusive lock on an output folder for one run (``with DirLock(out): ...``).
+    """An exclusive lock on an output folder for one run (``with DirLock(out, "intvit training"): ...``).
 
-    The lock is an ``flock`` on ``FOLDER/.intvit.lock``, which names its holder (pid,
-    host, command, start time): a second run is refused with that name; the kernel
-    releases the lock of a process that died, and the next run takes it over with a note.
+    The lock is an ``flock`` on ``FOLDER/.intvit.lock``, which names its holder: pid,
+    host, start time (ISO 8601 with offset) and ``command`` (a name such as ``intvit training``, never the
+    arguments: they may hold paths, and need not be UTF-8). A second run is refused with
+    that name and told how to clear a stale lock; the kernel releases the lock of a
+    process that died, and the next run takes it over with a note.
     """
 
-    def __init__(self, folder: str | Path, log: Callable[[str], object] = print) -> None:
-        self.folder, self.log, self.file = Path(folder), log, None
+    def __init__(self, folder: str | Path, command: str,
+                 log: Callable[[str], object] = print) -> None:
+        self.folder, self.command, self.log, self.file = Path(folder), command, log, None
 
     def __enter__(self) -> "DirLock":
         import fcntl
@@ -291,23 +293,27 @@ class DirLock:
         check_output(self.folder, "--output-dir", folder=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
-        f = open(path, "a+", encoding="utf-8")
+        f = open(path, "a+", encoding="utf-8", errors="replace")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
+            holder = f.read().strip() or "a process that did not name itself"
             f.close()
-            raise OutputError(f"{self.folder} is in use by a running intvit ({holder}); "
-                              f"wait for it, or choose another --output-dir") from None
+            raise OutputError(
+                f"{self.folder} is in use by a running intvit ({holder}); wait for it to "
+                f"finish, or choose another --output-dir. If that process no longer runs, "
+                f"the lock is stale (a process it started still holds it, or the folder is "
+                f"on a network file system): delete {path} and run again") from None
         f.seek(0)
         previous = f.read().strip()
         if previous:
             self.log(f"note: took over the lock of a run that no longer runs ({previous})")
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: "
+                f"{self.command}\n")
         f.flush()
         self.file = f
         return self

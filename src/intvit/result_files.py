@@ -1,8 +1,8 @@
 """What a JSON file of results holds, said by the file itself.
 
-Every result file that intvit writes for other tools to read back (``intvit analyze
---json``, ``intvit eval --json``, a demo's ``results.json``, ``search.json``,
-``sweep.json``) is a JSON object whose ``"kind"`` names what it is (a key of
+Every result file that intvit writes for other tools to read back (the ``--json FILE`` of
+``analyze``, ``eval``, ``calibrate``, ``train``, ``bench``, ``verify`` and ``inspect``, a
+demo's ``results.json``, ``search.json``, ``sweep.json``) is a JSON object whose ``"kind"`` names what it is (a key of
 :data:`RESULT_KINDS`) and, for a kind that holds a list of records, whose ``"records"``
 names the key of that list::
 
@@ -42,7 +42,13 @@ RESULT_KINDS: dict[str, ResultKind] = {kind.name: kind for kind in (
     ResultKind("analysis", "`intvit analyze --json FILE`", records="ops"),
     ResultKind("layer-analysis", "`intvit analyze --from-stats STATS --json FILE`",
                records="layers"),
-    ResultKind("evaluation", "`intvit eval --json FILE`"),
+    ResultKind("evaluation", "`intvit eval --json FILE` or `intvit calibrate --json FILE`"),
+    ResultKind("training", "`intvit train --json FILE`", records="history"),
+    ResultKind("bench", "`intvit bench --json FILE`", records="rows"),
+    ResultKind("verify", "`intvit verify --json FILE`"),
+    ResultKind("golden-verify", "`intvit verify --golden DIR --json FILE`"),
+    ResultKind("program-graph", "`intvit inspect PROGRAM --json FILE`", records="nodes"),
+    ResultKind("onnx-nodes", "`intvit inspect FILE.onnx --json FILE`", records="nodes"),
     ResultKind("demo", "`intvit demo` (its results.json)"),
     ResultKind("search", "`intvit search` (its search.json)", records="entries"),
     ResultKind("sweep", "`intvit sweep` (its sweep.json)", records="runs"),

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..arith import horner, horner_bits, round_half_even, round_half_up
+from ..arith import horner, horner_bits, quantize, round_half_even
 from .base import REQUANT_COST, Approx, Kernel, Param, plus, positive_int
 from .registry import register
 from .rows import NUMERATOR_IVIT, SoftmaxKernel
@@ -125,9 +125,8 @@ class PPolyKernel(Kernel):
 
     def compute(self, q: torch.Tensor) -> torch.Tensor:
         if not self.integer_only:
-            y = self.fit.floating(q) * (2.0 ** -self.fit.frac_bits / self.out_scale)
-            lo, hi = self.out_range
-            out = round_half_up(y).clamp(lo, hi).to(torch.int64)
+            y = self.fit.floating(q) * 2.0 ** -self.fit.frac_bits
+            out = quantize(y, self.out_scale, *self.out_range).to(torch.int64)
         else:
             y = self.fit.integer(q.clamp_min(self.fit.lo), f"{self.op}.ppoly")
             out = self.finish(y, self.fit.out_bits, self.m, self.e)

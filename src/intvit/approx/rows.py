@@ -113,6 +113,12 @@ class SoftmaxKernel(Kernel):
         return self.exponentials(torch.arange(1 - (1 << self.in_bits), 1))
 
 
+def variance_max(in_bits: int, var_shift: int, length: int) -> int:
+    """The largest ``var = sum ys^2`` of a row: ``C * Y^2``, ``Y = ceil((2^b - 1) / 2^k)``."""
+    y_max = ((1 << in_bits) - 1 + (1 << var_shift) - 1) >> var_shift
+    return length * y_max * y_max
+
+
 def layernorm_core(q: torch.Tensor, in_bits: int, var_shift: int, what: str) -> torch.Tensor:
     """The normalized row ``z`` at scale ``sqrt(C) / 2^30`` (see the module docstring)."""
     length = q.shape[-1]
@@ -120,10 +126,9 @@ def layernorm_core(q: torch.Tensor, in_bits: int, var_shift: int, what: str) -> 
     total = declare(q.sum(dim=-1, keepdim=True), signed_bits(half * length), f"{what}.sum")
     y = declare(q - round_div(total, length), signed_bits(2 * half - 1), f"{what}.centered")
     ys = y >> var_shift
-    y_max = (2 * half - 1 + (1 << var_shift) - 1) >> var_shift
-    var = declare((ys * ys).sum(dim=-1, keepdim=True), signed_bits(length * y_max * y_max),
-                  f"{what}.var")
-    std = isqrt(var).clamp_min(1)
+    var_max = variance_max(in_bits, var_shift, length)
+    var = declare((ys * ys).sum(dim=-1, keepdim=True), signed_bits(var_max), f"{what}.var")
+    std = isqrt(var, var_max.bit_length()).clamp_min(1)
     factor = floor_div(torch.full_like(std, NUMERATOR_IVIT), std)
     return declare(ys * factor, signed_bits(NUMERATOR_IVIT), f"{what}.product") >> 1
 
@@ -139,7 +144,6 @@ def layernorm_int(q: torch.Tensor, in_bits: int, var_shift: int, m: torch.Tensor
 def variance_shift_for_32_bits(in_bits: int, length: int) -> int:
     """Smallest shift ``k`` with ``C * ceil((2^b - 1) / 2^k)^2 < 2^31`` (I-BERT's rule)."""
     for shift in range(in_bits + 1):
-        y_max = ((1 << in_bits) - 1 + (1 << shift) - 1) >> shift
-        if length * y_max * y_max < (1 << 31):
+        if variance_max(in_bits, shift, length) < (1 << 31):
             return shift
     raise ValueError(f"a row of {length} elements cannot keep its variance within 32 bits")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .. import fileio
 from ..approx import OPS, REGISTRY
-from ..result_files import tag_result
 from .common import (bits_arg, check_outputs, data_arguments, data_config, device_argument,
                      names_list, positive_float, positive_int, write_json)
 
@@ -79,7 +78,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         fileio.write_run_manifest(out, args.command_line, {}, {
             "table": out / "approximations.md", "plots": [out / f"{op}.png" for op in ops],
             "json": args.json})
-    write_json(args.json, tag_result("analysis", {"ops": results}))
+    write_json(args.json, "analysis", {"ops": results})
     return 0
 
 
@@ -99,7 +98,7 @@ def _analyze_from_stats(args: argparse.Namespace) -> int:
         print(f"plots and table written to {path.parent}/")
         fileio.write_run_manifest(path.parent, args.command_line,
                                   {"stats": args.from_stats}, {"table": path, "json": args.json})
-    write_json(args.json, tag_result("layer-analysis", results_dict(results, args.from_stats)))
+    write_json(args.json, "layer-analysis", results_dict(results, args.from_stats))
     return 0
 
 
@@ -159,7 +158,8 @@ def run_search(args: argparse.Namespace) -> int:
     paths = result.write(args.out, args.command_line)
     print(result.markdown())
     print(f"plot: {paths['plot']}  table: {paths['table']}  JSON: {paths['json']}")
-    write_json(args.json, result.as_dict())
+    if args.json:
+        fileio.write_json(args.json, result.as_dict())
     fileio.write_run_manifest(args.out, args.command_line,
                               {"checkpoint": args.checkpoint, "data": args.data},
                               paths | {"json": args.json})

@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--profile", action="store_true",
                    help="also print the int engine's time by op class (int8 products, "
-                        "requantization, GELU, Softmax, LayerNorm, data movement), and "
-                        "the c engine's when c is among --engines")
+                        "requantization, GELU, Softmax, LayerNorm, quantization, data "
+                        "movement), and the c and tvm engines' when they are timed (tvm: "
+                        "and installed)")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--update-readme", metavar="README", nargs="?", const="README.md",
                    help="write the table between the README's latency markers")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     for profile in profiles:
         print("\n" + profile)
-    write_json(args.json, {"header": header, "rows": [asdict(r) for r in rows]})
+    write_json(args.json, "bench", {"header": header, "rows": [asdict(r) for r in rows]})
     if args.update_readme:
         replace_between(args.update_readme, README_START, README_END, table)
     return 0 if all(r.exact is not False for r in rows) else 1

@@ -7,16 +7,27 @@ from __future__ import annotations
 import argparse
 import math
 
+from typing import Any, Mapping
+
 from .. import fileio
 from ..approx import REGISTRY
 from ..data import DataConfig
 from ..quant import POINTS, BitWidths, QuantConfig
+from ..result_files import tag_result
 
 
-def write_json(path: str | None, payload: object) -> None:
-    """``--json FILE``: write ``payload`` there (atomically); no file named, no write."""
+def write_json(path: str | None, kind: str, payload: Mapping[str, Any]) -> None:
+    """``--json FILE``: write ``payload`` there (atomically) as a result of ``kind``
+    (:func:`~intvit.result_files.tag_result`); no file named, no write."""
     if path:
-        fileio.write_json(path, payload)
+        fileio.write_json(path, tag_result(kind, payload))
+
+
+def evaluation_figures(result, engine: str) -> dict[str, Any]:
+    """An ``evaluation`` result's fields: the figures of :class:`~intvit.evaluation.
+    EvalResult` but the image count, and the engine that ran it."""
+    figures = {k: v for k, v in result.as_dict().items() if k != "images"}
+    return figures | {"engine": engine}
 
 
 def bits_arg(text: str) -> int:

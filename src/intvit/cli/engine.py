@@ -131,7 +131,8 @@ def run_verify(args: argparse.Namespace) -> int:
         report = check_golden(args.golden)
         print(f"golden vectors: {report.nodes} nodes replayed, {len(report.mismatches)} differ"
               + "".join(f"\n  {m}" for m in report.mismatches))
-        write_json(args.json, {"nodes": report.nodes, "mismatches": report.mismatches})
+        write_json(args.json, "golden-verify", {"nodes": report.nodes,
+                                                "mismatches": report.mismatches})
         return 0 if report.ok else 1
     kinds = engine_list(args.engines, bool(args.checkpoint))
     program = load_program(args.program, args.checkpoint)
@@ -152,7 +153,7 @@ def run_verify(args: argparse.Namespace) -> int:
         failed |= c["differing_logits"] > 0
         print(f"{kinds[0]} vs {name}: {c['differing_logits']} of {c['logits']} logits differ "
               f"({c['differing_images']} of {c['images']} images)")
-    write_json(args.json, {"reference": kinds[0], "engines": counts})
+    write_json(args.json, "verify", {"reference": kinds[0], "engines": counts})
     return 1 if failed else 0
 
 
@@ -193,7 +194,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     except ProgramError as err:
         print(f"  C export (--format c): not possible: {err}")
         c_memory = {"error": str(err)}
-    write_json(args.json, {**program.graph(), "c_memory": c_memory})
+    write_json(args.json, "program-graph", {**program.graph(), "c_memory": c_memory})
     return 0
 
 
@@ -212,5 +213,7 @@ def _inspect_onnx(args: argparse.Namespace) -> int:
     print(f"{args.file}: {len(nodes)} nodes")
     for (op, types), n in sorted(table.items()):
         print(f"  {op:16s} -> {types:12s} x{n}")
-    write_json(args.json, [{"name": n, "op": op, "outputs": t} for n, op, t in nodes])
+    write_json(args.json, "onnx-nodes", {
+        "file": str(args.file),
+        "nodes": [{"name": n, "op": op, "outputs": t} for n, op, t in nodes]})
     return 0

@@ -7,9 +7,8 @@ import argparse
 
 from ..device import resolve_device
 from ..engine.engines import ENGINES
-from ..result_files import tag_result
 from .common import (check_outputs, data_arguments, data_config, device_argument,
-                     pipeline_options, recorded_pipeline, write_json)
+                     evaluation_figures, pipeline_options, recorded_pipeline, write_json)
 
 ENGINE_CHOICES = ("auto", "model", *ENGINES)
 
@@ -64,15 +63,8 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         result = evaluate(model, loader)
     print(result.summary())
-    write_json(args.json, evaluation_json(result, "model"))
+    write_json(args.json, "evaluation", evaluation_figures(result, "model"))
     return 0
-
-
-def evaluation_json(result, engine: str) -> dict:
-    """The ``--json`` of an evaluation: its figures but the image count, and the
-    engine that ran it, tagged as an ``evaluation`` result."""
-    figures = {k: v for k, v in result.as_dict().items() if k != "images"}
-    return tag_result("evaluation", figures | {"engine": engine})
 
 
 def _auto_engine(args: argparse.Namespace) -> str:
@@ -109,5 +101,5 @@ def _eval_engine(args: argparse.Namespace) -> int:
                         **pipeline_options(args, recorded))
     result = evaluate(engine, build_loader(data, "val"), desc=f"eval ({args.engine})")
     print(f"engine {args.engine}: {result.summary()}")
-    write_json(args.json, evaluation_json(result, args.engine))
+    write_json(args.json, "evaluation", evaluation_figures(result, args.engine))
     return 0

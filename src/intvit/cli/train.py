@@ -10,8 +10,8 @@ from ..data import DataConfig
 from ..device import resolve_device
 from .common import (check_outputs, data_arguments, data_config, declared_options,
                      device_argument, model_arguments, model_overrides, pipeline_options,
-                     positive_int, quant_arguments, quant_config, recorded_pipeline,
-                     write_json)
+                     evaluation_figures, positive_int, quant_arguments, quant_config,
+                     recorded_pipeline, write_json)
 
 
 def calibrate_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
                                                   args, recorded_pipeline(info))})
     print(f"calibrated on {used} batches; integer model: {result.summary()}")
     print(f"checkpoint written to {path}")
-    write_json(args.json, result.as_dict())
+    write_json(args.json, "evaluation", evaluation_figures(result, "model"))
     return 0
 
 
@@ -100,7 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
     result = run_training(config)
     if result.pop("rank") == 0:
         print(f"checkpoint: {result['checkpoint']}; best top-1 {result['best_top1']:.2f}%")
-        write_json(args.json, result)
+        write_json(args.json, "training", result)
         fileio.write_run_manifest(config.output_dir, args.command_line, {
             "checkpoint": args.checkpoint, "weights": args.weights, "resume": args.resume,
             "data": args.data}, {"checkpoint": result["checkpoint"], "json": args.json})

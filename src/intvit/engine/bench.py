@@ -71,13 +71,15 @@ def bench_model(name: str, batches: list[int], engines: list[str], family: str, 
                 warmup: int, repeats: int, workdir: Path, profile: bool = False
                 ) -> tuple[list[Row], str]:
     """The model's rows, and with ``profile`` the ``int`` engine's time by op class (and
-    the ``c`` engine's beside it when ``c`` is among ``engines``)."""
+    the ``c`` engine's when ``c`` is among ``engines``, and the ``tvm`` engine's,
+    :func:`tvm_profile`, when it is among ``engines`` and installed)."""
     with threads(n_threads):
         float_model, model = quantized_twin(name, family)
     program = export_program(model)
     table = ""
     if profile:
         from .profile import profile_c, profile_int, profile_markdown
+        from .tvm import tvm_available
         with threads(n_threads):
             table = profile_markdown(f"{name}, int engine", {
                 b: profile_int(program, probe_images(model, b, seed=b)) for b in batches})
@@ -86,8 +88,34 @@ def bench_model(name: str, batches: list[int], engines: list[str], family: str, 
                 f"{name}, c engine ({n_threads} OpenMP threads, images one after another)",
                 {b: profile_c(program, probe_images(model, b, seed=b), n_threads)
                  for b in batches})
+        if "tvm" in engines and tvm_available():
+            table += "\n\n" + tvm_profile(name, model, program, batches, n_threads,
+                                           workdir / name)
     return time_engines(name, float_model, model, program, batches, engines,
                         n_threads, warmup, repeats, workdir / name), table
+
+
+def tvm_profile(name: str, model, program, batches: list[int], n_threads: int,
+                workdir: Path) -> str:
+    """The ``tvm`` engine's time by op class per batch size, as a table: measured in a
+    fresh process (``python -m intvit.engine.tvm.profile SPEC``, one module built for
+    every batch) so that this process's PyTorch threads do not slow it; a line saying
+    why not when TVM builds that program per input shape."""
+    from safetensors.torch import save_file
+
+    from .profile import profile_markdown
+    workdir.mkdir(parents=True, exist_ok=True)
+    inputs = {}
+    for b in batches:
+        inputs[b] = str(workdir / f"profile_inputs_{b}.safetensors")
+        save_file({"images": probe_images(model, b, seed=b).contiguous()}, inputs[b])
+    spec = {"program": str(program.save(workdir / "profile_program.safetensors")),
+            "inputs": inputs, "threads": n_threads}
+    result = run_module("intvit.engine.tvm.profile", spec, "profiling tvm")
+    if "fallback" in result:
+        return f"{name}, tvm engine: no profile (built per input shape: {result['fallback']})"
+    return profile_markdown(f"{name}, tvm engine",
+                            {int(b): profile for b, profile in result["profiles"].items()})
 
 
 def time_engines(label: str, float_model: torch.nn.Module, model, program, batches: list[int],
@@ -130,13 +158,19 @@ def time_engines(label: str, float_model: torch.nn.Module, model, program, batch
     return rows
 
 
-def run_worker(spec: dict) -> dict:
-    """Time one row in a fresh Python process; its last output line is the result."""
-    done = subprocess.run([sys.executable, "-m", "intvit.engine.bench", json.dumps(spec)],
+def run_module(module: str, spec: dict, what: str) -> dict:
+    """``python -m module SPEC`` in a fresh Python process; its last output line, JSON, is
+    the result (an error quoting its stderr when it fails)."""
+    done = subprocess.run([sys.executable, "-m", module, json.dumps(spec)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"timing {spec['kind']} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_worker(spec: dict) -> dict:
+    """Time one row in a fresh Python process."""
+    return run_module("intvit.engine.bench", spec, f"timing {spec['kind']}")
 
 
 def worker(spec: dict) -> dict:
@@ -229,7 +263,7 @@ def run_bench(models: Sequence[str], batches: Sequence[int], engines: Sequence[s
               family: str = "ivit", n_threads: int = 2, warmup: int = 3, repeats: int = 10,
               profile: bool = False) -> tuple[list[Row], list[str]]:
     """Every model's rows (see :func:`bench_model`), and with ``profile`` the ``int``
-    engine's time by op class per model (and the ``c`` engine's with ``c``); ValueError
+    engine's (and the ``c`` and ``tvm`` engines') time by op class per model; ValueError
     for an unknown engine."""
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:

@@ -14,18 +14,19 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..device import CPU_BATCH_CHUNK, cpu_chunks
 from .program import IntProgram, ProgramError
 from .runtime import IntRuntime, check_images
 
 
 class Engine:
     """Base: ``engine(images) -> int64 logits (B, classes)``. A batch larger than
-    ``batch_chunk`` runs in chunks of that many images (every image's integers are
-    independent of the others'), so that no engine gets slower per image as the batch
-    grows: a chunk's activations stay in cache."""
+    ``batch_chunk`` runs in chunks of that many images (:func:`~intvit.device.cpu_chunks`),
+    so that no engine gets slower per image as the batch grows: a chunk's activations
+    stay in cache."""
 
     name = ""
-    batch_chunk = 8
+    batch_chunk = CPU_BATCH_CHUNK
 
     def __init__(self, program: IntProgram) -> None:
         self.program = program
@@ -38,7 +39,7 @@ class Engine:
         check_images(self.program, images)
         images = images.to(torch.float32)
         return torch.cat([self.run(chunk.contiguous())
-                          for chunk in images.split(self.batch_chunk)])
+                          for chunk in cpu_chunks(images, self.batch_chunk)])
 
     def exact_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self(images).to(torch.float64) * self.scale
@@ -53,7 +54,7 @@ class IntEngine(Engine):
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         check_images(self.program, images)  # before the split: an empty batch is an error
-        return torch.cat([self.runtime(chunk) for chunk in images.split(self.batch_chunk)])
+        return torch.cat([self.runtime(chunk) for chunk in cpu_chunks(images, self.batch_chunk)])
 
 
 class OnnxEngine(Engine):

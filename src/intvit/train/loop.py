@@ -91,7 +91,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     try:
         if rank != 0:
             return _train(cfg, rank, world, device)
-        with DirLock(cfg.output_dir):
+        with DirLock(cfg.output_dir, "intvit training"):
             return _train(cfg, rank, world, device)
     finally:
         shutdown()

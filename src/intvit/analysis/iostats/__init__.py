@@ -40,7 +40,11 @@ residual of a QuantAct, the right operand ``b`` of a QuantMatMul; empty elsewher
     the width the module declares for that tensor (activation bits of a QuantAct's
     output, ``in_bits`` of a linear/kernel input, 32 for accumulators, the kernel's
     ``out_bits`` and signedness); empty where the module declares none (a QuantAct's
-    inputs).
+    inputs). In FLOAT/CALIBRATE mode the output widths are declared as in the integer
+    modes (a module's own), the input widths only as of an earlier FAKE/INT call: a
+    module's operand widths are those of the values it is given, and a float value has
+    no integer format (:mod:`intvit.quant.qtensor`), so before such a call ``in_bits``,
+    ``in_signed`` and ``in2_*`` are empty.
 ``<slot>_bits_used``
     the width the observed integer range needs (signed, or unsigned where the
     declared tensor is unsigned).

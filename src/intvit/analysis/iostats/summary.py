@@ -27,16 +27,21 @@ COLUMNS = (("layer", "type", "op", "approx", "mode", "calls")
 
 def declared_widths(module: nn.Module) -> dict[str, tuple[int, bool] | None]:
     """The (bits, signed) each tensor slot of ``module`` is declared to fit; None where
-    the module declares nothing (a QuantAct reads whatever its producer wrote)."""
+    the module declares nothing (a QuantAct reads whatever its producer wrote), and for
+    an operand before the module's first FAKE/INT call: its operand widths are those of
+    the values it is given, and a float value (FLOAT/CALIBRATE modes) has no format."""
+    def operand(bits: int | None) -> tuple[int, bool] | None:
+        return None if bits is None else (bits, True)
+
     if isinstance(module, QuantAct):
         return {"in": None, "in2": None, "out": (module.bits, module.signed)}
     if isinstance(module, (QuantLinear, QuantPatchConv)):
-        return {"in": (module.in_bits, True), "in2": None, "out": (ACC_BITS, True)}
+        return {"in": operand(module.in_bits), "in2": None, "out": (ACC_BITS, True)}
     if isinstance(module, QuantMatMul):
-        return {"in": (module.a_bits, True), "in2": (module.b_bits, True),
+        return {"in": operand(module.a_bits), "in2": operand(module.b_bits),
                 "out": (ACC_BITS, True)}
     if isinstance(module, KernelModule):
-        return {"in": (module.in_bits, True), "in2": None,
+        return {"in": operand(module.in_bits), "in2": None,
                 "out": (module.out_bits, OPS[module.op].out_signed)}
     return {"in": None, "in2": None, "out": None}
 

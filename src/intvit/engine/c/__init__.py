@@ -3,7 +3,8 @@
 
 :mod:`.plan` proves every value's range and type and lays out the scratch buffer,
 :mod:`.emit` writes one kernel call per node, :mod:`.library` assembles the files,
-:mod:`.build` compiles them (cached by content) for the ``c`` engine. The kernel layer
+:mod:`.build` compiles them (cached by content, :mod:`.toolchain`) for the ``c``
+engine, its constants apart from the code (:mod:`.weights`). The kernel layer
 is ``kernels/intvit_kernels.h``, written once in plain C.
 """
 

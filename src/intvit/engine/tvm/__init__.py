@@ -9,6 +9,7 @@
 | :mod:`.schedule` | multi-threaded schedules of the fused elementwise/reduction kernels |
 | :mod:`.pipeline` | the CPU Relax pipeline and two rewrites that widen operator fusion |
 | :mod:`.module` | :class:`TvmModule`: import, rewrite, build, call with numpy arrays |
+| :mod:`.profile` | a module's time by op class, each kernel the VM calls timed (``intvit bench --profile``) |
 
 Every rewrite here changes where and how a value is computed, never the value: outputs
 equal ONNX Runtime's bit for bit. Measured compile times and latencies, and how TVM's

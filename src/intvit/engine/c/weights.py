@@ -1,0 +1,191 @@
+"""The ``c`` engine's constants: compiled apart from the network, once per content.
+
+The export writes every constant as C text (``intvit_weights.c``, its portable contract);
+compiling that text was most of the engine's build (deit_base 100-230 s with gcc
+-O3 on a 2-core host), and most programs the engine builds share their weights (a
+search over approximations changes tables and kernels, not the linear layers). So the
+engine's build does not compile that file. Instead:
+
+* every constant gets a symbol named by its content,
+  ``intvit_w_<sha256 of its element type and bytes>``, and the engine's
+  ``intvit_weights.h`` maps the network's names onto them (``#define intvit_c7
+  intvit_w_3f...`` before ``extern const int8_t intvit_c7[...]``): two programs with the
+  same linear weights link the same symbols, whatever order their code names them in;
+* the constants go into two objects, the linear layers' weights (nearly all the bytes)
+  and the others (biases, dyadic pairs, tables), each cached under
+  ``$INTVIT_CACHE/c/weights/<hash of its symbols, route and compiler>.o``
+  (:func:`.toolchain.cached`: digest checked, written atomically);
+* route ``blob``: an object is assembled from a blob, each constant's bytes in the
+  element type the kernel reads, little-endian, at 64-byte aligned offsets, and a few
+  lines of GNU assembly per constant that put them in ``.rodata``::
+
+      .globl intvit_w_...
+      .type intvit_w_..., %object
+      .size intvit_w_..., BYTES
+      .balign 64
+      intvit_w_...:
+      .incbin "intvit_weights.bin", OFFSET, BYTES
+
+  The assembler copies the bytes; no compiler parses a number.
+* route ``text``, the fallback: the same symbols as C ``const`` arrays, compiled at -O0
+  (the level is not the cost: deit_small's text took gcc 61 s at -O0, 52 s at -O3,
+  both parsing 100 MB of digits; the blob takes 0.4 s). It is taken where the blob
+  cannot work: a big-endian host (its kernels would read the little-endian bytes
+  reversed), or a toolchain whose assembler is not GNU as on ELF (``.type``, ``.size``,
+  ``.incbin``: macOS's Mach-O, Windows' PE). Which one a compiler supports is probed once
+  per process: two odd-sized constants (``INT32_MIN`` among them) assembled, linked into
+  a program and run, which checks their values and alignment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...fileio import write_bytes, write_text
+from ..program import ProgramError
+from .library import CFLAGS, CLibrary, Constant, array
+from .toolchain import cache_root, cached, compiler_version, key, run_compiler
+
+ROUTES = ("auto", "blob", "text")
+BLOB = "intvit_weights.bin"
+ALIGN = 64
+TEXT_FLAGS = ("-O0", "-fPIC")
+_BLOB_PROBE: dict[str, str | None] = {}
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A constant's bytes under the name of their content."""
+
+    name: str
+    constant: Constant
+    data: bytes
+
+
+def symbol(c: Constant) -> Symbol:
+    data = c.data()
+    digest = hashlib.sha256(c.ctype.encode() + b"\0" + data).hexdigest()[:32]
+    return Symbol(f"intvit_w_{digest}", c, data)
+
+
+@dataclass(frozen=True)
+class WeightObjects:
+    """What the network links: ``objects`` (the linear layers' weights first, then the
+    other constants; an empty group has none), built by ``route`` (``blob`` or ``text``),
+    and ``header``, the engine's ``intvit_weights.h``."""
+
+    route: str
+    objects: tuple[Path, ...]
+    header: str
+
+
+def weight_objects(library: CLibrary, cc: str, route: str = "auto") -> WeightObjects:
+    """The library's constants as cached objects. ``route``: ``auto`` (the blob where
+    :func:`blob_unsupported` finds no reason against it, else the text), ``blob`` (an
+    error where it cannot be used) or ``text``."""
+    if route not in ROUTES:
+        raise ValueError(f"unknown weights route {route!r}; accepted: {', '.join(ROUTES)}")
+    reason = None if route == "text" else blob_unsupported(cc)
+    if route == "blob" and reason:
+        raise ProgramError(f"the c engine cannot assemble its weights from a blob: {reason}")
+    used = "text" if route == "text" or reason else "blob"
+    linear = {n.params["weight"] for n in library.plan.program.nodes if n.op == "linear"}
+    names: dict[str, str] = {}
+    groups: tuple[dict[str, Symbol], dict[str, Symbol]] = ({}, {})
+    for c in sorted(library.constants, key=lambda c: c.tensor not in linear):
+        s = symbol(c)
+        names[c.name] = s.name
+        if all(s.name not in g for g in groups):
+            groups[c.tensor not in linear][s.name] = s
+    objects = tuple(group_object([g[n] for n in sorted(g)], cc, used) for g in groups if g)
+    return WeightObjects(used, objects, engine_header(library.constants, names))
+
+
+def engine_header(constants: list[Constant], names: dict[str, str]) -> str:
+    return ("/* Generated by intvit for the c engine's build: the constants live in the\n"
+            " * weights objects under names of their content. */\n"
+            "#ifndef INTVIT_WEIGHTS_H\n#define INTVIT_WEIGHTS_H\n#include <stdint.h>\n\n"
+            + "".join(f"#define {c.name} {names[c.name]}\n"
+                      f"extern const {c.ctype} {c.name}[{c.numel}]; /* {c.tensor} */\n"
+                      for c in constants) + "\n#endif\n")
+
+
+def group_object(symbols: list[Symbol], cc: str, route: str) -> Path:
+    """One group's object, from the cache or built by ``route``."""
+    listing = "\n".join(f"{s.name} {s.constant.ctype} {s.constant.numel}" for s in symbols)
+    flags = TEXT_FLAGS if route == "text" else ()
+    name = key(route, listing, " ".join(flags), cc, compiler_version(cc))
+    suffix = ".c" if route == "text" else ".s"
+
+    def make(out: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / f"intvit_weights{suffix}"
+            if route == "text":
+                write_text(source, text_source(symbols))
+            else:
+                assembly, blob = blob_source(symbols)
+                write_text(source, assembly)
+                write_bytes(Path(tmp) / BLOB, blob)
+            run_compiler([cc, *(CFLAGS if route == "text" else ()), *flags, "-c", "-o",
+                          os.path.abspath(out), source.name],
+                         f"the c engine's weights ({cc}, {route})", tmp)
+
+    return cached(cache_root() / "weights" / f"{name}.o", make)
+
+
+def blob_source(symbols: list[Symbol]) -> tuple[str, bytes]:
+    """The assembly that places each symbol's bytes, and the blob it includes."""
+    lines = ['.section .note.GNU-stack,"",%progbits', ".section .rodata"]
+    blob = bytearray()
+    for s in symbols:
+        blob += bytes(-len(blob) % ALIGN)
+        lines += [f".globl {s.name}", f".type {s.name}, %object",
+                  f".size {s.name}, {len(s.data)}", f".balign {ALIGN}", f"{s.name}:",
+                  f'.incbin "{BLOB}", {len(blob)}, {len(s.data)}']
+        blob += s.data
+    return "\n".join(lines) + "\n", bytes(blob)
+
+
+def text_source(symbols: list[Symbol]) -> str:
+    return ("/* Generated by intvit: the c engine's constants as C text. */\n"
+            "#include <stdint.h>\n\n"
+            + "\n".join(array(s.name, s.constant.ctype, s.constant.values) for s in symbols))
+
+
+PROBE_MAIN = """#include <stdint.h>
+extern const int32_t {a}[3];
+extern const uint8_t {b}[5];
+int main(void) {{
+    return !({a}[0] == INT32_MIN && {a}[1] == 7 && {a}[2] == -1 && {b}[0] == 255
+             && {b}[4] == 3 && (uintptr_t){a} % {align} == 0 && (uintptr_t){b} % {align} == 0);
+}}
+"""
+
+
+def blob_unsupported(cc: str) -> str | None:
+    """Why ``cc`` cannot build the weights from a blob on this host (None: it can)."""
+    if sys.byteorder != "little":
+        return ("this host is big-endian and the blob holds little-endian bytes; the "
+                "weights are compiled from C text instead")
+    if cc not in _BLOB_PROBE:
+        a = symbol(Constant("a", "probe.a", "int32_t", torch.tensor([-(1 << 31), 7, -1])))
+        b = symbol(Constant("b", "probe.b", "uint8_t", torch.tensor([255, 0, 1, 2, 3])))
+        with tempfile.TemporaryDirectory() as tmp:
+            assembly, blob = blob_source([a, b])
+            write_text(Path(tmp) / "probe.s", assembly)
+            write_bytes(Path(tmp) / BLOB, blob)
+            write_text(Path(tmp) / "main.c", PROBE_MAIN.format(a=a.name, b=b.name, align=ALIGN))
+            try:
+                run_compiler([cc, "-o", "probe", "main.c", "probe.s"], "the blob probe", tmp)
+                run_compiler([os.path.join(tmp, "probe")], "the blob probe's run", tmp)
+                _BLOB_PROBE[cc] = None
+            except (ProgramError, OSError) as err:
+                _BLOB_PROBE[cc] = f"{cc} cannot assemble a GNU as .incbin blob: {err}"
+    return _BLOB_PROBE[cc]
