@@ -255,7 +255,8 @@ def test_per_block_search_and_short_qat(setup):
     assert "Per-block search" in result.markdown()
     # Short QAT on the best two: re-evaluated, recorded, ranked.
     tuned = [e for e in result.entries if e.qat]
-    assert tuned == result.ranking()[:2]
+    # the best two are tuned (listed in search order, which ties need not follow)
+    assert sorted(tuned, key=result.ranking().index) == result.ranking()[:2]
     for e in tuned:
         assert e.qat["error"] is None and 0 <= e.qat["top1"] <= 100 and e.qat["steps"] == 2
     assert result.qat_ranking()[0].qat["top1"] == max(e.qat["top1"] for e in tuned)
