@@ -2,12 +2,12 @@
 profiled build gives the eval-mode logits, its node times add up to the run's wall time,
 and a product-heavy program spends most of it in the int8 products."""
 
-import shutil
 import time
 
 import pytest
 import torch
 from conftest import SMALL
+from test_c_export import cache, pytestmark  # noqa: F401  (the C tests' compiler skip, own cache)
 from test_engine import FAMILIES, calibrated, images
 
 from intvit.engine import export_program
@@ -15,18 +15,8 @@ from intvit.engine.c.profile import ProfiledCEngine
 from intvit.engine.profile import CLASSES, profile_c
 from intvit.models import model_config
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
-                                reason="no C compiler on this machine")
 # 16 tokens of width 256: the products (K = 256 or 1024) outweigh the row kernels
 WIDE = dict(SMALL, embed_dim=256, num_heads=4, depth=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("INTVIT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="module")
