@@ -75,3 +75,11 @@ def test_threads_restores():
     with threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_threads_none_keeps_the_count_and_restores_what_the_body_changed():
+    before = torch.get_num_threads()
+    with threads():
+        assert torch.get_num_threads() == before
+        torch.set_num_threads(1 if before > 1 else 2)  # as an OpenMP library may
+    assert torch.get_num_threads() == before

@@ -41,12 +41,15 @@ def measure(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
 
 
 @contextmanager
-def threads(n: int) -> Iterator[None]:
-    """Run the body with `torch.set_num_threads(n)`, restoring the previous count afterwards."""
-    if n < 1:
+def threads(n: int | None = None) -> Iterator[None]:
+    """Run the body with `torch.set_num_threads(n)`, restoring the previous count afterwards;
+    ``n=None`` leaves the count as it is and only restores it (around a library that sets
+    the calling thread's OpenMP threads, which PyTorch shares)."""
+    if n is not None and n < 1:
         raise ValueError(f"threads: n must be >= 1, got {n}")
     previous = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if n is not None:
+        torch.set_num_threads(n)
     try:
         yield
     finally:

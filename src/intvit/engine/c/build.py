@@ -35,6 +35,7 @@ import torch
 from ...fileio import write_text
 from ..engines import Engine
 from ..program import IntProgram
+from ..timing import threads as torch_threads
 from .library import CFLAGS, SOURCES, WEIGHTS_SOURCE, CLibrary, generate
 from .toolchain import (cache_root, cached, compiler, compiler_version, has_openmp, key,
                         run_compiler)
@@ -137,9 +138,7 @@ class CEngine(Engine):
         x = images.numpy()
         logits = np.zeros((x.shape[0], self.classes), dtype=np.int32)
         workers = min(self.threads, x.shape[0])
-        # the library sets the calling thread's OpenMP threads, which PyTorch shares: restored
-        torch_threads = torch.get_num_threads()
-        try:
+        with torch_threads():  # the library sets OpenMP threads, which PyTorch shares
             if workers <= 1:
                 self._run_images(x, logits, 0, self.threads)
             else:
@@ -151,6 +150,4 @@ class CEngine(Engine):
                             for w, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
                     for run in runs:
                         run.result()
-        finally:
-            torch.set_num_threads(torch_threads)
         return torch.from_numpy(logits.astype(np.int64))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..program import IntProgram, ProgramError
+from ..timing import threads as torch_threads
 from .build import CEngine, compiler, engine_flags
 from .library import CLibrary
 
@@ -51,8 +52,7 @@ class ProfiledCEngine(CEngine):
         ticks = np.zeros(self.nodes + 1, dtype=np.int64)
         total = np.zeros(self.nodes, dtype=np.int64)
         scratch = self.scratch(0)
-        torch_threads = torch.get_num_threads()
-        try:
+        with torch_threads():  # the library sets OpenMP threads, which PyTorch shares
             self.lib.intvit_model_set_threads(self.threads)
             for run in range(repeats + 1):
                 for b in range(x.shape[0]):
@@ -62,6 +62,4 @@ class ProfiledCEngine(CEngine):
                         raise ProgramError("the profiled C model failed")
                     if run:
                         total += np.diff(ticks)
-        finally:
-            torch.set_num_threads(torch_threads)
         return total / (1e9 * repeats), torch.from_numpy(logits.astype(np.int64))
