@@ -72,8 +72,13 @@ def key(*parts: str) -> str:
 
 
 def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes, read a MiB at a time (``hashlib.file_digest`` needs
+    Python 3.11; intvit supports 3.10)."""
+    sha = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def cached(path: Path, make: Callable[[str], object], executable: bool = False) -> Path:
