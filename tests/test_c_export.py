@@ -144,8 +144,9 @@ def test_8bit_kernel_builds_equal_the_int_engine_for_any_threads(models, kind, a
 @pytest.fixture(scope="module", params=list(KERNEL_BUILDS))
 def matmul_kernels(request, tmp_path_factory):
     """The matmul kernels alone: the int16 kernel for (a, b) in int8 x int8, uint8 x int8,
-    int16 x int8, the 8-bit kernel for every pair of int8 and uint8; checked to be the
-    kernel that the build runs (amx: the OS granted the tiles)."""
+    int16 x int8, the 8-bit kernel for every pair of int8 and uint8, and with its
+    requantization fused into one output type of each size; checked to be the kernel that
+    the build runs (amx: the OS granted the tiles)."""
     flags = kernel_build(request.param)
     lib = kernel_snippet(tmp_path_factory.mktemp("matmul"),
                          "INTVIT_DEFINE_MATMUL(mm_s8_s8, int8_t, int8_t)\n"
@@ -155,6 +156,10 @@ def matmul_kernels(request, tmp_path_factory):
                          "INTVIT_DEFINE_MATMUL8(mm8_u8_s8, uint8_t, int8_t)\n"
                          "INTVIT_DEFINE_MATMUL8(mm8_s8_u8, int8_t, uint8_t)\n"
                          "INTVIT_DEFINE_MATMUL8(mm8_u8_u8, uint8_t, uint8_t)\n"
+                         "INTVIT_DEFINE_MATMUL8_RQ(rq8_s8_s8_s8, int8_t, int8_t, int8_t)\n"
+                         "INTVIT_DEFINE_MATMUL8_RQ(rq8_u8_s8_u8, uint8_t, int8_t, uint8_t)\n"
+                         "INTVIT_DEFINE_MATMUL8_RQ(rq8_s8_u8_s16, int8_t, uint8_t, int16_t)\n"
+                         "INTVIT_DEFINE_MATMUL8_RQ(rq8_u8_u8_s32, uint8_t, uint8_t, int32_t)\n"
                          "const char *kernel(void) { return intvit_matmul8_kernel(); }\n",
                          flags)
     lib.kernel.restype = ctypes.c_char_p
@@ -207,6 +212,47 @@ def test_matmul_kernel_edges(matmul_kernels, fn, m, n, k, fill):
                                 ctypes.c_void_p(c.data_ptr()))
     want = a.to(torch.int64) @ b.to(torch.int64).T + bias.to(torch.int64)
     assert torch.equal(c.to(torch.int64), want)
+
+
+# fused kernel -> (a, b, y dtype, y's clamp range)
+MATMUL_RQ_TYPES = {"rq8_s8_s8_s8": (S8, S8, torch.int8, -128, 127),
+                   "rq8_u8_s8_u8": (U8, S8, torch.uint8, 0, 255),
+                   "rq8_s8_u8_s16": (S8, U8, torch.int16, -300, 300),
+                   "rq8_u8_u8_s32": (U8, U8, torch.int32, -(1 << 30), (1 << 30) + 5)}
+
+
+@pytest.mark.parametrize("fn", MATMUL_RQ_TYPES)
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 17, 3), (9, 33, 600), (8, 40, 513),
+                                   (197, 64, 197), (300, 70, 1030), (3, 5, 0)])
+@pytest.mark.parametrize("per_channel", [0, 1])
+def test_matmul_requantize_kernel_equals_product_then_requantize(matmul_kernels, fn, m, n, k,
+                                                                 per_channel):
+    """The product with its requantization in one call (the VNNI kernel requantizes from
+    its accumulators in the last K block, the others after the product) equals
+    clamp(requantize(a b^T + bias, m, e)) of intvit.arith for a per-tensor or per-channel
+    pair, over one and several K blocks (600, 1030 > 512), partial panels and row blocks,
+    shifts from 0 (no rounding half) to 62 and multipliers up to 2^31 - 1."""
+    (dtype, lo, hi), (b_dtype, b_lo, b_hi), y_dtype, y_lo, y_hi = MATMUL_RQ_TYPES[fn]
+    g = torch.Generator().manual_seed(m * 1000 + n * 10 + k + per_channel)
+    a = torch.randint(lo, hi + 1, (m, k), generator=g)
+    b = torch.randint(b_lo, b_hi + 1, (n, k), generator=g)
+    bias = torch.randint(-1000, 1000, (n,), generator=g, dtype=torch.int32)
+    count = n if per_channel else 1
+    mult = torch.randint(1, 1 << 31, (count,), generator=g)
+    mult[0] = (1 << 31) - 1
+    shift = torch.randint(30, 48, (count,), generator=g)
+    shift[0], shift[-1] = 62, 0
+    want = requantize(a @ b.T + bias.to(torch.int64), mult, shift).clamp(y_lo, y_hi)
+    a_c, b_c = a.to(dtype).contiguous(), b.to(b_dtype).contiguous()
+    m32, e8 = mult.to(torch.int32), shift.to(torch.int8)
+    c = torch.zeros(m, n, dtype=torch.int32)
+    y = torch.zeros(m, n, dtype=y_dtype)
+    ptr = ctypes.c_void_p
+    getattr(matmul_kernels, fn)(m, n, k, ptr(a_c.data_ptr()), ptr(b_c.data_ptr()),
+                                ptr(bias.data_ptr()), ptr(c.data_ptr()), ptr(m32.data_ptr()),
+                                ptr(e8.data_ptr()), per_channel, ctypes.c_int32(y_lo),
+                                ctypes.c_int32(y_hi), ptr(y.data_ptr()))
+    assert torch.equal(y.to(torch.int64), want)
 
 
 @pytest.mark.parametrize("kernels", ["default", "vnni", "amx"])
@@ -305,6 +351,40 @@ def test_scores_read_k_in_place_of_a_transposed_copy(models, arch):
         producer = next(n for n in program.nodes if n.output == program.nodes[i].inputs[1])
         assert producer.op == "transpose" and producer.inputs == [k]
         assert plan.root(k).last >= i
+    k_transposes = {j for j, n in enumerate(program.nodes)
+                    for i in scores if n.output == program.nodes[i].inputs[1]}
+    assert plan.debug_only == k_transposes
+    code = library.files["intvit_model.c"]
+    for j in k_transposes:  # the copy only in the debug build
+        assert re.search(rf"/\* node {j}: transpose [^\n]*\n\s*#ifdef INTVIT_DEBUG\n"
+                         r"\s*intvit_copy_[^\n]*\n[^\n]*INTVIT_DUMP[^\n]*\n\s*#endif", code)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_products_take_their_requantization_in_one_call(models, arch):
+    """Every 8-bit product that only a plain requantize reads (each block's linear layers
+    and attention products; not the head, whose int32 logits go out) computes it
+    in its own kernel call, the requantize node has no call of its own, and its output
+    lives from the product on (the logits stay exact: every whole-model test here)."""
+    _, program, library = models[arch, "ivit"]
+    plan, nodes = library.plan, program.nodes
+    products = [i for i, n in enumerate(nodes) if n.op in ("linear", "matmul")]
+    readers = {i: [j for j, n in enumerate(nodes) if nodes[i].output in n.inputs]
+               for i in products}
+    want = {i: r[0] for i, r in readers.items()
+            if len(r) == 1 and nodes[r[0]].op == "requantize" and len(nodes[r[0]].inputs) == 1}
+    scores = [i for i in products if "scores" in nodes[i].module]
+    assert plan.fused == want
+    # not fused: the head; in Swin also the scores, whose requantize adds the relative
+    # position bias
+    assert len(want) == len(products) - 1 - (len(scores) if arch == "swin" else 0)
+    code = library.files["intvit_model.c"]
+    for i, j in want.items():
+        call = re.search(rf"/\* node {i}: \w+ [^\n]*\n([^\n]*\n)+?[^\n]*INTVIT_DUMP", code)
+        assert "intvit_matmul8_rq_" in call.group(0)
+        requantize = re.search(rf"/\* node {j}: requantize [^\n]*\n(.*)\n", code).group(1)
+        assert "INTVIT_DUMP" in requantize and "intvit_requantize" not in requantize
+        assert plan.values[nodes[j].output].first == i
 
 
 def test_accumulator_past_int32_is_refused(models):

@@ -21,7 +21,8 @@ from .plan import CTYPE_SIZE, CTYPES, Plan, Value, product_kernel, strides
 SHORT = {ctype: short for ctype, short, *_ in CTYPES}
 LIMITS = {ctype: (lo, hi) for ctype, _, lo, hi, _ in CTYPES}
 # kernel -> macro suffix in intvit_kernels.h
-KERNELS = {"matmul": "MATMUL", "matmul8": "MATMUL8", "requantize": "REQUANTIZE", "requantize_add": "REQUANTIZE_ADD",
+KERNELS = {"matmul": "MATMUL", "matmul8": "MATMUL8", "matmul8_rq": "MATMUL8_RQ",
+           "requantize": "REQUANTIZE", "requantize_add": "REQUANTIZE_ADD",
            "lookup": "LOOKUP", "softmax": "SOFTMAX", "layernorm": "LAYERNORM",
            "copy": "COPY", "where": "WHERE", "sum": "SUM"}
 DIMS = 6
@@ -42,8 +43,9 @@ def literal(v: int) -> str:
 class Emitter:
     plan: Plan
     lines: list[str] = field(default_factory=list)
-    arrays: dict[tuple, str] = field(default_factory=dict)       # (kind, key) -> name
-    array_text: list[str] = field(default_factory=list)          # small static arrays
+    arrays: dict[tuple[int, ...], str] = field(default_factory=dict)  # values -> name
+    release_arrays: set[str] = field(default_factory=set)  # read outside debug-only code
+    debug_code: bool = False                                # emitting a debug-only node
     consts: dict[tuple[str, str], str] = field(default_factory=dict)  # (tensor, ctype)
     kernels: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
@@ -80,13 +82,23 @@ class Emitter:
 
     def ints(self, values: list[int]) -> str:
         """A static ``int32_t`` array of small integers (shapes, strides)."""
-        key = ("ints", tuple(values))
-        if key not in self.arrays:
-            name = f"k{len(self.arrays)}"
-            self.arrays[key] = name
-            self.array_text.append(f"static const int32_t {name}[{len(values)}] = "
-                                   f"{{{', '.join(map(str, values))}}};")
-        return self.arrays[key]
+        key = tuple(values)
+        name = self.arrays.setdefault(key, f"k{len(self.arrays)}")
+        if not self.debug_code:
+            self.release_arrays.add(name)
+        return name
+
+    @property
+    def array_text(self) -> list[str]:
+        """The static arrays' definitions; those that only debug-only nodes read inside
+        ``#ifdef INTVIT_DEBUG`` (else they would be unused)."""
+        lines = []
+        for values, name in self.arrays.items():
+            text = (f"static const int32_t {name}[{len(values)}] = "
+                    f"{{{', '.join(map(str, values))}}};")
+            lines.append(text if name in self.release_arrays
+                         else f"#ifdef INTVIT_DEBUG\n{text}\n#endif")
+        return lines
 
     def kernel(self, kind: str, *ctypes: str) -> str:
         name = f"intvit_{kind}_{'_'.join(SHORT[c] for c in ctypes)}"
@@ -130,15 +142,29 @@ def _nothing(e: Emitter, i: int, node: Node) -> None:
     """Views and the two float ends: no code in the integer body."""
 
 
+def product(e: Emitter, i: int, a: Value, bt: Value, n: int, step: str = "") -> tuple[str, str]:
+    """The kernel of product node ``i`` of ``a`` and ``bt``, and the arguments that follow
+    its ``c``: none, or with its requantization fused (``plan.fused``) the requantize
+    node's pair, clamp and output (``+ step`` per call of a batched product)."""
+    if i not in e.plan.fused:
+        return e.kernel(product_kernel(a, bt), a.ctype, bt.ctype), ""
+    node = e.plan.program.nodes[e.plan.fused[i]]
+    y = e.plan.values[node.output]
+    m, ex, per = _pairs(e, node, "m", "e", n, e.plan.fused[i])
+    fn = e.kernel("matmul8_rq", a.ctype, bt.ctype, y.ctype)
+    return fn, (f", {m}, {ex}, {per}, {node.attrs['lo']}, {node.attrs['hi']}, "
+                f"{e.ptr(y.name)}{step}")
+
+
 @emitter("linear")
 def _linear(e: Emitter, i: int, node: Node) -> None:
     (x,), y = values_of(e, node)
     w = e.plan.values[node.params["weight"]]
     n, k = w.shape
     bias = e.const(node.params["bias"], "int32_t") if "bias" in node.params else "NULL"
-    fn = e.kernel(product_kernel(x, w), x.ctype, w.ctype)
+    fn, fused = product(e, i, x, w, n)
     e.emit(f"{fn}({x.numel // k}, {n}, {k}, {e.ptr(x.name)}, "
-           f"{e.const(w.name, w.ctype)}, {bias}, {e.ptr(y.name)});")
+           f"{e.const(w.name, w.ctype)}, {bias}, {e.ptr(y.name)}{fused});")
 
 
 @emitter("matmul")
@@ -157,12 +183,12 @@ def _matmul(e: Emitter, i: int, node: Node) -> None:
         bt_ptr = e.at(bt, 0, bt.ctype)
         e.copy((lead_b, n, k), e.ptr(b.name), b.ctype, (k * n, 1, n), bt_ptr, bt.ctype,
                (n * k, k, 1))
-    fn = e.kernel(product_kernel(a, bt), a.ctype, bt.ctype)
+    fn, fused = product(e, i, a, bt, n, f" + l * {m * n}")
     step_b = f"l * {n * k}" if lead_b > 1 else "0"
     if lead > 1:  # the heads (and windows) over the threads; the kernel then runs on one
         e.emit('INTVIT_OMP("omp parallel for schedule(static)")')
     e.emit(f"for (l = 0; l < {lead}; l++) {fn}({m}, {n}, {k}, {e.ptr(a.name)} + l * {m * k}, "
-           f"{bt_ptr} + {step_b}, NULL, {e.ptr(y.name)} + l * {m * n});")
+           f"{bt_ptr} + {step_b}, NULL, {e.ptr(y.name)} + l * {m * n}{fused});")
 
 
 def _pairs(e: Emitter, node: Node, m: str, ex: str, channels: int, i: int) -> tuple[str, str, int]:
@@ -175,6 +201,9 @@ def _pairs(e: Emitter, node: Node, m: str, ex: str, channels: int, i: int) -> tu
 
 @emitter("requantize")
 def _requantize(e: Emitter, i: int, node: Node) -> None:
+    """A requantize fused into its product (``plan.fused``) has no code of its own."""
+    if i in e.plan.fused.values():
+        return
     ins, y = values_of(e, node)
     x = ins[0]
     c = x.shape[-1]
@@ -328,15 +357,20 @@ def _where(e: Emitter, i: int, node: Node) -> None:
 
 def emit_network(plan: Plan) -> Emitter:
     """Every node's statement, in program order, each followed by its debug dump and its
-    profile tick."""
+    profile tick (``plan.debug_only`` nodes inside ``#ifdef INTVIT_DEBUG``)."""
     e = Emitter(plan)
     for i, node in enumerate(plan.program.nodes):
         if node.op not in EMITTERS:
             raise ProgramError(f"node {i}: the C export has no code for op {node.op!r}")
         e.emit(f"/* node {i}: {node.op} {node.module} */")
+        e.debug_code = i in plan.debug_only
+        if e.debug_code:
+            e.emit("#ifdef INTVIT_DEBUG")
         EMITTERS[node.op](e, i, node)
         if node.op != "dequantize":
             y = plan.values[node.output]
             e.emit(f"INTVIT_DUMP({i}, {e.ptr(y.name)}, {y.code}, {y.numel});")
+        if e.debug_code:
+            e.emit("#endif")
         e.emit(f"INTVIT_TICK({i});")
     return e

@@ -16,7 +16,14 @@ that writes it to the last node that reads it (or a view of it); a region is reu
 once its value is dead (first fit, offsets aligned to 16 bytes). Node-local temporaries
 (the transposed right operand of an activation product) live for their node only; a
 product whose right operand is a transpose of the last two axes (``k^T``) reads that
-transpose's input as its transposed operand instead, which then lives to the product.
+transpose's input as its transposed operand instead, which then lives to the product,
+and the transpose itself runs in the debug build only.
+
+**Fused requantization.** An 8-bit product whose int32 result only a requantize reads is
+computed with it in one kernel call (:func:`fused_requantizations`): the requantized
+output is written at the product, so it lives from there; the int32 result keeps its
+region (the kernel's partial sums between K blocks, and the whole product in the builds
+that requantize after it).
 """
 
 from __future__ import annotations
@@ -82,6 +89,8 @@ class Plan:
     values: dict[str, Value]
     temps: dict[int, Value] = field(default_factory=dict)   # node index -> temporary
     bt_sources: dict[int, str] = field(default_factory=dict)  # matmul index -> its b^T
+    fused: dict[int, int] = field(default_factory=dict)  # product index -> its requantize
+    debug_only: set[int] = field(default_factory=set)  # nodes only the debug build runs
     scratch_bytes: int = 0
     logits: str = ""
 
@@ -169,6 +178,10 @@ def make_plan(program: IntProgram) -> Plan:
                 plan.bt_sources[i] = source
             else:
                 plan.temps[i] = Value(f"{node.output}.bt", b.shape, b.lo, b.hi, first=i, last=i)
+    plan.fused = fused_requantizations(nodes, values)
+    plan.debug_only = debug_only(nodes, plan.bt_sources)
+    for product, requantize in plan.fused.items():
+        values[nodes[requantize].output].first = product
     values[nodes[0].output].kind = "input"
     out = values[program.output]
     if out.kind == "scratch" and out.ctype == "int32_t":
@@ -176,6 +189,47 @@ def make_plan(program: IntProgram) -> Plan:
     _lifetimes(plan)
     _allocate(plan)
     return plan
+
+
+def readers_of(nodes) -> dict[str, list[int]]:
+    """The nodes that read each value, in program order."""
+    readers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.inputs:
+            readers.setdefault(name, []).append(i)
+    return readers
+
+
+def debug_only(nodes, bt_sources: dict[int, str]) -> set[int]:
+    """The transposes (``k^T``) whose every reader is a product that reads their input in
+    their place (``bt_sources``): only the debug build, which shows every node's output,
+    computes them."""
+    readers = readers_of(nodes)
+    return {i for i, node in enumerate(nodes) if node.op == "transpose"
+            and all(r in bt_sources and nodes[r].inputs[1] == node.output
+                    for r in readers.get(node.output, [None]))}
+
+
+def fused_requantizations(nodes, values: dict[str, Value]) -> dict[int, int]:
+    """{product node: requantize node} for every 8-bit product (``matmul8``) whose int32
+    result only a plain requantize (no residual) reads: the C code computes both in one
+    kernel call (``matmul8_rq``) at the product, whose output the requantize's output
+    therefore lives from."""
+    producer = {node.output: i for i, node in enumerate(nodes)}
+    readers = readers_of(nodes)
+    fused = {}
+    for j, node in enumerate(nodes):
+        i = producer.get(node.inputs[0], -1) if node.op == "requantize" else -1
+        if i < 0 or len(node.inputs) != 1 or readers[node.inputs[0]] != [j] \
+                or nodes[i].op not in ("linear", "matmul"):
+            continue
+        operands = [values[n] for n in nodes[i].inputs]
+        if nodes[i].op == "linear":
+            operands.append(values[nodes[i].params["weight"]])
+        if product_kernel(operands[0], operands[-1]) == "matmul8" \
+                and values[nodes[i].output].kind == "scratch":
+            fused[i] = j
+    return fused
 
 
 def transposed_source(nodes, name: str) -> str | None:

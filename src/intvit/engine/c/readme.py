@@ -69,14 +69,17 @@ it is called after every node, in program order, with that node's output (type 0
 Compile with `-DINTVIT_PROFILE` and define `void intvit_profile_node(int32_t node)`: it
 is called once each node is done (node 0, the quantization, when `intvit_model_run`
 starts), in program order, so a timestamp per call gives each node's time
-(`intvit bench --profile` does so by op class).
+(`intvit bench --profile` does so by op class; a requantization fused into its product
+counts as the product's time).
 
 ## Swapping kernels
 
 The network (`intvit_model.c`) calls only the kernel functions listed in
 `intvit_kernels.c`, one per line (`INTVIT_DEFINE_<KERNEL>(name, types)`): int8 matmul
-with int32 accumulation, requantize (with or without residual), table look-up, softmax
-row, LayerNorm row, and the index moves (box copy, where, sum). To run a kernel on your
+with int32 accumulation, the same with the requantization of its result (`MATMUL8_RQ`:
+one call for a product and the requantize node that alone reads it), requantize (with or
+without residual), table look-up, softmax row, LayerNorm row, and the index moves (box
+copy, where, sum). To run a kernel on your
 target's library (CMSIS-NN, an HLS block, vendor intrinsics), delete its line and link
 your own function with the same name and the signature of `INTVIT_DECLARE_<KERNEL>` in
 `intvit_kernels.h`; the semantics of each are written above its macro. Keep them exact:

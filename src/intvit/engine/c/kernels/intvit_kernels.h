@@ -148,6 +148,32 @@ static inline int32_t intvit_dot16(const int16_t *x, const int16_t *y, int32_t n
 #define INTVIT_HAVE_AMX 1
 #endif
 
+/* R(v; m, e) on the int64 lanes of AVX-512 vectors: v and m are the low (signed) 32 bits
+ * of each lane, 0 <= e <= 62; v * m is exact in int64 (vpmuldq), 2^(e-1) is added and
+ * the sum shifted right arithmetically by e (vpsravq: the floor, as floor_shift). The
+ * plan bounds |v * m| + 2^(e-1) below 2^63. */
+#if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__)
+static inline __m512i intvit_requant_v8(__m512i v, __m512i m, __m512i e) {
+    __m512i half = _mm512_srli_epi64(_mm512_sllv_epi64(_mm512_set1_epi64(1), e), 1);
+    return _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(v, m), half), e);
+}
+
+/* clamp(R(v; m, e), lo, hi) on 16 int32 lanes (m, e: int32 lanes, 0 <= e <= 62; lo, hi:
+ * int64 lanes): the even lanes go through intvit_requant_v8 as they are, the odd ones
+ * shifted down into the low halves, each clamped in int64 before the two are interleaved
+ * back into int32 lanes, so no lane is ever truncated before it is in [lo, hi]. */
+static inline __m512i intvit_requant_v16(__m512i v, __m512i m, __m512i e, __m512i lo,
+                                         __m512i hi) {
+    __m512i even_e = _mm512_and_si512(e, _mm512_set1_epi64(0xFFFFFFFF));
+    __m512i even = intvit_requant_v8(v, m, even_e);
+    __m512i odd = intvit_requant_v8(_mm512_srli_epi64(v, 32), _mm512_srli_epi64(m, 32),
+                                    _mm512_srli_epi64(e, 32));
+    even = _mm512_min_epi64(_mm512_max_epi64(even, lo), hi);
+    odd = _mm512_min_epi64(_mm512_max_epi64(odd, lo), hi);
+    return _mm512_mask_blend_epi32((__mmask16)0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+#endif
+
 #ifdef INTVIT_HAVE_AVX2
 #define INTVIT_MATMUL_KERNEL "avx2"
 
@@ -313,6 +339,32 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
  * c, whose partial sums the plan bounds as for every kernel.
  */
 #define INTVIT_DECLARE_MATMUL8 INTVIT_DECLARE_MATMUL
+
+/* The requantization fused into a product (INTVIT_DEFINE_MATMUL8_RQ): y[i][j] =
+ * clamp(R(c[i][j]; m[j], e[j]), lo, hi), m[0], e[0] for every column unless per_channel;
+ * size: the bytes of one value of y (1, 2 or 4; y's type holds [lo, hi]). */
+typedef struct {
+    const int32_t *m;
+    const int8_t *e;
+    int32_t per_channel, lo, hi, size;
+    void *y;
+} intvit_requant_into;
+
+/* intvit_requant_into's y from a whole c (M x N), row by row. */
+static inline void intvit_requant_rows(int32_t M, int32_t N, const int32_t *c,
+                                       const intvit_requant_into *rq) {
+    int64_t i;
+    int32_t j;
+    for (i = 0; i < M; i++)
+        for (j = 0; j < N; j++) {
+            int32_t at = rq->per_channel ? j : 0;
+            int64_t v = intvit_clamp(intvit_requant(c[i * N + j], rq->m[at], rq->e[at]),
+                                     rq->lo, rq->hi);
+            if (rq->size == 1) ((uint8_t *)rq->y)[i * N + j] = (uint8_t)v;
+            else if (rq->size == 2) ((uint16_t *)rq->y)[i * N + j] = (uint16_t)v;
+            else ((uint32_t *)rq->y)[i * N + j] = (uint32_t)v;
+        }
+}
 #define INTVIT_SIGNED(T) INTVIT_SIGNED_##T
 #define INTVIT_SIGNED_int8_t 1
 #define INTVIT_SIGNED_uint8_t 0
@@ -325,18 +377,34 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
 #error "INTVIT_VNNI_KC must be a multiple of 4 in [4, 65792] (KC * 255 * 128 < 2^31)"
 #endif
 
+/* Where a product's last K block goes when its requantization is fused into it (the
+ * network's y = clamp(R(c; m, e), lo, hi) of the product's c): the 32 columns' multipliers
+ * and exponents of one panel as int32 lanes, the clamp bounds as int64 lanes, the output
+ * (bytes per value: 1, 2 or 4) and its row stride. */
+typedef struct {
+    __m512i m[2], e[2], lo, hi;
+    void *y;
+    int32_t size, ldy;
+} intvit_vnni_out;
+
 /* c[r][j] = start[r][j] + sum_q a8[r][4q..4q+3] . panel[q][j] - col_fix[j] + row_fix[r]
  * for r < rows (<= 8), j < cols (<= 32), where start is c itself, or with first (the first
  * K block) bias[j] (0 when bias is NULL): c needs no pass of its own to start from the
- * bias; swap: the panel is the unsigned operand. */
+ * bias; swap: the panel is the unsigned operand. With out (the last K block of a fused
+ * product) the sums are not stored in c but requantized into out->y from element y_at on
+ * (values clamped into the output type's range, so the narrowing stores are exact). */
 static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
                                      const uint8_t *a8, int32_t lda, const uint8_t *panel,
                                      int32_t swap, const int32_t *col_fix,
                                      const int32_t *row_fix, int32_t first,
-                                     const int32_t *bias, int32_t *c, int32_t ldc) {
+                                     const int32_t *bias, int32_t *c, int32_t ldc,
+                                     const intvit_vnni_out *out, int64_t y_at) {
     __m512i acc[8][2];
     const uint8_t *ar[8];
-    int32_t q, r, j;
+    __mmask16 valid[2];
+    int32_t q, r, h;
+    valid[0] = (__mmask16)(cols >= 16 ? 0xFFFF : (1u << cols) - 1);
+    valid[1] = (__mmask16)(cols >= 32 ? 0xFFFF : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
     for (r = 0; r < 8; r++) {
         ar[r] = a8 + (r < rows ? r : 0) * lda;
         acc[r][0] = acc[r][1] = _mm512_setzero_si512();
@@ -360,23 +428,23 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
     }
     for (r = 0; r < rows; r++) {
         int32_t *cr = c + (int64_t)r * ldc;
+        const int32_t *from = first ? bias : cr;
         __m512i fix = _mm512_set1_epi32(row_fix[r]);
-        __m512i s0 = _mm512_sub_epi32(_mm512_add_epi32(acc[r][0], fix),
-                                      _mm512_loadu_si512(col_fix));
-        __m512i s1 = _mm512_sub_epi32(_mm512_add_epi32(acc[r][1], fix),
-                                      _mm512_loadu_si512(col_fix + 16));
-        if (cols == 32) {
-            const int32_t *from = first ? bias : cr;
-            __m512i c0 = from ? _mm512_loadu_si512(from) : _mm512_setzero_si512();
-            __m512i c1 = from ? _mm512_loadu_si512(from + 16) : _mm512_setzero_si512();
-            _mm512_storeu_si512(cr, _mm512_add_epi32(c0, s0));
-            _mm512_storeu_si512(cr + 16, _mm512_add_epi32(c1, s1));
-        } else {
-            int32_t t[32];
-            _mm512_storeu_si512(t, s0);
-            _mm512_storeu_si512(t + 16, s1);
-            for (j = 0; j < cols; j++)
-                cr[j] = (first ? (bias ? bias[j] : 0) : cr[j]) + t[j];
+        for (h = 0; h < 2; h++) {
+            __m512i start = from ? _mm512_maskz_loadu_epi32(valid[h], from + 16 * h)
+                                 : _mm512_setzero_si512();
+            __m512i sum = _mm512_add_epi32(
+                start, _mm512_sub_epi32(_mm512_add_epi32(acc[r][h], fix),
+                                        _mm512_loadu_si512(col_fix + 16 * h)));
+            if (out) {
+                __m512i y = intvit_requant_v16(sum, out->m[h], out->e[h], out->lo, out->hi);
+                uint8_t *yr = (uint8_t *)out->y + (y_at + (int64_t)r * out->ldy + 16 * h) * out->size;
+                if (out->size == 1) _mm512_mask_cvtepi32_storeu_epi8(yr, valid[h], y);
+                else if (out->size == 2) _mm512_mask_cvtepi32_storeu_epi16(yr, valid[h], y);
+                else _mm512_mask_storeu_epi32(yr, valid[h], y);
+            } else {
+                _mm512_mask_storeu_epi32(cr + 16 * h, valid[h], sum);
+            }
         }
     }
 }
@@ -422,17 +490,41 @@ static inline void intvit_vnni_pack(const uint8_t *bt, int32_t K, int32_t jb, in
     }
 }
 
-/* The VNNI kernel on bytes: a_signed, b_signed say whether a, bt hold int8_t. */
+/* The fused requantization of the panel of columns j0 .. j0 + jb - 1 (the rest 0). */
+static inline void intvit_vnni_out_panel(const intvit_requant_into *rq, int32_t j0,
+                                         int32_t jb, int32_t N, intvit_vnni_out *out) {
+    int32_t m[32], e[32], j, h;
+    for (j = 0; j < 32; j++) {
+        int32_t at = rq->per_channel ? j0 + j : 0;
+        m[j] = j < jb ? rq->m[at] : 0;
+        e[j] = j < jb ? rq->e[at] : 0;
+    }
+    for (h = 0; h < 2; h++) {
+        out->m[h] = _mm512_loadu_si512(m + 16 * h);
+        out->e[h] = _mm512_loadu_si512(e + 16 * h);
+    }
+    out->lo = _mm512_set1_epi64(rq->lo);
+    out->hi = _mm512_set1_epi64(rq->hi);
+    out->y = rq->y;
+    out->size = rq->size;
+    out->ldy = N;
+}
+
+/* The VNNI kernel on bytes: a_signed, b_signed say whether a, bt hold int8_t; rq, where
+ * not NULL, requantizes the last K block into rq->y (c then holds only the earlier
+ * blocks' partial sums). */
 static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uint8_t *a,
                                       int32_t a_signed, const uint8_t *bt, int32_t b_signed,
-                                      const int32_t *bias, int32_t *c) {
+                                      const int32_t *bias, int32_t *c,
+                                      const intvit_requant_into *rq) {
     uint8_t a8[INTVIT_MATMUL_MC * INTVIT_VNNI_KC];
     int32_t row_fix[INTVIT_MATMUL_MC];
     uint8_t xa = (uint8_t)(a_signed && b_signed ? 0x80 : 0);
     uint8_t xb = (uint8_t)(!a_signed && !b_signed ? 0x80 : 0);
-    int32_t swap = a_signed && !b_signed, i, k0, i0, j0, kc, mc, quads;
+    int32_t swap = a_signed && !b_signed, i, k0, i0, j0, kc, mc, quads, last;
     for (k0 = 0; k0 == 0 || k0 < K; k0 += INTVIT_VNNI_KC) {   /* K = 0: c = bias */
         kc = K - k0 < INTVIT_VNNI_KC ? K - k0 : INTVIT_VNNI_KC;
+        last = rq != NULL && k0 + kc >= K;
         quads = (kc + 3) / 4;
         for (i0 = 0; i0 < M; i0 += INTVIT_MATMUL_MC) {
             mc = M - i0 < INTVIT_MATMUL_MC ? M - i0 : INTVIT_MATMUL_MC;
@@ -452,14 +544,17 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
                 uint8_t panel[INTVIT_VNNI_KC * 32];
                 int32_t col_fix[32];
                 int32_t jb = N - j0 < 32 ? N - j0 : 32, j, r;
+                intvit_vnni_out out;
                 intvit_vnni_pack(bt + (int64_t)j0 * K + k0, K, jb, kc, xb, xa != 0, panel,
                                  col_fix);
                 for (j = 0; j < 32; j++) col_fix[j] = xa ? 128 * col_fix[j] : 0;
+                if (last) intvit_vnni_out_panel(rq, j0, jb, N, &out);
                 for (r = 0; r < mc; r += 8)
                     intvit_vnni_block(mc - r < 8 ? mc - r : 8, jb, quads,
                                       a8 + r * 4 * quads, 4 * quads, panel, swap, col_fix,
                                       row_fix + r, k0 == 0, bias ? bias + j0 : NULL,
-                                      c + (int64_t)(i0 + r) * N + j0, N);
+                                      c + (int64_t)(i0 + r) * N + j0, N, last ? &out : NULL,
+                                      (int64_t)(i0 + r) * N + j0);
             }
         }
     }
@@ -563,11 +658,12 @@ static inline void intvit_amx_c_tile(int32_t t, int32_t store, int32_t rows, int
 
 static inline void intvit_amx_matmul(int32_t M, int32_t N, int32_t K, const uint8_t *a,
                                      int32_t a_signed, const uint8_t *bt, int32_t b_signed,
-                                     const int32_t *bias, int32_t *c) {
+                                     const int32_t *bias, int32_t *c,
+                                     const intvit_requant_into *rq) {
     uint8_t a8[INTVIT_MATMUL_MC * INTVIT_AMX_KC];
     int32_t signs = 2 * a_signed + b_signed, i, j, k0, i0, j0, kc, mc, lda;
     if (!intvit_amx_ready()) {
-        intvit_vnni_matmul(M, N, K, a, a_signed, bt, b_signed, bias, c);
+        intvit_vnni_matmul(M, N, K, a, a_signed, bt, b_signed, bias, c, rq);
         return;
     }
     for (i = 0; i < M; i++)
@@ -616,6 +712,7 @@ static inline void intvit_amx_matmul(int32_t M, int32_t N, int32_t K, const uint
             }
         }
     }
+    if (rq) intvit_requant_rows(M, N, c, rq);
 }
 
 static inline const char *intvit_matmul8_kernel(void) {
@@ -630,11 +727,44 @@ static inline const char *intvit_matmul8_kernel(void) { return "vnni"; }
 #define INTVIT_DEFINE_MATMUL8(NAME, TA, TB)                                               \
     INTVIT_DECLARE_MATMUL(NAME, TA, TB) {                                                 \
         INTVIT_MATMUL8_CALL(M, N, K, (const uint8_t *)a, INTVIT_SIGNED(TA),               \
-                            (const uint8_t *)bt, INTVIT_SIGNED(TB), bias, c);             \
+                            (const uint8_t *)bt, INTVIT_SIGNED(TB), bias, c, NULL);       \
     }
 #else
 static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KERNEL; }
 #define INTVIT_DEFINE_MATMUL8 INTVIT_DEFINE_MATMUL
+#endif
+
+/* --- 8-bit product with its requantization ---------------------------------------------
+ * INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY): c = the 8-bit product of a and bt as
+ * INTVIT_DEFINE_MATMUL8 (c: M x N int32, the caller's), and y = clamp(R(c; m, e), lo, hi)
+ * as TY (y: M x N; per_channel as for INTVIT_DEFINE_REQUANTIZE): the network's product
+ * and the requantize node that alone reads it, in one call. The VNNI kernel requantizes
+ * each block's sums straight from its accumulators in the last K block (see
+ * intvit_vnni_block), so that c is written only between K blocks and y is never read
+ * back; every other build, and the debug build (whose dump shows c), computes c and then
+ * requantizes it row by row (intvit_requant_rows). */
+#define INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY)                                      \
+    void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt,                 \
+              const int32_t *bias, int32_t *c, const int32_t *m, const int8_t *e,         \
+              int32_t per_channel, int32_t lo, int32_t hi, TY *y)
+
+#define INTVIT_REQUANT_INTO(TY) {m, e, per_channel, lo, hi, (int32_t)sizeof(TY), (void *)y}
+
+#if defined(INTVIT_HAVE_VNNI) && !defined(INTVIT_DEBUG)
+#define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
+    INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY) {                                         \
+        intvit_requant_into rq = INTVIT_REQUANT_INTO(TY);                                 \
+        INTVIT_MATMUL8_CALL(M, N, K, (const uint8_t *)a, INTVIT_SIGNED(TA),                \
+                            (const uint8_t *)bt, INTVIT_SIGNED(TB), bias, c, &rq);        \
+    }
+#else
+#define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
+    static INTVIT_DEFINE_MATMUL8(NAME##_product, TA, TB)                                  \
+    INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY) {                                         \
+        intvit_requant_into rq = INTVIT_REQUANT_INTO(TY);                                 \
+        NAME##_product(M, N, K, a, bt, bias, c);                                          \
+        intvit_requant_rows(M, N, c, &rq);                                                \
+    }
 #endif
 
 /* --- requantize -----------------------------------------------------------------------
@@ -656,12 +786,6 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
 #define INTVIT_CHUNK 64
 
 #if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__)
-/* R(v; m, e) on int64 lanes (v, m sign-extended int32, 0 <= e <= 62). */
-static inline __m512i intvit_requant_v8(__m512i v, __m512i m, __m512i e) {
-    __m512i half = _mm512_srli_epi64(_mm512_sllv_epi64(_mm512_set1_epi64(1), e), 1);
-    return _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(v, m), half), e);
-}
-
 static inline __m512i intvit_load_v8(const int32_t *x) {
     return _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)x));
 }
