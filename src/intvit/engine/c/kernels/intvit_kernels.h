@@ -778,12 +778,79 @@ static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const in
  * S = sum e_i, factor = floor(numerator / max(S, 1)), p_i = e_i * factor,
  * y_i = clamp(R(p_i; m, e), lo, hi). The exporter checks e_max * L < numerator, so S and
  * p_i fit 32 bits when numerator < 2^31 (I-ViT) and 34 bits otherwise (I-BERT: the
- * program's 64-bit step). With AVX-512 (DQ) the last step goes through
- * intvit_softmax_chunk, 8 values a vector: int64 lanes, vpmullq products, exact because
- * p_i <= numerator and numerator * |m| < 2^63 (the plan checks it), the floor shift
- * vpsravq.
+ * program's 64-bit step). The plan proves d_i in [1 - table_len, 0], so every index is in
+ * the table.
+ *
+ * With AVX-512 (F and DQ) each pass over the row takes 16 values a vector, widened to
+ * int32 lanes (intvit_widen16_<T>), and leaves the scalar loop the last L mod 16:
+ *   intvit_softmax_top_<T>   max(x): vpmaxsd lanes, then the lanes' maximum;
+ *   intvit_softmax_sum_<T>   S: vpgatherdd of exp_table at x_i + (table_len - 1 - top) (the
+ *                            lanes wrap mod 2^32 on the way, the index itself is in range),
+ *                            each gathered int32 widened to int64 and added in int64 lanes,
+ *                            so S is exact for any L and any table;
+ *   intvit_softmax_exp_<T>   e_i of one chunk by the same gather, for the last step;
+ *   intvit_softmax_chunk     the last step, 8 values a vector: int64 lanes, vpmullq
+ *                            products, exact because p_i <= numerator and
+ *                            numerator * |m| < 2^63 (the plan checks it), the floor shift
+ *                            vpsravq.
+ * Max, sum and products are exact, so the integers equal the scalar loop's in any order.
  */
 #if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
+/* x[0..16) widened to int32 lanes, one loader per element type. */
+static inline __m512i intvit_widen16_int8_t(const int8_t *x) {
+    return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)x));
+}
+static inline __m512i intvit_widen16_uint8_t(const uint8_t *x) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)x));
+}
+static inline __m512i intvit_widen16_int16_t(const int16_t *x) {
+    return _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)x));
+}
+static inline __m512i intvit_widen16_int32_t(const int32_t *x) {
+    return _mm512_loadu_si512((const void *)x);
+}
+
+/* exp_table[x_i - top + table_len - 1] for the 16 values from x (lanes wrap mod 2^32, the
+ * index they end at is in the table). */
+#define INTVIT_SOFTMAX_GATHER(T, x, top, table, table_len)                                \
+    _mm512_i32gather_epi32(                                                               \
+        _mm512_add_epi32(intvit_widen16_##T(x), _mm512_sub_epi32(                         \
+            _mm512_set1_epi32((table_len) - 1), _mm512_set1_epi32(top))), (table), 4)
+
+/* The row passes over the first n rounded down to 16 values (the returned count):
+ *   top_T: *top = max(*top, x_i);   sum_T: *sum += S of those values, in int64;
+ *   exp_T: ex[i] = e_i. */
+#define INTVIT_DEFINE_SOFTMAX_ROW(T)                                                      \
+    static inline int32_t intvit_softmax_top_##T(int32_t n, const T *x, int32_t *top) {   \
+        __m512i v = _mm512_set1_epi32(*top);                                              \
+        int32_t i;                                                                        \
+        for (i = 0; i + 16 <= n; i += 16) v = _mm512_max_epi32(v, intvit_widen16_##T(x + i)); \
+        *top = _mm512_reduce_max_epi32(v);                                                \
+        return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_sum_##T(int32_t n, const T *x, int32_t top,      \
+                                                 const int32_t *table, int32_t table_len, \
+                                                 int64_t *sum) {                          \
+        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();                 \
+        int32_t i;                                                                        \
+        for (i = 0; i + 16 <= n; i += 16) {                                               \
+            __m512i ev = INTVIT_SOFTMAX_GATHER(T, x + i, top, table, table_len);          \
+            s0 = _mm512_add_epi64(s0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(ev))); \
+            s1 = _mm512_add_epi64(s1, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(ev, 1))); \
+        }                                                                                 \
+        *sum += _mm512_reduce_add_epi64(_mm512_add_epi64(s0, s1));                        \
+        return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_exp_##T(int32_t n, const T *x, int32_t top,      \
+                                                 const int32_t *table, int32_t table_len, \
+                                                 int32_t *ex) {                           \
+        int32_t i;                                                                        \
+        for (i = 0; i + 16 <= n; i += 16)                                                 \
+            _mm512_storeu_si512((void *)(ex + i),                                         \
+                                INTVIT_SOFTMAX_GATHER(T, x + i, top, table, table_len));  \
+        return i;                                                                         \
+    }
+
 /* out[i] = clamp(R(ex[i] * factor; m, e), lo, hi) for i < the returned count (n rounded
  * down to 8). */
 static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
@@ -804,6 +871,24 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
     return i;
 }
 #else
+#define INTVIT_DEFINE_SOFTMAX_ROW(T)                                                      \
+    static inline int32_t intvit_softmax_top_##T(int32_t n, const T *x, int32_t *top) {   \
+        (void)n; (void)x; (void)top;                                                      \
+        return 0;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_sum_##T(int32_t n, const T *x, int32_t top,      \
+                                                 const int32_t *table, int32_t table_len, \
+                                                 int64_t *sum) {                          \
+        (void)n; (void)x; (void)top; (void)table; (void)table_len; (void)sum;             \
+        return 0;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_exp_##T(int32_t n, const T *x, int32_t top,      \
+                                                 const int32_t *table, int32_t table_len, \
+                                                 int32_t *ex) {                           \
+        (void)n; (void)x; (void)top; (void)table; (void)table_len; (void)ex;              \
+        return 0;                                                                         \
+    }
+
 static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
                                            int32_t m, int32_t e, int32_t lo, int32_t hi,
                                            int32_t *out) {
@@ -811,6 +896,10 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
     return 0;
 }
 #endif
+INTVIT_DEFINE_SOFTMAX_ROW(int8_t)
+INTVIT_DEFINE_SOFTMAX_ROW(uint8_t)
+INTVIT_DEFINE_SOFTMAX_ROW(int16_t)
+INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
 
 #define INTVIT_DECLARE_SOFTMAX(NAME, TX, TY)                                              \
     void NAME(int32_t rows, int32_t L, const TX *x, const int32_t *exp_table,             \
@@ -826,12 +915,16 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
             TY *yr = y + (int64_t)r * L;                                                  \
             int32_t top = xr[0], c0, n, done, ex[INTVIT_CHUNK], t[INTVIT_CHUNK];          \
             int64_t sum = 0, factor;                                                      \
-            for (i = 1; i < L; i++) top = xr[i] > top ? xr[i] : top;                      \
-            for (i = 0; i < L; i++) sum += exp_table[xr[i] - top + table_len - 1];        \
+            for (i = intvit_softmax_top_##TX(L, xr, &top); i < L; i++)                    \
+                top = xr[i] > top ? xr[i] : top;                                          \
+            for (i = intvit_softmax_sum_##TX(L, xr, top, exp_table, table_len, &sum); i < L; i++) \
+                sum += exp_table[xr[i] - top + table_len - 1];                            \
             factor = numerator / (sum > 1 ? sum : 1);                                     \
             for (c0 = 0; c0 < L; c0 += INTVIT_CHUNK) {                                    \
                 n = L - c0 < INTVIT_CHUNK ? L - c0 : INTVIT_CHUNK;                        \
-                for (i = 0; i < n; i++) ex[i] = exp_table[xr[c0 + i] - top + table_len - 1]; \
+                for (i = intvit_softmax_exp_##TX(n, xr + c0, top, exp_table, table_len, ex); \
+                     i < n; i++)                                                          \
+                    ex[i] = exp_table[xr[c0 + i] - top + table_len - 1];                  \
                 done = intvit_softmax_chunk(n, ex, factor, m, e, lo, hi, t);              \
                 for (i = 0; i < done; i++) yr[c0 + i] = (TY)t[i];                         \
                 for (; i < n; i++)                                                        \
