@@ -762,15 +762,76 @@ static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const in
         }                                                                                 \
     }
 
-/* --- table look-up: y[i] = table[x[i] - lo] ------------------------------------------- */
+/* --- table look-up: y[i] = table[x[i] - lo] --------------------------------------------
+ * The plan proves x[i] - lo in [0, table_len). Blocks of INTVIT_LOOKUP_BLOCK values are
+ * split over OpenMP threads where n >= INTVIT_OMP_MIN_WORK (each value stands alone).
+ *
+ * With AVX-512 VBMI, 8-bit x and 8-bit y (and table_len <= 256) take intvit_lookup8_chunk, 64
+ * values a vector: the index x - lo mod 2^8 is exact (it lies in [0, 256)); the table,
+ * copied to 256 bytes (zeros past table_len, never read), is four vectors t0..t3, and
+ *   y = idx < 128 ? t[idx] from (t0, t1) : t[idx - 128] from (t2, t3)
+ * is two vpermi2b (each reads the index's low 7 bits) and a blend on the index's bit 7
+ * (vpmovb2m). Other types, other builds and the last n mod 64 values take the scalar loop.
+ */
+#ifndef INTVIT_LOOKUP_BLOCK
+#define INTVIT_LOOKUP_BLOCK 4096
+#endif
+
+#if defined(INTVIT_HAVE_AVX2) && defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#define INTVIT_HAVE_LOOKUP8 1
+/* y[i] = t[(x[i] - lo) mod 2^8] for i < the returned count (n rounded down to 64); t has
+ * 256 entries. */
+static inline int32_t intvit_lookup8_chunk(int32_t n, const uint8_t *x, const uint8_t *t,
+                                           int32_t lo, uint8_t *y) {
+    __m512i t0 = _mm512_loadu_si512((const void *)t);
+    __m512i t1 = _mm512_loadu_si512((const void *)(t + 64));
+    __m512i t2 = _mm512_loadu_si512((const void *)(t + 128));
+    __m512i t3 = _mm512_loadu_si512((const void *)(t + 192));
+    __m512i vlo = _mm512_set1_epi8((char)(((lo + 128) & 255) - 128)); /* lo mod 2^8 */
+    int32_t i;
+    for (i = 0; i + 64 <= n; i += 64) {
+        __m512i idx = _mm512_sub_epi8(_mm512_loadu_si512((const void *)(x + i)), vlo);
+        __m512i low = _mm512_permutex2var_epi8(t0, idx, t1);
+        __m512i high = _mm512_permutex2var_epi8(t2, idx, t3);
+        _mm512_storeu_si512((void *)(y + i),
+                            _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), low, high));
+    }
+    return i;
+}
+#else
+#define INTVIT_HAVE_LOOKUP8 0
+static inline int32_t intvit_lookup8_chunk(int32_t n, const uint8_t *x, const uint8_t *t,
+                                           int32_t lo, uint8_t *y) {
+    (void)n; (void)x; (void)t; (void)lo; (void)y;
+    return 0;
+}
+#endif
+
+/* t[0..256) = table[0..table_len) then zeros; returns t. */
+static inline const uint8_t *intvit_table256(const void *table, int32_t table_len,
+                                             uint8_t *t) {
+    memcpy(t, table, (size_t)table_len);
+    memset(t + table_len, 0, (size_t)(256 - table_len));
+    return t;
+}
+
 #define INTVIT_DECLARE_LOOKUP(NAME, TX, TY)                                               \
-    void NAME(int32_t n, const TX *x, const TY *table, int32_t lo, TY *y)
+    void NAME(int32_t n, const TX *x, const TY *table, int32_t table_len, int32_t lo, TY *y)
 
 #define INTVIT_DEFINE_LOOKUP(NAME, TX, TY)                                                \
     INTVIT_DECLARE_LOOKUP(NAME, TX, TY) {                                                 \
-        int32_t i;                                                                        \
+        uint8_t padded[256];                                                              \
+        const uint8_t *t = INTVIT_HAVE_LOOKUP8 && sizeof(TX) == 1 && sizeof(TY) == 1      \
+                                   && table_len <= 256                                    \
+                               ? intvit_table256(table, table_len, padded) : NULL;        \
+        int32_t b;                                                                        \
         INTVIT_OMP("omp parallel for schedule(static) if(n >= INTVIT_OMP_MIN_WORK)")      \
-        for (i = 0; i < n; i++) y[i] = table[(int32_t)x[i] - lo];                         \
+        for (b = 0; b < n; b += INTVIT_LOOKUP_BLOCK) {                                    \
+            int32_t k = n - b < INTVIT_LOOKUP_BLOCK ? n - b : INTVIT_LOOKUP_BLOCK;        \
+            int32_t i = t ? intvit_lookup8_chunk(k, (const uint8_t *)(x + b), t, lo,      \
+                                                 (uint8_t *)(y + b)) : 0;                 \
+            for (i += b; i < b + k; i++) y[i] = table[(int32_t)x[i] - lo];                \
+        }                                                                                 \
     }
 
 /* --- softmax row ------------------------------------------------------------------------
