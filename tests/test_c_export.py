@@ -469,7 +469,7 @@ SOFTMAX_TYPES = {
             (-(1 << 30), (1 << 30) + 5)),
 }
 SOFTMAX_RANGES = {"s32 low": ("s32", (-(1 << 31), -(1 << 31) + 999))}
-SOFTMAX_LENGTHS = [1, 7, 15, 16, 17, 31, 49, 64, 65, 80, 197]
+SOFTMAX_LENGTHS = [1, 7, 15, 16, 17, 31, 49, 64, 65, 80, 197, 1024, 1025, 2100]
 
 
 def softmax_rows(x_lo: int, x_hi: int, L: int, g: torch.Generator) -> torch.Tensor:
@@ -499,7 +499,8 @@ def run_softmax(kernels, name: str, x: torch.Tensor, x_dtype, table: torch.Tenso
 @pytest.mark.parametrize("numerator", [NUMERATOR_IVIT, NUMERATOR_IBERT])
 def test_softmax_kernels_equal_softmax_from_table(row_kernels, L, x_type, numerator):
     """Every x type over its range (int32: near both ends), every row length around the
-    16-lane vectors and the 8-lane last step, random and extreme rows, a random table of
+    16-lane vectors, the 8-lane last step and the 1024-value blocks (longer rows read their
+    exponentials again), random and extreme rows, a random table of
     values up to e_max = (numerator - 1) // L (the largest sum the exporter allows: I-BERT's
     passes 32 bits), a multiplier near 2^31 with a shift that keeps outputs in range, and a
     random pair: every value equals intvit.approx.rows.softmax_from_table."""

@@ -842,20 +842,29 @@ static inline const uint8_t *intvit_table256(const void *table, int32_t table_le
  * program's 64-bit step). The plan proves d_i in [1 - table_len, 0], so every index is in
  * the table.
  *
- * With AVX-512 (F and DQ) each pass over the row takes 16 values a vector, widened to
- * int32 lanes (intvit_widen16_<T>), and leaves the scalar loop the last L mod 16:
+ * The row is read in blocks of INTVIT_SOFTMAX_BLOCK values: the sum pass keeps each
+ * block's e_i in ex[], so a row of one block (every ViT and Swin row) reads the table once
+ * and the last step takes e_i from ex[]; a longer row reads its table entries again, block
+ * by block, for the last step.
+ *
+ * With AVX-512 (F and DQ) each pass takes 16 values a vector, widened to int32 lanes
+ * (intvit_widen16_<T>), and leaves the scalar loop the last n mod 16:
  *   intvit_softmax_top_<T>   max(x): vpmaxsd lanes, then the lanes' maximum;
- *   intvit_softmax_sum_<T>   S: vpgatherdd of exp_table at x_i + (table_len - 1 - top) (the
- *                            lanes wrap mod 2^32 on the way, the index itself is in range),
- *                            each gathered int32 widened to int64 and added in int64 lanes,
- *                            so S is exact for any L and any table;
- *   intvit_softmax_exp_<T>   e_i of one chunk by the same gather, for the last step;
+ *   intvit_softmax_sum_<T>   e_i: vpgatherdd of exp_table at x_i + (table_len - 1 - top)
+ *                            (the lanes wrap mod 2^32 on the way, the index itself is in
+ *                            range), stored to ex[]; S: each e_i widened to int64 and added
+ *                            in int64 lanes, so S is exact for any L and any table;
+ *   intvit_softmax_exp_<T>   e_i of one block by the same gather (rows of several blocks);
  *   intvit_softmax_chunk     the last step, 8 values a vector: int64 lanes, vpmullq
  *                            products, exact because p_i <= numerator and
  *                            numerator * |m| < 2^63 (the plan checks it), the floor shift
  *                            vpsravq.
  * Max, sum and products are exact, so the integers equal the scalar loop's in any order.
  */
+#ifndef INTVIT_SOFTMAX_BLOCK
+#define INTVIT_SOFTMAX_BLOCK 1024
+#endif
+
 #if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
 /* x[0..16) widened to int32 lanes, one loader per element type. */
 static inline __m512i intvit_widen16_int8_t(const int8_t *x) {
@@ -879,8 +888,8 @@ static inline __m512i intvit_widen16_int32_t(const int32_t *x) {
             _mm512_set1_epi32((table_len) - 1), _mm512_set1_epi32(top))), (table), 4)
 
 /* The row passes over the first n rounded down to 16 values (the returned count):
- *   top_T: *top = max(*top, x_i);   sum_T: *sum += S of those values, in int64;
- *   exp_T: ex[i] = e_i. */
+ *   top_T: *top = max(*top, x_i);   exp_T: ex[i] = e_i;
+ *   sum_T: ex[i] = e_i and *sum += their sum, in int64. */
 #define INTVIT_DEFINE_SOFTMAX_ROW(T)                                                      \
     static inline int32_t intvit_softmax_top_##T(int32_t n, const T *x, int32_t *top) {   \
         __m512i v = _mm512_set1_epi32(*top);                                              \
@@ -891,11 +900,12 @@ static inline __m512i intvit_widen16_int32_t(const int32_t *x) {
     }                                                                                     \
     static inline int32_t intvit_softmax_sum_##T(int32_t n, const T *x, int32_t top,      \
                                                  const int32_t *table, int32_t table_len, \
-                                                 int64_t *sum) {                          \
+                                                 int32_t *ex, int64_t *sum) {             \
         __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();                 \
         int32_t i;                                                                        \
         for (i = 0; i + 16 <= n; i += 16) {                                               \
             __m512i ev = INTVIT_SOFTMAX_GATHER(T, x + i, top, table, table_len);          \
+            _mm512_storeu_si512((void *)(ex + i), ev);                                    \
             s0 = _mm512_add_epi64(s0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(ev))); \
             s1 = _mm512_add_epi64(s1, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(ev, 1))); \
         }                                                                                 \
@@ -913,7 +923,7 @@ static inline __m512i intvit_widen16_int32_t(const int32_t *x) {
     }
 
 /* out[i] = clamp(R(ex[i] * factor; m, e), lo, hi) for i < the returned count (n rounded
- * down to 8). */
+ * down to 8); out may be ex (each vector is read before it is written). */
 static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
                                            int32_t m, int32_t e, int32_t lo, int32_t hi,
                                            int32_t *out) {
@@ -939,8 +949,8 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
     }                                                                                     \
     static inline int32_t intvit_softmax_sum_##T(int32_t n, const T *x, int32_t top,      \
                                                  const int32_t *table, int32_t table_len, \
-                                                 int64_t *sum) {                          \
-        (void)n; (void)x; (void)top; (void)table; (void)table_len; (void)sum;             \
+                                                 int32_t *ex, int64_t *sum) {             \
+        (void)n; (void)x; (void)top; (void)table; (void)table_len; (void)ex; (void)sum;   \
         return 0;                                                                         \
     }                                                                                     \
     static inline int32_t intvit_softmax_exp_##T(int32_t n, const T *x, int32_t top,      \
@@ -974,20 +984,27 @@ INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * L;                                            \
             TY *yr = y + (int64_t)r * L;                                                  \
-            int32_t top = xr[0], c0, n, done, ex[INTVIT_CHUNK], t[INTVIT_CHUNK];          \
+            int32_t top = xr[0], c0, n, done, ex[INTVIT_SOFTMAX_BLOCK];                   \
             int64_t sum = 0, factor;                                                      \
             for (i = intvit_softmax_top_##TX(L, xr, &top); i < L; i++)                    \
                 top = xr[i] > top ? xr[i] : top;                                          \
-            for (i = intvit_softmax_sum_##TX(L, xr, top, exp_table, table_len, &sum); i < L; i++) \
-                sum += exp_table[xr[i] - top + table_len - 1];                            \
-            factor = numerator / (sum > 1 ? sum : 1);                                     \
-            for (c0 = 0; c0 < L; c0 += INTVIT_CHUNK) {                                    \
-                n = L - c0 < INTVIT_CHUNK ? L - c0 : INTVIT_CHUNK;                        \
-                for (i = intvit_softmax_exp_##TX(n, xr + c0, top, exp_table, table_len, ex); \
-                     i < n; i++)                                                          \
+            for (c0 = 0; c0 < L; c0 += INTVIT_SOFTMAX_BLOCK) {                            \
+                n = L - c0 < INTVIT_SOFTMAX_BLOCK ? L - c0 : INTVIT_SOFTMAX_BLOCK;        \
+                for (i = intvit_softmax_sum_##TX(n, xr + c0, top, exp_table, table_len, ex, \
+                                                 &sum); i < n; i++) {                     \
                     ex[i] = exp_table[xr[c0 + i] - top + table_len - 1];                  \
-                done = intvit_softmax_chunk(n, ex, factor, m, e, lo, hi, t);              \
-                for (i = 0; i < done; i++) yr[c0 + i] = (TY)t[i];                         \
+                    sum += ex[i];                                                         \
+                }                                                                         \
+            }                                                                             \
+            factor = numerator / (sum > 1 ? sum : 1);                                     \
+            for (c0 = 0; c0 < L; c0 += INTVIT_SOFTMAX_BLOCK) {                            \
+                n = L - c0 < INTVIT_SOFTMAX_BLOCK ? L - c0 : INTVIT_SOFTMAX_BLOCK;        \
+                if (L > INTVIT_SOFTMAX_BLOCK)                                             \
+                    for (i = intvit_softmax_exp_##TX(n, xr + c0, top, exp_table, table_len, \
+                                                     ex); i < n; i++)                     \
+                        ex[i] = exp_table[xr[c0 + i] - top + table_len - 1];              \
+                done = intvit_softmax_chunk(n, ex, factor, m, e, lo, hi, ex);             \
+                for (i = 0; i < done; i++) yr[c0 + i] = (TY)ex[i];                        \
                 for (; i < n; i++)                                                        \
                     yr[c0 + i] = (TY)intvit_clamp(intvit_requant(ex[i] * factor, m, e),   \
                                                   lo, hi);                                \
