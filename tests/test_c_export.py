@@ -213,11 +213,11 @@ def test_matmul_kernel_edges(matmul_kernels, fn, m, n, k, fill):
     assert torch.equal(c.to(torch.int64), want)
 
 
-@pytest.mark.parametrize("kernels", ["default", "vnni", "amx"])
+@pytest.mark.parametrize("kernels", ["default", "vnni", "avx512", "amx"])
 @pytest.mark.parametrize("arch,family", [("vit", "ibert"), ("swin", "ivit")])
 def test_sanitized_build_is_clean_and_exact(models, arch, family, kernels):
     """UBSan and ASan (the scratch buffer is allocated at exactly the planned size), with
-    the compiler's default target and with the 8-bit kernels."""
+    the compiler's default target and with the 8-bit kernels (avx512: the row vectors too)."""
     flags = SANITIZE + (() if kernels == "default" else kernel_build(kernels))
     model, program, library = models[arch, family]
     _, size, _ = ARCHS[arch]
