@@ -766,9 +766,10 @@ static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const in
  * The plan proves x[i] - lo in [0, table_len). Blocks of INTVIT_LOOKUP_BLOCK values are
  * split over OpenMP threads where n >= INTVIT_OMP_MIN_WORK (each value stands alone).
  *
- * With AVX-512 VBMI, 8-bit x and 8-bit y (and table_len <= 256) take intvit_lookup8_chunk, 64
- * values a vector: the index x - lo mod 2^8 is exact (it lies in [0, 256)); the table,
- * copied to 256 bytes (zeros past table_len, never read), is four vectors t0..t3, and
+ * With AVX-512 VBMI, 8-bit x and 8-bit y (and table_len <= 256) take
+ * intvit_lookup8_chunk, 64 values a vector: the index x - lo mod 2^8 is exact (it lies in
+ * [0, 256)); the table, copied to 256 bytes (zeros past table_len, never read), is four
+ * vectors t0..t3, and
  *   y = idx < 128 ? t[idx] from (t0, t1) : t[idx - 128] from (t2, t3)
  * is two vpermi2b (each reads the index's low 7 bits) and a blend on the index's bit 7
  * (vpmovb2m). Other types, other builds and the last n mod 64 values take the scalar loop.
