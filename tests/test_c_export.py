@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_engine import FAMILIES, calibrated, images
 
+from intvit.approx.rows import NUMERATOR_IBERT, NUMERATOR_IVIT, softmax_from_table
 from intvit.arith import floor_div, isqrt, requantize, round_div
 from intvit.cli import main
 from intvit.engine import ProgramError, export_program
@@ -54,6 +55,8 @@ KERNEL_BUILDS = {
     "vnni forced": ((*AMX, "-fopenmp", "-DINTVIT_NO_AMX"), {"avx512_vnni", "avx512bw"},
                     "vnni"),
     "amx": ((*AMX, "-fopenmp"), {"amx_int8", "amx_tile", "avx512_vnni", "avx512bw"}, "amx"),
+    "avx512": ((*VNNI, "-mavx512dq", "-mavx512vbmi", "-fopenmp"),
+               {"avx512_vnni", "avx512bw", "avx512dq", "avx512vbmi"}, "vnni"),
 }
 
 
@@ -124,12 +127,13 @@ def test_avx2_build_equals_the_int_engine_for_any_threads(models, arch, family):
         assert torch.get_num_threads() == before  # PyTorch's own threads are left alone
 
 
-@pytest.mark.parametrize("kind", ["vnni", "amx"])
+@pytest.mark.parametrize("kind", ["vnni", "avx512", "amx"])
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_8bit_kernel_builds_equal_the_int_engine_for_any_threads(models, kind, arch, family):
-    """The AVX-512 builds (8-bit products, requantize and softmax vectors) on every family:
-    I-BERT's softmax products pass 32 bits."""
+    """The AVX-512 builds (8-bit products, requantize vectors; with DQ and VBMI the softmax
+    row and table look-up vectors too) on every family: I-BERT's softmax products pass 32
+    bits."""
     flags = kernel_build(kind)
     model, program, library = models[arch, family]
     _, size, n = ARCHS[arch]
@@ -255,11 +259,11 @@ def test_matmul_requantize_kernel_equals_product_then_requantize(matmul_kernels,
     assert torch.equal(y.to(torch.int64), want)
 
 
-@pytest.mark.parametrize("kernels", ["default", "vnni", "amx"])
+@pytest.mark.parametrize("kernels", ["default", "vnni", "avx512", "amx"])
 @pytest.mark.parametrize("arch,family", [("vit", "ibert"), ("swin", "ivit")])
 def test_sanitized_build_is_clean_and_exact(models, arch, family, kernels):
     """UBSan and ASan (the scratch buffer is allocated at exactly the planned size), with
-    the compiler's default target and with the 8-bit kernels."""
+    the compiler's default target and with the 8-bit kernels (avx512: the row vectors too)."""
     flags = SANITIZE + (() if kernels == "default" else kernel_build(kernels))
     model, program, library = models[arch, family]
     _, size, _ = ARCHS[arch]
@@ -520,6 +524,137 @@ def test_requantize_kernels_equal_intvit_arith(requantize_kernels, rows, C, per_
                                  ptr(e8.data_ptr()), per_channel, i32(-300), i32(300),
                                  ptr(y16.data_ptr()))
     assert torch.equal(y16.to(torch.int64), requantize(res, m, e).clamp(-300, 300))
+
+
+@pytest.fixture(scope="module", params=["portable", "avx512"])
+def row_kernels(request, tmp_path_factory):
+    """The softmax and table look-up kernels alone: portable, and the AVX-512 vectors (max,
+    exponential gather, row sum, 8-bit look-up: the avx512 build with DQ and VBMI)."""
+    return kernel_snippet(tmp_path_factory.mktemp("rows"),
+                          "".join(f"INTVIT_DEFINE_SOFTMAX(sm_{x}, {SOFTMAX_TYPES[x][0]}, "
+                                  f"{SOFTMAX_TYPES[x][1]})\n" for x in SOFTMAX_TYPES)
+                          + "".join(f"INTVIT_DEFINE_LOOKUP(lu_{x}_{y}, {LOOKUP_TYPES[x][0]}, "
+                                    f"{LOOKUP_TYPES[y][0]})\n" for x, y in LOOKUPS),
+                          kernel_build(request.param))
+
+
+# softmax input -> (x ctype, y ctype, x dtype, x range, y dtype, clamp range): int32 rows
+# near INT32_MIN and INT32_MAX (the vector index x + table_len - 1 - top wraps on the way)
+SOFTMAX_TYPES = {
+    "s8": ("int8_t", "uint8_t", torch.int8, (-128, 127), torch.uint8, (0, 255)),
+    "u8": ("uint8_t", "int8_t", torch.uint8, (0, 255), torch.int8, (-128, 127)),
+    "s16": ("int16_t", "int16_t", torch.int16, (-(1 << 15), (1 << 15) - 1), torch.int16,
+            (-300, 300)),
+    "s32": ("int32_t", "int32_t", torch.int32, ((1 << 31) - 1000, (1 << 31) - 1), torch.int32,
+            (-(1 << 30), (1 << 30) + 5)),
+}
+SOFTMAX_RANGES = {"s32 low": ("s32", (-(1 << 31), -(1 << 31) + 999))}
+SOFTMAX_LENGTHS = [1, 7, 15, 16, 17, 31, 49, 64, 65, 80, 197, 1024, 1025, 2100]
+
+
+def softmax_rows(x_lo: int, x_hi: int, L: int, g: torch.Generator) -> torch.Tensor:
+    """Random rows, then the extremes: constant rows (every e_i = e_max, the largest sum),
+    one maximum among minima (d = 1 - table_len), alternating extremes."""
+    rows = torch.randint(x_lo, x_hi + 1, (7, L), generator=g)
+    rows[3], rows[4] = x_hi, x_lo
+    rows[5] = x_lo
+    rows[5, L // 2] = x_hi
+    rows[6, ::2], rows[6, 1::2] = x_hi, x_lo
+    return rows
+
+
+def run_softmax(kernels, name: str, x: torch.Tensor, x_dtype, table: torch.Tensor,
+                numerator: int, m: int, e: int, y_dtype, lo: int, hi: int) -> torch.Tensor:
+    rows, L = x.shape
+    xc, t32 = x.to(x_dtype).contiguous(), table.to(torch.int32).contiguous()
+    y = torch.zeros(rows, L, dtype=y_dtype)
+    ptr = ctypes.c_void_p
+    getattr(kernels, name)(rows, L, ptr(xc.data_ptr()), ptr(t32.data_ptr()), table.numel(),
+                           ctypes.c_int64(numerator), m, e, lo, hi, ptr(y.data_ptr()))
+    return y.to(torch.int64)
+
+
+@pytest.mark.parametrize("L", SOFTMAX_LENGTHS)
+@pytest.mark.parametrize("x_type", [*SOFTMAX_TYPES, *SOFTMAX_RANGES])
+@pytest.mark.parametrize("numerator", [NUMERATOR_IVIT, NUMERATOR_IBERT])
+def test_softmax_kernels_equal_softmax_from_table(row_kernels, L, x_type, numerator):
+    """Every x type over its range (int32: near both ends), every row length around the
+    16-lane vectors, the 8-lane last step and the 1024-value blocks (longer rows read their
+    exponentials again), random and extreme rows, a random table of
+    values up to e_max = (numerator - 1) // L (the largest sum the exporter allows: I-BERT's
+    passes 32 bits), a multiplier near 2^31 with a shift that keeps outputs in range, and a
+    random pair: every value equals intvit.approx.rows.softmax_from_table."""
+    base, x_range = SOFTMAX_RANGES.get(x_type, (x_type, None))
+    x_ctype, _, x_dtype, x_full, y_dtype, (lo, hi) = SOFTMAX_TYPES[base]
+    x_lo, x_hi = x_range or x_full
+    g = torch.Generator().manual_seed(L * 10 + len(x_type) + numerator % 7)
+    e_max = min((numerator - 1) // L, (1 << 31) - 1)  # the table is int32
+    table = torch.randint(0, e_max + 1, (x_hi - x_lo + 1,), generator=g)
+    table[-1] = e_max
+    x = softmax_rows(x_lo, x_hi, L, g)
+    for m, e in [((1 << 31) - 1, 54), (int(torch.randint(1, 1 << 31, (1,), generator=g)),
+                                       int(torch.randint(0, 63, (1,), generator=g)))]:
+        want = softmax_from_table(x, table, e_max, numerator, torch.tensor(m), torch.tensor(e),
+                                  lo, hi)
+        got = run_softmax(row_kernels, f"sm_{base}", x, x_dtype, table, numerator, m, e,
+                          y_dtype, lo, hi)
+        assert torch.equal(got, want), (m, e)
+
+
+@settings(max_examples=100, deadline=None)
+@given(L=st.integers(1, 300), seed=st.integers(0, 1 << 30),
+       x_type=st.sampled_from(list(SOFTMAX_TYPES)), m=st.integers(1, (1 << 31) - 1),
+       e=st.integers(0, 62))
+def test_softmax_kernels_equal_softmax_from_table_on_any_row(row_kernels, L, seed, x_type, m, e):
+    """Hypothesis: any row length, rows of values in a random part of the type's range (a
+    short table), any multiplier and shift."""
+    _, _, x_dtype, (t_lo, t_hi), y_dtype, (lo, hi) = SOFTMAX_TYPES[x_type]
+    g = torch.Generator().manual_seed(seed)
+    x_lo = int(torch.randint(t_lo, t_hi + 1, (1,), generator=g))
+    x_hi = min(t_hi, x_lo + int(torch.randint(0, 600, (1,), generator=g)))
+    e_max = (NUMERATOR_IVIT - 1) // L
+    table = torch.randint(0, e_max + 1, (x_hi - x_lo + 1,), generator=g)
+    x = torch.randint(x_lo, x_hi + 1, (3, L), generator=g)
+    want = softmax_from_table(x, table, e_max, NUMERATOR_IVIT, torch.tensor(m), torch.tensor(e),
+                              lo, hi)
+    got = run_softmax(row_kernels, f"sm_{x_type}", x, x_dtype, table, NUMERATOR_IVIT, m, e,
+                      y_dtype, lo, hi)
+    assert torch.equal(got, want)
+
+
+# look-up element type -> (ctype, dtype, range); LOOKUPS: the (x, y) pairs built
+LOOKUP_TYPES = {"s8": ("int8_t", torch.int8, (-128, 127)),
+                "u8": ("uint8_t", torch.uint8, (0, 255)),
+                "s16": ("int16_t", torch.int16, (-(1 << 15), (1 << 15) - 1)),
+                "s32": ("int32_t", torch.int32, (-(1 << 31), (1 << 31) - 1))}
+LOOKUPS = [("s8", "s8"), ("u8", "s8"), ("s8", "u8"), ("u8", "u8"), ("s16", "s8"),
+           ("s8", "s32")]
+
+
+@pytest.mark.parametrize("x_type,y_type", LOOKUPS)
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200, 4097, 197 * 24 + 5])
+@pytest.mark.parametrize("span", ["full", "short", "one"])
+def test_lookup_kernels_equal_table_indexing(row_kernels, x_type, y_type, n, span):
+    """x over the whole 8-bit range (a 256-entry table, both halves of the vector look-up),
+    a short table from a random lo (the 256-byte padded copy), a one-entry table; lengths
+    around the 64-value vectors and the 4096-value blocks: y equals table[x - lo]."""
+    x_ctype, x_dtype, (t_lo, t_hi) = LOOKUP_TYPES[x_type]
+    _, y_dtype, (y_lo, y_hi) = LOOKUP_TYPES[y_type]
+    g = torch.Generator().manual_seed(n * 10 + len(span))
+    t_hi = min(t_hi, t_lo + 255) if span == "full" else t_hi
+    if span == "full":
+        x_lo, x_hi = t_lo, t_hi
+    else:
+        x_lo = int(torch.randint(t_lo, t_hi - 40, (1,), generator=g))
+        x_hi = x_lo + (37 if span == "short" else 0)
+    table = torch.randint(y_lo, y_hi + 1, (x_hi - x_lo + 1,), generator=g).to(y_dtype)
+    x = torch.randint(x_lo, x_hi + 1, (n,), generator=g)
+    x[: min(n, 2)] = torch.tensor([x_lo, x_hi])[: min(n, 2)]
+    xc, y = x.to(x_dtype), torch.zeros(n, dtype=y_dtype)
+    ptr = ctypes.c_void_p
+    getattr(row_kernels, f"lu_{x_type}_{y_type}")(n, ptr(xc.data_ptr()), ptr(table.data_ptr()),
+                                                 table.numel(), x_lo, ptr(y.data_ptr()))
+    assert torch.equal(y, table[x - x_lo])
 
 
 @pytest.fixture(scope="module", params=["portable", "vnni"])

@@ -231,9 +231,10 @@ def _requantize(e: Emitter, i: int, node: Node) -> None:
 @emitter("lookup")
 def _lookup(e: Emitter, i: int, node: Node) -> None:
     (x,), y = values_of(e, node)
+    table = node.params["table"]
     fn = e.kernel("lookup", x.ctype, y.ctype)
-    e.emit(f"{fn}({x.numel}, {e.ptr(x.name)}, {e.const(node.params['table'], y.ctype)}, "
-           f"{node.attrs['lo']}, {e.ptr(y.name)});")
+    e.emit(f"{fn}({x.numel}, {e.ptr(x.name)}, {e.const(table, y.ctype)}, "
+           f"{e.plan.program.tensors[table].numel()}, {node.attrs['lo']}, {e.ptr(y.name)});")
 
 
 @emitter("softmax")

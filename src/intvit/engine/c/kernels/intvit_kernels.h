@@ -886,15 +886,77 @@ static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const in
         }                                                                                 \
     }
 
-/* --- table look-up: y[i] = table[x[i] - lo] ------------------------------------------- */
+/* --- table look-up: y[i] = table[x[i] - lo] --------------------------------------------
+ * The plan proves x[i] - lo in [0, table_len). Blocks of INTVIT_LOOKUP_BLOCK values are
+ * split over OpenMP threads where n >= INTVIT_OMP_MIN_WORK (each value stands alone).
+ *
+ * With AVX-512 VBMI, 8-bit x and 8-bit y (and table_len <= 256) take
+ * intvit_lookup8_chunk, 64 values a vector: the index x - lo mod 2^8 is exact (it lies in
+ * [0, 256)); the table, copied to 256 bytes (zeros past table_len, never read), is four
+ * vectors t0..t3, and
+ *   y = idx < 128 ? t[idx] from (t0, t1) : t[idx - 128] from (t2, t3)
+ * is two vpermi2b (each reads the index's low 7 bits) and a blend on the index's bit 7
+ * (vpmovb2m). Other types, other builds and the last n mod 64 values take the scalar loop.
+ */
+#ifndef INTVIT_LOOKUP_BLOCK
+#define INTVIT_LOOKUP_BLOCK 4096
+#endif
+
+#if defined(INTVIT_HAVE_AVX2) && defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#define INTVIT_HAVE_LOOKUP8 1
+/* y[i] = t[(x[i] - lo) mod 2^8] for i < the returned count (n rounded down to 64); t has
+ * 256 entries. */
+static inline int32_t intvit_lookup8_chunk(int32_t n, const uint8_t *x, const uint8_t *t,
+                                           int32_t lo, uint8_t *y) {
+    __m512i t0 = _mm512_loadu_si512((const void *)t);
+    __m512i t1 = _mm512_loadu_si512((const void *)(t + 64));
+    __m512i t2 = _mm512_loadu_si512((const void *)(t + 128));
+    __m512i t3 = _mm512_loadu_si512((const void *)(t + 192));
+    __m512i vlo = _mm512_set1_epi8((char)(((lo + 128) & 255) - 128)); /* lo mod 2^8 */
+    int32_t i;
+    for (i = 0; i + 64 <= n; i += 64) {
+        __m512i idx = _mm512_sub_epi8(_mm512_loadu_si512((const void *)(x + i)), vlo);
+        __m512i low = _mm512_permutex2var_epi8(t0, idx, t1);
+        __m512i high = _mm512_permutex2var_epi8(t2, idx, t3);
+        _mm512_storeu_si512((void *)(y + i),
+                            _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), low, high));
+    }
+    return i;
+}
+#else
+#define INTVIT_HAVE_LOOKUP8 0
+static inline int32_t intvit_lookup8_chunk(int32_t n, const uint8_t *x, const uint8_t *t,
+                                           int32_t lo, uint8_t *y) {
+    (void)n; (void)x; (void)t; (void)lo; (void)y;
+    return 0;
+}
+#endif
+
+/* t[0..256) = table[0..table_len) then zeros; returns t. */
+static inline const uint8_t *intvit_table256(const void *table, int32_t table_len,
+                                             uint8_t *t) {
+    memcpy(t, table, (size_t)table_len);
+    memset(t + table_len, 0, (size_t)(256 - table_len));
+    return t;
+}
+
 #define INTVIT_DECLARE_LOOKUP(NAME, TX, TY)                                               \
-    void NAME(int32_t n, const TX *x, const TY *table, int32_t lo, TY *y)
+    void NAME(int32_t n, const TX *x, const TY *table, int32_t table_len, int32_t lo, TY *y)
 
 #define INTVIT_DEFINE_LOOKUP(NAME, TX, TY)                                                \
     INTVIT_DECLARE_LOOKUP(NAME, TX, TY) {                                                 \
-        int32_t i;                                                                        \
+        uint8_t padded[256];                                                              \
+        const uint8_t *t = INTVIT_HAVE_LOOKUP8 && sizeof(TX) == 1 && sizeof(TY) == 1      \
+                                   && table_len <= 256                                    \
+                               ? intvit_table256(table, table_len, padded) : NULL;        \
+        int32_t b;                                                                        \
         INTVIT_OMP("omp parallel for schedule(static) if(n >= INTVIT_OMP_MIN_WORK)")      \
-        for (i = 0; i < n; i++) y[i] = table[(int32_t)x[i] - lo];                         \
+        for (b = 0; b < n; b += INTVIT_LOOKUP_BLOCK) {                                    \
+            int32_t k = n - b < INTVIT_LOOKUP_BLOCK ? n - b : INTVIT_LOOKUP_BLOCK;        \
+            int32_t i = t ? intvit_lookup8_chunk(k, (const uint8_t *)(x + b), t, lo,      \
+                                                 (uint8_t *)(y + b)) : 0;                 \
+            for (i += b; i < b + k; i++) y[i] = table[(int32_t)x[i] - lo];                \
+        }                                                                                 \
     }
 
 /* --- softmax row ------------------------------------------------------------------------
@@ -902,14 +964,91 @@ static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const in
  * S = sum e_i, factor = floor(numerator / max(S, 1)), p_i = e_i * factor,
  * y_i = clamp(R(p_i; m, e), lo, hi). The exporter checks e_max * L < numerator, so S and
  * p_i fit 32 bits when numerator < 2^31 (I-ViT) and 34 bits otherwise (I-BERT: the
- * program's 64-bit step). With AVX-512 (DQ) the last step goes through
- * intvit_softmax_chunk, 8 values a vector: int64 lanes, vpmullq products, exact because
- * p_i <= numerator and numerator * |m| < 2^63 (the plan checks it), the floor shift
- * vpsravq.
+ * program's 64-bit step). The plan proves d_i in [1 - table_len, 0], so every index is in
+ * the table.
+ *
+ * The row is read in blocks of INTVIT_SOFTMAX_BLOCK values: the sum pass keeps each
+ * block's e_i in ex[], so a row of one block (every ViT and Swin row) reads the table once
+ * and the last step takes e_i from ex[]; a longer row reads its table entries again, block
+ * by block, for the last step.
+ *
+ * With AVX-512 (F and DQ) each pass takes 16 values a vector, widened to int32 lanes
+ * (intvit_widen16_<T>), and leaves the scalar loop the last n mod 16:
+ *   intvit_softmax_top_<T>   max(x): vpmaxsd lanes, then the lanes' maximum;
+ *   intvit_softmax_sum_<T>   e_i: vpgatherdd of exp_table at x_i + (table_len - 1 - top)
+ *                            (the lanes wrap mod 2^32 on the way, the index itself is in
+ *                            range), stored to ex[]; S: each e_i widened to int64 and added
+ *                            in int64 lanes, so S is exact for any L and any table;
+ *   intvit_softmax_exp_<T>   e_i of one block by the same gather (rows of several blocks);
+ *   intvit_softmax_chunk     the last step, 8 values a vector: int64 lanes, vpmullq
+ *                            products, exact because p_i <= numerator and
+ *                            numerator * |m| < 2^63 (the plan checks it), the floor shift
+ *                            vpsravq.
+ * Max, sum and products are exact, so the integers equal the scalar loop's in any order.
  */
+#ifndef INTVIT_SOFTMAX_BLOCK
+#define INTVIT_SOFTMAX_BLOCK 1024
+#endif
+
 #if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
+/* x[0..16) widened to int32 lanes, one loader per element type. */
+static inline __m512i intvit_widen16_int8_t(const int8_t *x) {
+    return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)x));
+}
+static inline __m512i intvit_widen16_uint8_t(const uint8_t *x) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)x));
+}
+static inline __m512i intvit_widen16_int16_t(const int16_t *x) {
+    return _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)x));
+}
+static inline __m512i intvit_widen16_int32_t(const int32_t *x) {
+    return _mm512_loadu_si512((const void *)x);
+}
+
+/* exp_table[x_i - top + table_len - 1] for the 16 values from x (lanes wrap mod 2^32, the
+ * index they end at is in the table). */
+#define INTVIT_SOFTMAX_GATHER(T, x, top, table, table_len)                                \
+    _mm512_i32gather_epi32(                                                               \
+        _mm512_add_epi32(intvit_widen16_##T(x), _mm512_sub_epi32(                         \
+            _mm512_set1_epi32((table_len) - 1), _mm512_set1_epi32(top))), (table), 4)
+
+/* The row passes over the first n rounded down to 16 values (the returned count):
+ *   top_T: *top = max(*top, x_i);   exp_T: ex[i] = e_i;
+ *   sum_T: ex[i] = e_i and *sum += their sum, in int64. */
+#define INTVIT_DEFINE_SOFTMAX_ROW(T)                                                      \
+    static inline int32_t intvit_softmax_top_##T(int32_t n, const T *x, int32_t *top) {   \
+        __m512i v = _mm512_set1_epi32(*top);                                              \
+        int32_t i;                                                                        \
+        for (i = 0; i + 16 <= n; i += 16) v = _mm512_max_epi32(v, intvit_widen16_##T(x + i)); \
+        *top = _mm512_reduce_max_epi32(v);                                                \
+        return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_sum_##T(int32_t n, const T *x, int32_t top,      \
+                                                 const int32_t *table, int32_t table_len, \
+                                                 int32_t *ex, int64_t *sum) {             \
+        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();                 \
+        int32_t i;                                                                        \
+        for (i = 0; i + 16 <= n; i += 16) {                                               \
+            __m512i ev = INTVIT_SOFTMAX_GATHER(T, x + i, top, table, table_len);          \
+            _mm512_storeu_si512((void *)(ex + i), ev);                                    \
+            s0 = _mm512_add_epi64(s0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(ev))); \
+            s1 = _mm512_add_epi64(s1, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(ev, 1))); \
+        }                                                                                 \
+        *sum += _mm512_reduce_add_epi64(_mm512_add_epi64(s0, s1));                        \
+        return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_exp_##T(int32_t n, const T *x, int32_t top,      \
+                                                 const int32_t *table, int32_t table_len, \
+                                                 int32_t *ex) {                           \
+        int32_t i;                                                                        \
+        for (i = 0; i + 16 <= n; i += 16)                                                 \
+            _mm512_storeu_si512((void *)(ex + i),                                         \
+                                INTVIT_SOFTMAX_GATHER(T, x + i, top, table, table_len));  \
+        return i;                                                                         \
+    }
+
 /* out[i] = clamp(R(ex[i] * factor; m, e), lo, hi) for i < the returned count (n rounded
- * down to 8). */
+ * down to 8); out may be ex (each vector is read before it is written). */
 static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
                                            int32_t m, int32_t e, int32_t lo, int32_t hi,
                                            int32_t *out) {
@@ -928,6 +1067,24 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
     return i;
 }
 #else
+#define INTVIT_DEFINE_SOFTMAX_ROW(T)                                                      \
+    static inline int32_t intvit_softmax_top_##T(int32_t n, const T *x, int32_t *top) {   \
+        (void)n; (void)x; (void)top;                                                      \
+        return 0;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_sum_##T(int32_t n, const T *x, int32_t top,      \
+                                                 const int32_t *table, int32_t table_len, \
+                                                 int32_t *ex, int64_t *sum) {             \
+        (void)n; (void)x; (void)top; (void)table; (void)table_len; (void)ex; (void)sum;   \
+        return 0;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_exp_##T(int32_t n, const T *x, int32_t top,      \
+                                                 const int32_t *table, int32_t table_len, \
+                                                 int32_t *ex) {                           \
+        (void)n; (void)x; (void)top; (void)table; (void)table_len; (void)ex;              \
+        return 0;                                                                         \
+    }
+
 static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
                                            int32_t m, int32_t e, int32_t lo, int32_t hi,
                                            int32_t *out) {
@@ -935,6 +1092,10 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
     return 0;
 }
 #endif
+INTVIT_DEFINE_SOFTMAX_ROW(int8_t)
+INTVIT_DEFINE_SOFTMAX_ROW(uint8_t)
+INTVIT_DEFINE_SOFTMAX_ROW(int16_t)
+INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
 
 #define INTVIT_DECLARE_SOFTMAX(NAME, TX, TY)                                              \
     void NAME(int32_t rows, int32_t L, const TX *x, const int32_t *exp_table,             \
@@ -948,16 +1109,27 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * L;                                            \
             TY *yr = y + (int64_t)r * L;                                                  \
-            int32_t top = xr[0], c0, n, done, ex[INTVIT_CHUNK], t[INTVIT_CHUNK];          \
+            int32_t top = xr[0], c0, n, done, ex[INTVIT_SOFTMAX_BLOCK];                   \
             int64_t sum = 0, factor;                                                      \
-            for (i = 1; i < L; i++) top = xr[i] > top ? xr[i] : top;                      \
-            for (i = 0; i < L; i++) sum += exp_table[xr[i] - top + table_len - 1];        \
+            for (i = intvit_softmax_top_##TX(L, xr, &top); i < L; i++)                    \
+                top = xr[i] > top ? xr[i] : top;                                          \
+            for (c0 = 0; c0 < L; c0 += INTVIT_SOFTMAX_BLOCK) {                            \
+                n = L - c0 < INTVIT_SOFTMAX_BLOCK ? L - c0 : INTVIT_SOFTMAX_BLOCK;        \
+                for (i = intvit_softmax_sum_##TX(n, xr + c0, top, exp_table, table_len, ex, \
+                                                 &sum); i < n; i++) {                     \
+                    ex[i] = exp_table[xr[c0 + i] - top + table_len - 1];                  \
+                    sum += ex[i];                                                         \
+                }                                                                         \
+            }                                                                             \
             factor = numerator / (sum > 1 ? sum : 1);                                     \
-            for (c0 = 0; c0 < L; c0 += INTVIT_CHUNK) {                                    \
-                n = L - c0 < INTVIT_CHUNK ? L - c0 : INTVIT_CHUNK;                        \
-                for (i = 0; i < n; i++) ex[i] = exp_table[xr[c0 + i] - top + table_len - 1]; \
-                done = intvit_softmax_chunk(n, ex, factor, m, e, lo, hi, t);              \
-                for (i = 0; i < done; i++) yr[c0 + i] = (TY)t[i];                         \
+            for (c0 = 0; c0 < L; c0 += INTVIT_SOFTMAX_BLOCK) {                            \
+                n = L - c0 < INTVIT_SOFTMAX_BLOCK ? L - c0 : INTVIT_SOFTMAX_BLOCK;        \
+                if (L > INTVIT_SOFTMAX_BLOCK)                                             \
+                    for (i = intvit_softmax_exp_##TX(n, xr + c0, top, exp_table, table_len, \
+                                                     ex); i < n; i++)                     \
+                        ex[i] = exp_table[xr[c0 + i] - top + table_len - 1];              \
+                done = intvit_softmax_chunk(n, ex, factor, m, e, lo, hi, ex);             \
+                for (i = 0; i < done; i++) yr[c0 + i] = (TY)ex[i];                        \
                 for (; i < n; i++)                                                        \
                     yr[c0 + i] = (TY)intvit_clamp(intvit_requant(ex[i] * factor, m, e),   \
                                                   lo, hi);                                \
