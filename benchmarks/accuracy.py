@@ -16,7 +16,6 @@ times; ``--update-readme`` puts the table into the README between its markers.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -37,6 +36,7 @@ from intvit.evaluation import evaluate
 from intvit.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from intvit.models.factory import requantized
 from intvit.quant import QuantConfig, calibrate
+from intvit.result_files import write_result
 from intvit.tables import markdown_table, replace_between
 from intvit.train.loop import run_training
 from intvit.train.options import TrainConfig
@@ -143,9 +143,9 @@ def main() -> int:
     table = markdown(results)
     print(table)
     (out / "accuracy.md").write_text(table + "\n")
-    (out / "accuracy.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_result(out / "accuracy.json", "accuracy-benchmark", results)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_result(args.json, "accuracy-benchmark", results)
     if args.update_readme:
         replace_between(Path(__file__).resolve().parents[1] / "README.md", README_START,
                         README_END, table)

@@ -13,7 +13,7 @@ at batch 8 and 32, and prints a table of images/s, the batch-32/batch-8 rate per
 (below 1: slower per image at the larger batch) and the rate against FP32 at batch 32.
 ``auto`` marks the engine ``intvit eval --engine auto`` chooses here. Every engine's
 logits are checked equal to the model's on the first batch. ``--update-readme`` puts the
-table into the README between its markers.
+table into the README between its markers; ``--json FILE`` writes the rows.
 
     python benchmarks/eval_speed.py                       # about 10 minutes on 2 cores
     python benchmarks/eval_speed.py --model deit_tiny --images 64
@@ -44,6 +44,7 @@ from intvit.models import build_quant_model, model_config
 from intvit.models.init import trained_scale_init
 from intvit.models.registry import float_twin
 from intvit.quant import Mode, QuantConfig
+from intvit.result_files import write_result
 
 README_START, README_END = "<!-- eval-speed:start -->", "<!-- eval-speed:end -->"
 BATCHES = (8, 32)
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES),
                         help="comma-separated engines to measure (default: all buildable)")
     parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = calibrated_model(args.model)
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((label, rates(engine, images, kind), build_s))
     table = markdown(args, rows, export_s)
     print(table)
+    if args.json:
+        write_result(args.json, "eval-speed-benchmark", results(args, rows, export_s))
     if args.update_readme:
         replace_between(Path(__file__).resolve().parents[1] / "README.md", README_START,
                         README_END, table)
@@ -129,6 +133,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def results(args: argparse.Namespace, rows, export_s: float) -> dict:
+    """The run's settings and one record per row: what evaluated, images/s per batch
+    size, build seconds (None: built by no engine)."""
+    return {"model": args.model, "images": args.images, "threads": args.threads,
+            "torch": torch.__version__, "cpu": cpu_name(), "int8_dot": cpu_has_int8_dot(),
+            "export_s": export_s,
+            "rows": [{"evaluated_by": label, "images_per_s": rate, "build_s": build_s}
+                     for label, rate, build_s in rows]}
 
 
 def markdown(args: argparse.Namespace, rows, export_s: float) -> str:

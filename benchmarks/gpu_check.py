@@ -37,6 +37,7 @@ except ImportError:  # running from a checkout without installing
 from intvit.models import build_quant_model, family, model_config
 from intvit.models.init import trained_scale_init
 from intvit.quant import QuantConfig, calibrate
+from intvit.result_files import write_result
 from intvit.tables import markdown_table
 
 CUDA_TESTS = ["tests/test_matmul_routes.py", "tests/test_device.py",
@@ -202,10 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     ok = all(s["ok"] for s in steps) and all(p["equal"] for p in parity)
     if args.json:
-        from intvit.fileio import write_json
-
-        write_json(args.json, dict(device=name, steps=steps, parity=parity, throughput=rows,
-                                   ok=ok))
+        write_result(args.json, "gpu-check", dict(device=name, steps=steps, parity=parity,
+                                                  throughput=rows, ok=ok))
     print("gpu-check: " + ("all passed" if ok else "FAILED: " + ", ".join(
         [s["step"] for s in steps if not s["ok"]] + [p["model"] + " logits differ"
                                                      for p in parity if not p["equal"]])))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime
-import json
 import os
 import platform
 import pstats
@@ -41,6 +40,7 @@ except ImportError:  # running from a checkout without installing
     from intvit.models import build_quant_model, model_config
 from intvit.models.init import trained_scale_init
 from intvit.quant import QuantConfig, calibrate
+from intvit.result_files import write_result
 from intvit.tables import markdown_table
 
 TARGET_RATIO = 3.0
@@ -382,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 "torch": torch.__version__, "commit": source_version(),
                 "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
                 "command": " ".join(sys.argv)}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+        write_result(args.json, "qat-step-benchmark", {"meta": meta, "results": rows})
     return 0
 
 

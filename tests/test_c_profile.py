@@ -1,6 +1,7 @@
 """The c engine's profile by op class (``intvit bench --profile`` with ``c``): the
 profiled build gives the eval-mode logits, its node times add up to the run's wall time,
-and a product-heavy program spends most of it in the int8 products."""
+a product-heavy program spends most of it in the int8 products, and the bench measures it
+in a fresh process."""
 
 import time
 
@@ -9,10 +10,11 @@ import torch
 from conftest import SMALL
 from test_c_export import cache, pytestmark  # noqa: F401  (the C tests' compiler skip, own cache)
 from test_engine import FAMILIES, calibrated, images
+from test_profile import table_ms
 
 from intvit.engine import export_program
 from intvit.engine.c.profile import ProfiledCEngine
-from intvit.engine.profile import CLASSES, profile_c
+from intvit.engine.profile import CLASSES, profile_c, write_profile_spec
 from intvit.models import model_config
 
 # 16 tokens of width 256: the products (K = 256 or 1024) outweigh the row kernels
@@ -53,3 +55,39 @@ def test_product_heavy_program_spends_most_time_in_int8_products(wide):
 def test_repeats_must_be_positive(wide):
     with pytest.raises(ValueError, match="repeats must be at least 1"):
         ProfiledCEngine(wide[1]).node_seconds(images(1), repeats=0)
+
+
+def test_bench_profiles_the_c_engine_in_its_own_process(wide, tmp_path, monkeypatch):
+    """``python -m intvit.engine.c.profile SPEC`` answers every class's time per batch, and
+    the bench's table is made of them (this process refuses to profile)."""
+    from intvit.engine import bench
+
+    def refuse(*_):
+        raise AssertionError("profiled in the bench's own process")
+
+    answers = []
+
+    def recorded(module, spec, what):
+        answers.append(run_module(module, spec, what))
+        return answers[-1]
+
+    run_module = bench.run_module
+    monkeypatch.setattr(ProfiledCEngine, "node_seconds", refuse)
+    monkeypatch.setattr(bench, "run_module", recorded)
+    _, program = wide
+    spec = write_profile_spec(program, {1: images(1, seed=1), 3: images(3, seed=3)}, 2,
+                              tmp_path)
+    table = bench.profile_in_fresh_process("c", "wide", spec)
+    profiles = answers[0]["profiles"]
+    assert list(profiles) == ["1", "3"]
+    for profile in profiles.values():
+        assert list(profile) == list(CLASSES) and all(v >= 0 for v in profile.values())
+        assert all(profile[c] > 0 for c in ("int8 products", "requantization", "GELU",
+                                            "Softmax", "LayerNorm"))
+    assert sum(profiles["3"].values()) > sum(profiles["1"].values())  # 3 images, then 1
+    assert ("| wide, c engine (2 OpenMP threads, images one after another): op class "
+            "| batch 1: ms | share | batch 3: ms | share |") in table
+    ms = table_ms(table)
+    assert list(ms) == [*CLASSES, "total"]
+    assert all(abs(ms[c][column] - profiles[b][c]) <= 0.051
+               for column, b in enumerate(("1", "3")) for c in CLASSES)

@@ -1,11 +1,14 @@
-"""The device check's CPU-runnable parts: it skips cleanly without CUDA, and its parity
-and throughput measurements run (here on the CPU, on small models)."""
+"""The device check's CPU-runnable parts: it skips cleanly without CUDA, its parity
+and throughput measurements run (here on the CPU, on small models), and its ``--json``
+file is a ``gpu-check`` result."""
 
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+
+from intvit.result_files import read_result
 
 spec = importlib.util.spec_from_file_location(
     "gpu_check", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py")
@@ -32,3 +35,23 @@ def test_parity_and_throughput_rows_on_the_cpu():
     assert table[3]["step_time_vs_fp32"] > 0
     text = gpu_check.markdown(table, "cpu", "custom", 4)
     assert "| QAT train step |" in text and "x |" in text
+
+
+def test_json_is_a_gpu_check_result(tmp_path, monkeypatch):
+    """The check's report, with its GPU steps stood in for (no GPU here), reads back as a
+    ``gpu-check`` result holding what the steps gave."""
+    parity = [dict(model="small ViT", equal=True, differing=0)]
+    rows = [dict(what="FP32 eval", images_per_s=10.0)]
+    monkeypatch.setattr(gpu_check, "no_gpu_reason", lambda: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _: "Stand-in GPU")
+    monkeypatch.setattr(gpu_check, "run_step", lambda label, argv, timeout: dict(
+        step=label, ok=True, returncode=0, seconds=0.0))
+    monkeypatch.setattr(gpu_check, "logits_agree", lambda device: parity)
+    monkeypatch.setattr(gpu_check, "throughput", lambda name, batch, device: rows)
+    path = tmp_path / "gpu-check.json"
+    assert gpu_check.main(["--json", str(path)]) == 0
+    value = read_result(path, ["gpu-check"])
+    assert value["device"] == "Stand-in GPU" and value["ok"] is True
+    assert value["parity"] == parity and value["throughput"] == rows
+    assert [s["step"] for s in value["steps"]] == ["CUDA tests", "torchrun training"]

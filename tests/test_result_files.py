@@ -10,7 +10,7 @@ import pytest
 
 from intvit.cli import main
 from intvit.result_files import (RESULT_KINDS, ResultFileError, read_result, result_kind,
-                                 result_records, tag_result)
+                                 result_records, tag_result, write_result)
 
 ARCH = ["--model", "custom", "--input-size", "32", "--patch-size", "8", "--embed-dim", "32",
         "--depth", "2", "--num-heads", "2"]
@@ -41,6 +41,16 @@ def test_tag_result_refuses_what_would_not_read_back(kind, payload, needle):
         tag_result(kind, payload)
 
 
+def test_write_result_writes_a_file_that_reads_back_as_its_kind(tmp_path):
+    path = write_result(tmp_path / "deep" / "qat.json", "qat-step-benchmark",
+                        {"meta": {"torch": "x"}, "results": [{"ratio": 2.5}]})
+    value = read_back(path, "qat-step-benchmark", "bench")
+    assert result_records(value, str(path)) == ([{"ratio": 2.5}], {"meta": {"torch": "x"}})
+    with pytest.raises(ValueError, match="holds its records as a list under 'results'"):
+        write_result(tmp_path / "bad.json", "qat-step-benchmark", {"meta": {}})
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_files_that_cannot_be_read_as_the_kind_asked_for(tmp_path):
     old = tmp_path / "old.json"
     old.write_text(json.dumps([{"run": "a"}]))
@@ -67,7 +77,7 @@ def test_files_that_cannot_be_read_as_the_kind_asked_for(tmp_path):
 
 def test_every_kind_with_records_names_a_key():
     for kind in RESULT_KINDS.values():
-        assert kind.command.startswith("`intvit ")
+        assert kind.command.startswith(("`intvit ", "`python benchmarks/"))
         assert kind.records is None or kind.records.isidentifier()
 
 

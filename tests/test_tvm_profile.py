@@ -5,6 +5,7 @@ covers every class and sums to the run's time."""
 import pytest
 from conftest import SMALL
 from test_engine import FAMILIES, calibrated, images
+from test_profile import table_ms
 
 from intvit.engine import export_program
 from intvit.engine.profile import CLASSES
@@ -82,12 +83,22 @@ def test_profile_covers_every_class_and_sums_to_the_run():
         profile_tvm(module, x, repeats=0)
 
 
-def test_bench_prints_the_tvm_profile_measured_in_its_own_process(tmp_path):
+def test_bench_prints_the_tvm_profile_measured_in_its_own_process(tmp_path, monkeypatch):
     pytest.importorskip("tvm", reason="the tvm engine's profile needs pip install intvit[tvm]")
-    from intvit.engine.bench import tvm_profile
+    from intvit.engine import bench
+    from intvit.engine.profile import write_profile_spec
+    from intvit.engine.tvm import profile as tvm_profile
     from intvit.models import model_config
 
+    def refuse(*_):
+        raise AssertionError("profiled in the bench's own process")
+
+    monkeypatch.setattr(tvm_profile, "profile_tvm", refuse)
     model = calibrated(model_config("custom", **SMALL), FAMILIES["ivit"])
-    table = tvm_profile("small", model, export_program(model), [1, 2], 1, tmp_path)
-    assert "| small, tvm engine: op class | batch 1: ms | share | batch 2: ms | share |" in table
-    assert table.count("\n") == len(CLASSES) + 2
+    spec = write_profile_spec(export_program(model), {b: images(b, seed=b) for b in (1, 32)},
+                              1, tmp_path)
+    table = bench.profile_in_fresh_process("tvm", "small", spec)
+    assert "| small, tvm engine: op class | batch 1: ms | share | batch 32: ms | share |" in table
+    ms = table_ms(table)
+    assert list(ms) == [*CLASSES, "total"]
+    assert ms["int8 products"][1] > 0 and ms["total"][1] > ms["total"][0] > 0

@@ -2,13 +2,15 @@
 
 Every result file that intvit writes for other tools to read back (the ``--json FILE`` of
 ``analyze``, ``eval``, ``calibrate``, ``train``, ``bench``, ``verify`` and ``inspect``, a
-demo's ``results.json``, ``search.json``, ``sweep.json``) is a JSON object whose ``"kind"`` names what it is (a key of
+demo's ``results.json``, ``search.json``, ``sweep.json``, and the ``--json FILE`` of the
+scripts in ``benchmarks/``) is a JSON object whose ``"kind"`` names what it is (a key of
 :data:`RESULT_KINDS`) and, for a kind that holds a list of records, whose ``"records"``
 names the key of that list::
 
     {"kind": "sweep", "records": "runs", "sweep": "sweep.yaml", "runs": [{...}, ...]}
 
-:func:`tag_result` adds the two fields to what a writer writes; :func:`check_result`
+:func:`tag_result` adds the two fields to what a writer writes (:func:`write_result`
+writes the file); :func:`check_result`
 and :func:`read_result` take them back, and :func:`result_records` gives the records. A
 file without a kind (written before intvit named its results, or not one of intvit's),
 of a kind other than the one asked for, or whose ``"records"`` names no list of objects
@@ -21,6 +23,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from .fileio import write_json
 
 
 class ResultFileError(ValueError):
@@ -52,6 +56,14 @@ RESULT_KINDS: dict[str, ResultKind] = {kind.name: kind for kind in (
     ResultKind("demo", "`intvit demo` (its results.json)"),
     ResultKind("search", "`intvit search` (its search.json)", records="entries"),
     ResultKind("sweep", "`intvit sweep` (its sweep.json)", records="runs"),
+    ResultKind("eval-speed-benchmark", "`python benchmarks/eval_speed.py --json FILE`",
+               records="rows"),
+    ResultKind("accuracy-benchmark",
+               "`python benchmarks/accuracy.py --json FILE` (and its run folder's "
+               "accuracy.json)", records="rows"),
+    ResultKind("qat-step-benchmark", "`python benchmarks/qat_step.py --json FILE`",
+               records="results"),
+    ResultKind("gpu-check", "`python benchmarks/gpu_check.py --json FILE` (`make gpu-check`)"),
 )}
 KIND_FIELD, RECORDS_FIELD = "kind", "records"
 
@@ -76,6 +88,12 @@ def tag_result(kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     if clash:
         raise ValueError(f"a {kind} result's own fields may not be named {sorted(clash)}")
     return tags | dict(payload)
+
+
+def write_result(path: str | Path, kind: str, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` (atomically, as indented JSON) as a result of
+    ``kind`` (:func:`tag_result`)."""
+    return write_json(path, tag_result(kind, payload))
 
 
 def _commands(kinds: Sequence[str]) -> str:

@@ -13,14 +13,14 @@ from .. import fileio
 from ..approx import REGISTRY
 from ..data import DataConfig
 from ..quant import POINTS, BitWidths, QuantConfig
-from ..result_files import tag_result
+from ..result_files import write_result
 
 
 def write_json(path: str | None, kind: str, payload: Mapping[str, Any]) -> None:
     """``--json FILE``: write ``payload`` there (atomically) as a result of ``kind``
-    (:func:`~intvit.result_files.tag_result`); no file named, no write."""
+    (:func:`~intvit.result_files.write_result`); no file named, no write."""
     if path:
-        fileio.write_json(path, tag_result(kind, payload))
+        write_result(path, kind, payload)
 
 
 def evaluation_figures(result, engine: str) -> dict[str, Any]:

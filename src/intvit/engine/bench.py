@@ -8,7 +8,9 @@ and intvit's engines on the exported integer program. Every row is timed in a fr
 process (``python -m intvit.engine.bench SPEC``), so that no engine's thread pool (OpenMP
 threads spinning after PyTorch ops, ONNX Runtime's spinning workers) slows another: the
 median of ``--repeats`` runs after ``--warmup`` runs, with ``--threads`` threads. The
-integer engines' logits are compared with the eval-mode model's (``exact``).
+integer engines' logits are compared with the eval-mode model's (``exact``). With
+``--profile`` the ``int`` engine's time by op class is measured here, and the ``c`` and
+``tvm`` engines' each in a fresh process too (:func:`profile_in_fresh_process`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..models.registry import (build_quant_model, config_from_timm, create_timm,
                                load_float_weights, model_config)
 from ..quant import Mode, QuantConfig
 from ..tables import markdown_table
-from .engines import ENGINES, make_engine
+from .engines import ENGINES, make_engine, unavailable
 from .export import export_program, probe_images
 from .timing import measure, threads
 
@@ -67,55 +69,61 @@ def quantized_twin(name: str, family: str, seed: int = 0):
     return float_model, model.eval()
 
 
+@dataclass(frozen=True)
+class ProfileWorker:
+    """An engine profiled by op class in a fresh process: ``python -m module SPEC`` (SPEC
+    from :func:`intvit.engine.profile.write_profile_spec`) prints
+    ``{"profiles": {batch: {class: ms}}}`` or ``{"fallback": why not}``; ``title`` names
+    its table (``{threads}``: the spec's thread count)."""
+
+    module: str
+    title: str
+
+
+PROFILE_WORKERS = {
+    "c": ProfileWorker("intvit.engine.c.profile",
+                       "c engine ({threads} OpenMP threads, images one after another)"),
+    "tvm": ProfileWorker("intvit.engine.tvm.profile", "tvm engine"),
+}
+
+
 def bench_model(name: str, batches: list[int], engines: list[str], family: str, n_threads: int,
                 warmup: int, repeats: int, workdir: Path, profile: bool = False
                 ) -> tuple[list[Row], str]:
-    """The model's rows, and with ``profile`` the ``int`` engine's time by op class (and
-    the ``c`` engine's when ``c`` is among ``engines``, and the ``tvm`` engine's,
-    :func:`tvm_profile`, when it is among ``engines`` and installed)."""
+    """The model's rows, and with ``profile`` the ``int`` engine's time by op class and
+    that of each engine of :data:`PROFILE_WORKERS` among ``engines`` that this machine can
+    build (:func:`profile_in_fresh_process`)."""
     with threads(n_threads):
         float_model, model = quantized_twin(name, family)
     program = export_program(model)
-    table = ""
+    tables = []
     if profile:
-        from .profile import profile_c, profile_int, profile_markdown
-        from .tvm import tvm_available
+        from .profile import profile_int, profile_markdown, write_profile_spec
+        images = {b: probe_images(model, b, seed=b) for b in batches}
         with threads(n_threads):
-            table = profile_markdown(f"{name}, int engine", {
-                b: profile_int(program, probe_images(model, b, seed=b)) for b in batches})
-        if "c" in engines:
-            table += "\n\n" + profile_markdown(
-                f"{name}, c engine ({n_threads} OpenMP threads, images one after another)",
-                {b: profile_c(program, probe_images(model, b, seed=b), n_threads)
-                 for b in batches})
-        if "tvm" in engines and tvm_available():
-            table += "\n\n" + tvm_profile(name, model, program, batches, n_threads,
-                                           workdir / name)
+            tables.append(profile_markdown(f"{name}, int engine", {
+                b: profile_int(program, x) for b, x in images.items()}))
+        spec = write_profile_spec(program, images, n_threads, workdir / name)
+        tables += [profile_in_fresh_process(engine, name, spec) for engine in engines
+                   if engine in PROFILE_WORKERS and unavailable(engine) is None]
     return time_engines(name, float_model, model, program, batches, engines,
-                        n_threads, warmup, repeats, workdir / name), table
+                        n_threads, warmup, repeats, workdir / name), "\n\n".join(tables)
 
 
-def tvm_profile(name: str, model, program, batches: list[int], n_threads: int,
-                workdir: Path) -> str:
-    """The ``tvm`` engine's time by op class per batch size, as a table: measured in a
-    fresh process (``python -m intvit.engine.tvm.profile SPEC``, one module built for
-    every batch) so that this process's PyTorch threads do not slow it; a line saying
-    why not when TVM builds that program per input shape."""
-    from safetensors.torch import save_file
-
+def profile_in_fresh_process(engine: str, name: str, spec: dict) -> str:
+    """``engine``'s time by op class per batch size of the program and images of ``spec``
+    (model ``name``), as a table: measured in a fresh process (its
+    :data:`PROFILE_WORKERS` module), as every row is timed, so that this process's
+    PyTorch threads and memory do not slow it; a line saying why not when the engine
+    cannot profile that program (tvm: built per input shape)."""
     from .profile import profile_markdown
-    workdir.mkdir(parents=True, exist_ok=True)
-    inputs = {}
-    for b in batches:
-        inputs[b] = str(workdir / f"profile_inputs_{b}.safetensors")
-        save_file({"images": probe_images(model, b, seed=b).contiguous()}, inputs[b])
-    spec = {"program": str(program.save(workdir / "profile_program.safetensors")),
-            "inputs": inputs, "threads": n_threads}
-    result = run_module("intvit.engine.tvm.profile", spec, "profiling tvm")
+
+    entry = PROFILE_WORKERS[engine]
+    label = f"{name}, {entry.title.format(threads=spec['threads'])}"
+    result = run_module(entry.module, spec, f"profiling {engine}")
     if "fallback" in result:
-        return f"{name}, tvm engine: no profile (built per input shape: {result['fallback']})"
-    return profile_markdown(f"{name}, tvm engine",
-                            {int(b): profile for b, profile in result["profiles"].items()})
+        return f"{label}: no profile ({result['fallback']})"
+    return profile_markdown(label, {int(b): profile for b, profile in result["profiles"].items()})
 
 
 def time_engines(label: str, float_model: torch.nn.Module, model, program, batches: list[int],

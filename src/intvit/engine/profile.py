@@ -2,6 +2,10 @@
 timed as the engine runs it (``intvit bench --profile``; the ``c`` engine through its
 profile build, :mod:`.c.profile`).
 
+An engine profiled in a fresh process (``python -m intvit.engine.c.profile SPEC``, and
+``intvit.engine.tvm.profile``'s) reads its program and images from a spec that
+:func:`write_profile_spec` writes and :func:`read_profile_spec` reads back.
+
 | class          | program ops                        |
 |----------------|------------------------------------|
 | int8 products  | ``linear``, ``matmul``             |
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -67,6 +72,30 @@ def profile_c(program: IntProgram, images: torch.Tensor, threads: int = 1, repea
     for node, s in zip(program.nodes, seconds):
         totals[op_class(node.op)] += s
     return {c: 1e3 * totals[c] for c in CLASSES}
+
+
+def write_profile_spec(program: IntProgram, images: dict[int, torch.Tensor], threads: int,
+                       workdir: Path) -> dict:
+    """A fresh-process profile's spec (JSON-able): ``program`` and each batch's
+    ``images`` saved under ``workdir``, and the engine's thread count."""
+    from safetensors.torch import save_file
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    inputs = {}
+    for batch, x in images.items():
+        inputs[batch] = str(workdir / f"profile_inputs_{batch}.safetensors")
+        save_file({"images": x.contiguous()}, inputs[batch])
+    return {"program": str(program.save(workdir / "profile_program.safetensors")),
+            "inputs": inputs, "threads": threads}
+
+
+def read_profile_spec(spec: dict) -> tuple[IntProgram, dict[int, torch.Tensor]]:
+    """The program and the images per batch of a :func:`write_profile_spec` spec (after
+    its trip through JSON, whose keys are strings)."""
+    from safetensors.torch import load_file
+
+    return IntProgram.load(spec["program"]), {int(b): load_file(path)["images"]
+                                              for b, path in spec["inputs"].items()}
 
 
 def profile_markdown(label: str, profiles: dict[int, dict[str, float]]) -> str:

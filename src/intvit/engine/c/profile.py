@@ -1,16 +1,22 @@
 """The ``c`` engine's time per program node: the library built with ``-DINTVIT_PROFILE``
 and ``kernels/intvit_profile.c``, whose hook records a monotonic timestamp each time a
 node is done (the C network runs one statement group per program node, in program
-order, so C node ``i`` is program node ``i``)."""
+order, so C node ``i`` is program node ``i``).
+
+``python -m intvit.engine.c.profile SPEC`` profiles a program by op class in a fresh
+process (:func:`worker`), as ``intvit bench --profile`` runs it."""
 
 from __future__ import annotations
 
 import ctypes
 import importlib.resources
+import json
+import sys
 
 import numpy as np
 import torch
 
+from ..profile import profile_c, read_profile_spec
 from ..program import IntProgram, ProgramError
 from ..timing import threads as torch_threads
 from .build import CEngine, compiler, engine_flags
@@ -63,3 +69,16 @@ class ProfiledCEngine(CEngine):
                     if run:
                         total += np.diff(ticks)
         return total / (1e9 * repeats), torch.from_numpy(logits.astype(np.int64))
+
+
+def worker(spec: dict) -> dict:
+    """Profile the ``c`` engine by op class (:func:`intvit.engine.profile.profile_c`) on
+    the program and images of ``spec`` (:func:`intvit.engine.profile.write_profile_spec`)
+    with ``spec["threads"]`` OpenMP threads: ``{"profiles": {batch: {class: ms}}}``."""
+    torch.set_num_threads(1)  # PyTorch only loads files here; its threads would spin
+    program, images = read_profile_spec(spec)
+    return {"profiles": {b: profile_c(program, x, spec["threads"]) for b, x in images.items()}}
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(json.loads(sys.argv[1]))))

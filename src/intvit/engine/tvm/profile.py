@@ -160,22 +160,21 @@ def profile_tvm(module: TvmModule, images: np.ndarray, repeats: int = 3) -> dict
 
 
 def worker(spec: dict) -> dict:
-    """Build the tvm module of ``spec["program"]`` (an :class:`~intvit.engine.program.IntProgram`
-    file) with ``spec["threads"]`` threads and profile it (:func:`profile_tvm`) on the
-    images of each ``spec["inputs"]`` file (batch -> safetensors with ``images``):
-    ``{"profiles": {batch: {class: ms}}}``, or ``{"fallback": reason}`` when TVM builds
+    """Build the tvm module of the program of ``spec``
+    (:func:`intvit.engine.profile.write_profile_spec`) with ``spec["threads"]`` threads and
+    profile it (:func:`profile_tvm`) on the images of each batch:
+    ``{"profiles": {batch: {class: ms}}}``, or ``{"fallback": why not}`` when TVM builds
     the program per input shape."""
     import torch
-    from safetensors.torch import load_file
 
     from ..onnx_export import to_onnx
-    from ..program import IntProgram
+    from ..profile import read_profile_spec
     torch.set_num_threads(1)  # PyTorch only loads files here; its threads would spin
-    module = TvmModule(to_onnx(IntProgram.load(spec["program"])), threads=spec["threads"])
+    program, images = read_profile_spec(spec)
+    module = TvmModule(to_onnx(program), threads=spec["threads"])
     if not module.dynamic:
-        return {"fallback": module.fallback_reason}
-    return {"profiles": {b: profile_tvm(module, load_file(path)["images"].numpy())
-                         for b, path in spec["inputs"].items()}}
+        return {"fallback": f"built per input shape: {module.fallback_reason}"}
+    return {"profiles": {b: profile_tvm(module, x.numpy()) for b, x in images.items()}}
 
 
 if __name__ == "__main__":
