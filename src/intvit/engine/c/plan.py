@@ -26,8 +26,8 @@ from math import prod
 
 import torch
 
-from ..ops import OPS, as_value
 from ..program import IntProgram, ProgramError
+from ..shapes import trace_shapes
 
 ALIGN = 16
 INT32_MAX = (1 << 31) - 1
@@ -190,30 +190,6 @@ def transposed_source(nodes, name: str) -> str | None:
     if rank < 2 or perm != list(range(rank - 2)) + [rank - 1, rank - 2]:
         return None
     return producer.inputs[0]
-
-
-def trace_shapes(program: IntProgram) -> dict[str, tuple[int, ...]]:
-    """Every value's shape for one image: the program's ops on a zero image, except that
-    the products (``linear``, ``matmul``, the expensive part) only yield zeros of their
-    result's shape; shapes are all the plan takes from the trace."""
-    c, h, w = program.input_shape
-    values = {k: as_value(t) for k, t in program.tensors.items()}
-    values[program.input] = torch.zeros(1, c, h, w)
-    with torch.inference_mode():
-        for node in program.nodes:
-            args = [values[i] for i in node.inputs]
-            if node.op == "linear":
-                rows = program.tensors[node.params["weight"]].shape[0]
-                out = torch.zeros(*args[0].shape[:-1], rows, dtype=torch.int64)
-            elif node.op == "matmul":
-                a, b = args
-                lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-                out = torch.zeros(*lead, a.shape[-2], b.shape[-1], dtype=torch.int64)
-            else:
-                params = {r: program.tensors[t] for r, t in node.params.items()}
-                out = OPS[node.op](*args, **node.attrs, **params)
-            values[node.output] = out
-    return {k: tuple(v.shape) for k, v in values.items()}
 
 
 def _derive(node, i: int, values: dict[str, Value], tensors, shape):
