@@ -96,13 +96,24 @@ class Plan:
         return value
 
 
-def _range(t: torch.Tensor) -> tuple[int, int]:
-    t = t.to(torch.int64)
-    return (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+def value_range(t: torch.Tensor) -> tuple[int, int]:
+    """``(min, max)`` of an integer (or bool) tensor's values, ``(0, 0)`` when empty; read
+    in its own type (no widened copy)."""
+    if not t.numel():
+        return 0, 0
+    lo, hi = torch.aminmax(t)
+    return int(lo), int(hi)
 
 
 def _max_abs(v: Value) -> int:
     return max(-v.lo, v.hi)
+
+
+def abs_row_sums(w: torch.Tensor) -> torch.Tensor:
+    """``sum_k |w_nk|`` for every row ``n`` (int64), exact: the absolute values are taken one
+    type wider than bytes (int8's -128 has none in int8), not in an int64 copy of ``w``."""
+    wide = torch.int16 if w.element_size() == 1 else torch.int64
+    return w.to(wide).abs_().sum(dim=1, dtype=torch.int64)
 
 
 def strides(shape: tuple[int, ...]) -> list[int]:
@@ -147,7 +158,7 @@ def make_plan(program: IntProgram) -> Plan:
     for name, t in tensors.items():
         if t.dtype.is_floating_point:
             continue
-        lo, hi = _range(t)
+        lo, hi = value_range(t)
         values[name] = Value(name, tuple(t.shape), lo, hi, kind="const")
         if t.dtype == torch.bool:  # masks: read as bytes
             values[name].ctype, values[name].short, values[name].code = "uint8_t", "u8", 1
@@ -202,8 +213,7 @@ def _derive(node, i: int, values: dict[str, Value], tensors, shape):
         return a["lo"], a["hi"], None
     if op == "linear":
         x = ins[0]
-        weight = params["weight"].to(torch.int64)
-        row = weight.abs().sum(dim=1) * _max_abs(x)
+        row = abs_row_sums(params["weight"]) * _max_abs(x)
         if "bias" in params:
             row = row + params["bias"].to(torch.int64).abs()
         bound = int(row.max())
@@ -222,7 +232,7 @@ def _derive(node, i: int, values: dict[str, Value], tensors, shape):
             _check_requant(label, ins[1], params["residual_m"], params["residual_e"])
         return a["lo"], a["hi"], None
     if op == "lookup":
-        return (*_range(params["table"]), None)
+        return (*value_range(params["table"]), None)
     if op == "softmax":
         if a["numerator"] * max(1, abs(int(params["m"]))) >= 1 << 63:
             raise ProgramError(f"{label}: the softmax requantization product passes int64")
