@@ -109,11 +109,14 @@ def _max_abs(v: Value) -> int:
     return max(-v.lo, v.hi)
 
 
-def abs_row_sums(w: torch.Tensor) -> torch.Tensor:
-    """``sum_k |w_nk|`` for every row ``n`` (int64), exact: the absolute values are taken one
-    type wider than bytes (int8's -128 has none in int8), not in an int64 copy of ``w``."""
-    wide = torch.int16 if w.element_size() == 1 else torch.int64
-    return w.to(wide).abs_().sum(dim=1, dtype=torch.int64)
+def abs_row_sums(w: torch.Tensor, max_abs: int) -> torch.Tensor:
+    """``sum_k |w_nk|`` for every row ``n`` of ``w`` (whose values are at most ``max_abs``
+    in magnitude), as int64. Summed in float64 wherever that is exact: every partial sum is
+    an integer of at most ``K * max_abs``, and below ``2^53`` float64 holds every integer,
+    so no order of the additions rounds (PyTorch's float row sums are several times faster
+    than its integer ones); past that, in int64."""
+    exact_double = w.shape[1] * max_abs < 1 << 53
+    return w.to(torch.float64 if exact_double else torch.int64).abs_().sum(dim=1).to(torch.int64)
 
 
 def strides(shape: tuple[int, ...]) -> list[int]:
@@ -213,7 +216,8 @@ def _derive(node, i: int, values: dict[str, Value], tensors, shape):
         return a["lo"], a["hi"], None
     if op == "linear":
         x = ins[0]
-        row = abs_row_sums(params["weight"]) * _max_abs(x)
+        weight = values[node.params["weight"]]
+        row = abs_row_sums(params["weight"], _max_abs(weight)) * _max_abs(x)
         if "bias" in params:
             row = row + params["bias"].to(torch.int64).abs()
         bound = int(row.max())
