@@ -104,7 +104,7 @@ def test_a_value_past_its_type_is_refused_not_wrapped(ctype, value):
     ("uint8_t", torch.tensor([True, False]), b"\x01\x00"),
     ("int16_t", torch.tensor([[-2], [300]], dtype=torch.int32), b"\xfe\xff\x2c\x01")])
 def test_constant_bytes_are_its_values_little_endian(ctype, values, want):
-    """Stored in the C type itself (not scanned) or converted to it (checked, then cast)."""
+    """Stored in the C type itself or converted to it (checked, then cast)."""
     assert Constant("c0", "t", ctype, values).data() == want
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ...fileio import atomic_folder
@@ -57,14 +56,13 @@ class Constant:
 
     def data(self) -> bytes:
         """The array's bytes, little-endian; values past ``ctype`` are an error, never
-        wrapped (a tensor stored in that very type holds none: it is not scanned)."""
-        flat, want = self.values.reshape(-1).numpy(), np.dtype(LITTLE_ENDIAN[self.ctype])
-        if flat.dtype != want:
-            (lo, hi), (vlo, vhi) = LIMITS[self.ctype], value_range(self.values)
-            if vlo < lo or vhi > hi:
-                raise ValueError(f"constant {self.name} ({self.tensor}) has values past "
-                                 f"{self.ctype} [{lo}, {hi}]")
-        return flat.astype(want, copy=False).tobytes()
+        wrapped."""
+        (lo, hi), (vlo, vhi) = LIMITS[self.ctype], value_range(self.values)
+        if vlo < lo or vhi > hi:
+            raise ValueError(f"constant {self.name} ({self.tensor}) has values past "
+                             f"{self.ctype} [{lo}, {hi}]")
+        flat = self.values.reshape(-1).numpy()
+        return flat.astype(LITTLE_ENDIAN[self.ctype], copy=False).tobytes()
 
 
 @dataclass
