@@ -33,7 +33,7 @@ def reference_abs_row_sums(w: torch.Tensor) -> torch.Tensor:
     torch.randint(-128, 128, (17, 3072), dtype=torch.int8,
                   generator=torch.Generator().manual_seed(0)),
     torch.tensor([[-(1 << 31), (1 << 31) - 1, -1]], dtype=torch.int32),
-    torch.tensor([[(1 << 60) + 1, -(1 << 60), 3]]),  # past float64's exact integers
+    torch.tensor([[(1 << 60) + 1, -(1 << 60), 3]]),  # int64 weights, sums past 2^53
     torch.tensor([[200, 0], [255, 255]], dtype=torch.uint8),
 ])
 def test_abs_row_sums_are_exact(w):
