@@ -25,6 +25,8 @@ from intvit.engine.c.debug import SANITIZE, replay_golden, run_harness
 from intvit.engine.c.library import kernel_header
 from intvit.engine.engines import make_engine
 from intvit.engine.golden import write_golden
+from intvit.engine.runtime import IntRuntime
+from intvit.engine.shapes import trace_shapes
 from intvit.models import model_config
 from intvit.models.checkpoint import save_checkpoint
 
@@ -389,6 +391,21 @@ def test_products_take_their_requantization_in_one_call(models, arch):
         requantize = re.search(rf"/\* node {j}: requantize [^\n]*\n(.*)\n", code).group(1)
         assert "INTVIT_DUMP" in requantize and "intvit_requantize" not in requantize
         assert plan.values[nodes[j].output].first == i
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_plan_shapes_are_those_of_a_run(models, arch, family):
+    """The shapes the plan derives without computing equal those of every value of one
+    image run through the int engine (its ops), constants and the float ends included."""
+    _, program, library = models[arch, family]
+    _, size, _ = ARCHS[arch]
+    run = {k: tuple(v.shape) for k, v in IntRuntime(program).run(images(1, size)).items()}
+    assert trace_shapes(program) == run
+    assert {k: v.shape for k, v in library.plan.values.items()} == {
+        k: run[k] for k in library.plan.values}
+    float_ends = {program.input, *(n.output for n in program.nodes if n.op == "dequantize")}
+    assert set(run) - set(library.plan.values) == {"input.scale", "output.scale", *float_ends}
 
 
 def test_accumulator_past_int32_is_refused(models):

@@ -97,6 +97,17 @@ def test_a_value_past_its_type_is_refused_not_wrapped(ctype, value):
         Constant("c0", "t", ctype, torch.tensor([0, value])).data()
 
 
+@pytest.mark.parametrize("ctype,values,want", [
+    ("int8_t", torch.tensor([-128, 127, -1], dtype=torch.int8), b"\x80\x7f\xff"),
+    ("int32_t", torch.tensor([-(1 << 31), 258], dtype=torch.int32),
+     b"\x00\x00\x00\x80\x02\x01\x00\x00"),
+    ("uint8_t", torch.tensor([True, False]), b"\x01\x00"),
+    ("int16_t", torch.tensor([[-2], [300]], dtype=torch.int32), b"\xfe\xff\x2c\x01")])
+def test_constant_bytes_are_its_values_little_endian(ctype, values, want):
+    """Stored in the C type itself or converted to it (checked, then cast)."""
+    assert Constant("c0", "t", ctype, values).data() == want
+
+
 @pytest.mark.parametrize("name", ["ivit", "leaky16"])
 def test_blob_and_text_builds_equal_the_int_engine(programs, name):
     model, program = programs[name]

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import Callable
 
-import torch
-
 from ..program import Node, ProgramError
 from .plan import CTYPE_SIZE, CTYPES, Plan, Value, product_kernel, strides
 
@@ -73,9 +71,8 @@ class Emitter:
         """The C array holding a program tensor as ``ctype`` (checked to fit)."""
         key = (tensor, ctype)
         if key not in self.consts:
-            t = self.plan.program.tensors[tensor].to(torch.int64)
-            lo, hi = LIMITS[ctype]
-            if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
+            value, (lo, hi) = self.plan.values[tensor], LIMITS[ctype]
+            if value.lo < lo or value.hi > hi:
                 raise ProgramError(f"tensor {tensor} does not fit {ctype}")
             self.consts[key] = f"intvit_c{len(self.consts)}"
         return self.consts[key]

@@ -26,7 +26,7 @@ import torch
 from ...fileio import atomic_folder
 from ..program import IntProgram
 from .emit import LIMITS, Emitter, emit_network
-from .plan import CTYPE_SIZE, Plan, make_plan
+from .plan import CTYPE_SIZE, Plan, make_plan, value_range
 
 PREFIX = "intvit_model"
 WEIGHTS_SOURCE = "intvit_weights.c"
@@ -57,12 +57,12 @@ class Constant:
     def data(self) -> bytes:
         """The array's bytes, little-endian; values past ``ctype`` are an error, never
         wrapped."""
-        flat = self.values.reshape(-1).to(torch.int64)
-        lo, hi = LIMITS[self.ctype]
-        if flat.numel() and (int(flat.min()) < lo or int(flat.max()) > hi):
+        (lo, hi), (vlo, vhi) = LIMITS[self.ctype], value_range(self.values)
+        if vlo < lo or vhi > hi:
             raise ValueError(f"constant {self.name} ({self.tensor}) has values past "
                              f"{self.ctype} [{lo}, {hi}]")
-        return flat.numpy().astype(LITTLE_ENDIAN[self.ctype]).tobytes()
+        flat = self.values.reshape(-1).numpy()
+        return flat.astype(LITTLE_ENDIAN[self.ctype], copy=False).tobytes()
 
 
 @dataclass
