@@ -15,6 +15,9 @@ An engine profiled in a fresh process (``python -m intvit.engine.c.profile SPEC`
 | LayerNorm      | ``layernorm``                      |
 | quantization   | ``quantize``, ``dequantize``       |
 | data movement  | every other op (reshape, transpose, take, slice, concat, broadcast, roll, pad, where, sum) |
+
+In the ``c`` engine a requantize fused into its product (``MATMUL8_RQ``) has no time of its
+own: it counts under int8 products.
 """
 
 from __future__ import annotations
