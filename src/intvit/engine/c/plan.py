@@ -222,8 +222,8 @@ def debug_only(nodes, bt_sources: dict[int, str]) -> set[int]:
     computes them."""
     readers = readers_of(nodes)
     return {i for i, node in enumerate(nodes) if node.op == "transpose"
-            and all(r in bt_sources and nodes[r].inputs[1] == node.output
-                    for r in readers.get(node.output, [None]))}
+            and (read_by := readers.get(node.output))
+            and all(r in bt_sources and nodes[r].inputs[1] == node.output for r in read_by)}
 
 
 def fused_requantizations(nodes, values: dict[str, Value]) -> dict[int, int]:
