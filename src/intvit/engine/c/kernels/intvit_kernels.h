@@ -510,6 +510,20 @@ static inline void intvit_vnni_out_panel(const intvit_requant_into *rq, int32_t 
     out->ldy = N;
 }
 
+/* Prefetch lines from .. to - 1 of rows of bt (row stride K, `lines` cache lines of 64
+ * bytes a row from bt): the weights of a layer come from L3 or memory (a ViT's linear
+ * layers do not fit L2), and the panel's gathers would wait for each line; prefetched
+ * while the previous panel is multiplied, they find them in L1 (12 linear layers of
+ * DeiT-S on one thread, weights cycled through L3: 27.3 -> 23.9 ms). A prefetch never
+ * faults and changes no value. */
+static inline void intvit_prefetch_rows(const uint8_t *bt, int32_t K, int32_t lines,
+                                        int32_t from, int32_t to) {
+    int32_t p;
+    for (p = from; p < to; p++)
+        _mm_prefetch((const char *)(bt + (int64_t)(p / lines) * K + 64 * (p % lines)),
+                     _MM_HINT_T0);
+}
+
 /* The VNNI kernel on bytes: a_signed, b_signed say whether a, bt hold int8_t; rq, where
  * not NULL, requantizes the last K block into rq->y (c then holds only the earlier
  * blocks' partial sums). */
@@ -544,17 +558,25 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
                 uint8_t panel[INTVIT_VNNI_KC * 32];
                 int32_t col_fix[32];
                 int32_t jb = N - j0 < 32 ? N - j0 : 32, j, r;
+                /* the next panel's rows of bt, prefetched a share per block of 8 rows */
+                int32_t lines = (kc + 63) / 64, blocks = (mc + 7) / 8;
+                int32_t ahead = N - j0 > 32 ? (N - j0 - 32 < 32 ? N - j0 - 32 : 32) * lines : 0;
+                int32_t step = (ahead + blocks - 1) / blocks;
+                const uint8_t *next = ahead ? bt + (int64_t)(j0 + 32) * K + k0 : bt;
                 intvit_vnni_out out;
                 intvit_vnni_pack(bt + (int64_t)j0 * K + k0, K, jb, kc, xb, xa != 0, panel,
                                  col_fix);
                 for (j = 0; j < 32; j++) col_fix[j] = xa ? 128 * col_fix[j] : 0;
                 if (last) intvit_vnni_out_panel(rq, j0, jb, N, &out);
-                for (r = 0; r < mc; r += 8)
+                for (r = 0; r < mc; r += 8) {
+                    intvit_prefetch_rows(next, K, lines, (r / 8) * step,
+                                         (r / 8 + 1) * step < ahead ? (r / 8 + 1) * step : ahead);
                     intvit_vnni_block(mc - r < 8 ? mc - r : 8, jb, quads,
                                       a8 + r * 4 * quads, 4 * quads, panel, swap, col_fix,
                                       row_fix + r, k0 == 0, bias ? bias + j0 : NULL,
                                       c + (int64_t)(i0 + r) * N + j0, N, last ? &out : NULL,
                                       (int64_t)(i0 + r) * N + j0);
+                }
             }
         }
     }
