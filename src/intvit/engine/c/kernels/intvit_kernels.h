@@ -387,6 +387,23 @@ typedef struct {
     int32_t size, ldy;
 } intvit_vnni_out;
 
+/* The lanes of columns 16h .. 16h + 15 of a panel whose first cols columns are valid. */
+static inline __mmask16 intvit_half_mask(int32_t cols, int32_t h) {
+    int32_t n = cols - 16 * h;
+    return (__mmask16)(n >= 16 ? 0xFFFF : n > 0 ? (1u << n) - 1 : 0);
+}
+
+/* y[at .. at + 15] (the lanes in valid) = clamp(R(sum; m, e), lo, hi) of the half h of a
+ * panel's 32 columns. */
+static inline void intvit_vnni_store(const intvit_vnni_out *out, int32_t h, __mmask16 valid,
+                                     int64_t at, __m512i sum) {
+    __m512i y = intvit_requant_v16(sum, out->m[h], out->e[h], out->lo, out->hi);
+    uint8_t *to = (uint8_t *)out->y + at * out->size;
+    if (out->size == 1) _mm512_mask_cvtepi32_storeu_epi8(to, valid, y);
+    else if (out->size == 2) _mm512_mask_cvtepi32_storeu_epi16(to, valid, y);
+    else _mm512_mask_storeu_epi32(to, valid, y);
+}
+
 /* c[r][j] = start[r][j] + sum_q a8[r][4q..4q+3] . panel[q][j] - col_fix[j] + row_fix[r]
  * for r < rows (<= 8), j < cols (<= 32), where start is c itself, or with first (the first
  * K block) bias[j] (0 when bias is NULL): c needs no pass of its own to start from the
@@ -403,8 +420,8 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
     const uint8_t *ar[8];
     __mmask16 valid[2];
     int32_t q, r, h;
-    valid[0] = (__mmask16)(cols >= 16 ? 0xFFFF : (1u << cols) - 1);
-    valid[1] = (__mmask16)(cols >= 32 ? 0xFFFF : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
+    valid[0] = intvit_half_mask(cols, 0);
+    valid[1] = intvit_half_mask(cols, 1);
     for (r = 0; r < 8; r++) {
         ar[r] = a8 + (r < rows ? r : 0) * lda;
         acc[r][0] = acc[r][1] = _mm512_setzero_si512();
@@ -437,11 +454,7 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
                 start, _mm512_sub_epi32(_mm512_add_epi32(acc[r][h], fix),
                                         _mm512_loadu_si512(col_fix + 16 * h)));
             if (out) {
-                __m512i y = intvit_requant_v16(sum, out->m[h], out->e[h], out->lo, out->hi);
-                uint8_t *yr = (uint8_t *)out->y + (y_at + (int64_t)r * out->ldy + 16 * h) * out->size;
-                if (out->size == 1) _mm512_mask_cvtepi32_storeu_epi8(yr, valid[h], y);
-                else if (out->size == 2) _mm512_mask_cvtepi32_storeu_epi16(yr, valid[h], y);
-                else _mm512_mask_storeu_epi32(yr, valid[h], y);
+                intvit_vnni_store(out, h, valid[h], y_at + (int64_t)r * out->ldy + 16 * h, sum);
             } else {
                 _mm512_mask_storeu_epi32(cr + 16 * h, valid[h], sum);
             }
@@ -508,6 +521,25 @@ static inline void intvit_vnni_out_panel(const intvit_requant_into *rq, int32_t 
     out->y = rq->y;
     out->size = rq->size;
     out->ldy = N;
+}
+
+/* intvit_requant_rows in vectors, 32 columns at a time as a panel's epilogue does (the AMX
+ * kernel's whole c, once its tiles are stored), the column blocks over the threads. */
+static inline void intvit_vnni_requant_rows(int32_t M, int32_t N, const int32_t *c,
+                                            const intvit_requant_into *rq) {
+    int32_t j0;
+    INTVIT_OMP("omp parallel for schedule(static)")
+    for (j0 = 0; j0 < N; j0 += 32) {
+        int32_t jb = N - j0 < 32 ? N - j0 : 32, i, h;
+        intvit_vnni_out out;
+        intvit_vnni_out_panel(rq, j0, jb, N, &out);
+        for (i = 0; i < M; i++)
+            for (h = 0; h < 2; h++) {
+                int64_t at = (int64_t)i * N + j0 + 16 * h;
+                __mmask16 valid = intvit_half_mask(jb, h);
+                intvit_vnni_store(&out, h, valid, at, _mm512_maskz_loadu_epi32(valid, c + at));
+            }
+    }
 }
 
 /* Prefetch lines from .. to - 1 of rows of bt (row stride K, `lines` cache lines of 64
@@ -734,7 +766,7 @@ static inline void intvit_amx_matmul(int32_t M, int32_t N, int32_t K, const uint
             }
         }
     }
-    if (rq) intvit_requant_rows(M, N, c, rq);
+    if (rq) intvit_vnni_requant_rows(M, N, c, rq);
 }
 
 static inline const char *intvit_matmul8_kernel(void) {
