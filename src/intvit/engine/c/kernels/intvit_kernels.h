@@ -74,17 +74,20 @@ static inline int64_t intvit_round_div(int64_t v, int64_t d) {
     return q + ((v - q * d) >= d - d / 2 ? 1 : 0);
 }
 
+/* The digit-by-digit square root: bit starts at the largest 4^k <= v (found by halving
+ * shifts 32, 16, .., 2 of 4^31, then one more 2), then each step takes bit into root where
+ * (root + bit) still fits the remainder x, with a mask instead of a branch (ge = all ones
+ * when x >= root + bit). */
 static inline int64_t intvit_isqrt(int64_t v) {
     uint64_t x = (uint64_t)v, root = 0, bit = (uint64_t)1 << 62;
-    while (bit > x) bit >>= 2;
-    while (bit != 0) {
-        if (x >= root + bit) {
-            x -= root + bit;
-            root = (root >> 1) + bit;
-        } else {
-            root >>= 1;
-        }
-        bit >>= 2;
+    int32_t s;
+    for (s = 32; s >= 2; s >>= 1)
+        if ((bit >> s) > x) bit >>= s;
+    if (bit > x) bit >>= 2;
+    for (; bit != 0; bit >>= 2) {
+        uint64_t trial = root + bit, ge = (uint64_t)0 - (uint64_t)(x >= trial);
+        x -= trial & ge;
+        root = (root >> 1) + (bit & ge);
     }
     return (int64_t)root;
 }
