@@ -708,43 +708,66 @@ def test_lookup_kernels_equal_table_indexing(row_kernels, x_type, y_type, n, spa
     assert torch.equal(y, table[x - x_lo])
 
 
-@pytest.fixture(scope="module", params=["portable", "vnni"])
+@pytest.fixture(scope="module", params=["portable", "vnni", "avx512"])
 def layernorm_kernels(request, tmp_path_factory):
-    """The LayerNorm kernels alone: portable, and the AVX-512 affine (the vnni build)."""
+    """The LayerNorm kernels alone, one per input type: portable, the AVX-512 affine (the
+    vnni build) and the vector row passes as well (the avx512 build: F and DQ)."""
     return kernel_snippet(tmp_path_factory.mktemp("layernorm"),
-                          "INTVIT_DEFINE_LAYERNORM(ln_s8_s8, int8_t, int8_t)\n"
-                          "INTVIT_DEFINE_LAYERNORM(ln_s16_s32, int16_t, int32_t)\n",
+                          "INTVIT_DEFINE_LAYERNORM(ln_s8, int8_t, int8_t)\n"
+                          "INTVIT_DEFINE_LAYERNORM(ln_u8, uint8_t, int8_t)\n"
+                          "INTVIT_DEFINE_LAYERNORM(ln_s16, int16_t, int32_t)\n"
+                          "INTVIT_DEFINE_LAYERNORM(ln_s32, int32_t, int32_t)\n",
                           kernel_build(request.param))
 
 
-@pytest.mark.parametrize("C", [1, 7, 8, 70, 129, 384])
-@pytest.mark.parametrize("x_type,lo,hi", [("s8", -128, 127), ("s16", -(1 << 30), 1 << 30)])
-def test_layernorm_kernels_equal_layernorm_int(layernorm_kernels, C, x_type, lo, hi):
-    """Rows of random values, of one constant value (variance 0), of the extremes
-    alternating; multipliers up to 2^31 - 1, shifts 0..62, wide biases: every value equals
-    intvit.approx.rows.layernorm_int in every vector lane and the scalar tail."""
+# input type: (torch dtype, output dtype, clamp range of the output)
+LAYERNORM_TYPES = {"s8": (torch.int8, torch.int8, -128, 127),
+                   "u8": (torch.uint8, torch.int8, -128, 127),
+                   "s16": (torch.int16, torch.int32, -(1 << 30), 1 << 30),
+                   "s32": (torch.int32, torch.int32, -(1 << 30), 1 << 30)}
+
+
+def layernorm_rows(C: int, lo: int, hi: int, g: torch.Generator) -> torch.Tensor:
+    """Rows of random values, of one constant value at either end (variance 0), of the
+    extremes alternating, and of random values near the top."""
+    x = torch.randint(lo, hi + 1, (5, C), generator=g)
+    x[1] = hi
+    x[2] = lo
+    x[3, ::2], x[3, 1::2] = hi, lo
+    x[4] = torch.randint(hi - 3, hi + 1, (C,), generator=g)
+    return x
+
+
+@pytest.mark.parametrize("C", [1, 7, 8, 15, 16, 17, 70, 96, 129, 384, 768, 1000, 40000])
+@pytest.mark.parametrize("x_type,in_bits,var_shift", [
+    ("s8", 8, 0), ("s8", 8, 3), ("u8", 9, 0), ("u8", 9, 2), ("s16", 16, "32-bit"),
+    ("s16", 16, 0), ("s32", 20, 0), ("s32", 31, 12)])
+def test_layernorm_kernels_equal_layernorm_int(layernorm_kernels, C, x_type, in_bits,
+                                               var_shift):
+    """Rows of every input type the plan makes (in_bits-bit values, uint8 as 9), the
+    variance shift 0, I-BERT's and others, rows past one int32 run of the vector sum (40000);
+    multipliers up to 2^31 - 1, shifts 0..62, wide biases: every value equals
+    intvit.approx.rows.layernorm_int in every vector lane and the scalar tails."""
     from intvit.approx.rows import layernorm_int, variance_shift_for_32_bits
 
-    bits, dtype = (8, torch.int8) if x_type == "s8" else (16, torch.int16)
-    top = (1 << (bits - 1)) - 1
-    g = torch.Generator().manual_seed(C * 10 + bits)
-    x = torch.randint(-top - 1, top + 1, (5, C), generator=g)
-    x[1] = top
-    x[2] = -top - 1
-    x[3, ::2], x[3, 1::2] = top, -top - 1
+    dtype, out_type, lo, hi = LAYERNORM_TYPES[x_type]
+    half = 1 << (in_bits - 1)
+    x_lo, x_hi = (0, 255) if x_type == "u8" else (-half, half - 1)
+    if var_shift == "32-bit":
+        var_shift = variance_shift_for_32_bits(in_bits, C)
+    g = torch.Generator().manual_seed(C * 10 + in_bits + var_shift)
+    x = layernorm_rows(C, x_lo, x_hi, g)
     m = torch.randint(1, 1 << 31, (C,), generator=g)
     m[0] = (1 << 31) - 1
     e = torch.randint(0, 63, (C,), generator=g)
     e[-1] = 0
     beta = torch.randint(-(1 << 20), 1 << 20, (C,), generator=g)
-    var_shift = variance_shift_for_32_bits(bits, C) if bits > 8 else 0
-    want = layernorm_int(x, bits, var_shift, m, e, beta, lo, hi)
-    out_type = torch.int8 if x_type == "s8" else torch.int32
+    want = layernorm_int(x, in_bits, var_shift, m, e, beta, lo, hi)
     xc, m32, e8, b32 = (t.to(d).contiguous() for t, d in
                         ((x, dtype), (m, torch.int32), (e, torch.int8), (beta, torch.int32)))
     y = torch.zeros(5, C, dtype=out_type)
     ptr = ctypes.c_void_p
-    fn = layernorm_kernels.ln_s8_s8 if x_type == "s8" else layernorm_kernels.ln_s16_s32
-    fn(5, C, ptr(xc.data_ptr()), var_shift, ptr(m32.data_ptr()), ptr(e8.data_ptr()),
-       ptr(b32.data_ptr()), lo, hi, ptr(y.data_ptr()))
+    getattr(layernorm_kernels, f"ln_{x_type}")(
+        5, C, ptr(xc.data_ptr()), var_shift, ptr(m32.data_ptr()), ptr(e8.data_ptr()),
+        ptr(b32.data_ptr()), lo, hi, ptr(y.data_ptr()))
     assert torch.equal(y.to(torch.int64), want)

@@ -74,17 +74,20 @@ static inline int64_t intvit_round_div(int64_t v, int64_t d) {
     return q + ((v - q * d) >= d - d / 2 ? 1 : 0);
 }
 
+/* The digit-by-digit square root: bit starts at the largest 4^k <= v (found by halving
+ * shifts 32, 16, .., 2 of 4^31, then one more 2), then each step takes bit into root where
+ * (root + bit) still fits the remainder x, with a mask instead of a branch (ge = all ones
+ * when x >= root + bit). */
 static inline int64_t intvit_isqrt(int64_t v) {
     uint64_t x = (uint64_t)v, root = 0, bit = (uint64_t)1 << 62;
-    while (bit > x) bit >>= 2;
-    while (bit != 0) {
-        if (x >= root + bit) {
-            x -= root + bit;
-            root = (root >> 1) + bit;
-        } else {
-            root >>= 1;
-        }
-        bit >>= 2;
+    int32_t s;
+    for (s = 32; s >= 2; s >>= 1)
+        if ((bit >> s) > x) bit >>= s;
+    if (bit > x) bit >>= 2;
+    for (; bit != 0; bit >>= 2) {
+        uint64_t trial = root + bit, ge = (uint64_t)0 - (uint64_t)(x >= trial);
+        x -= trial & ge;
+        root = (root >> 1) + (bit & ge);
     }
     return (int64_t)root;
 }
@@ -1201,6 +1204,22 @@ INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
  * int32, so with AVX-512 the last step takes intvit_layernorm_chunk per chunk of
  * INTVIT_CHUNK values: R(z_c; m_c, e_c) on int64 lanes as intvit_requant_at, then
  * + beta_c and the clamp, 8 values a vector (the rest scalar).
+ *
+ * With AVX-512 F and DQ the three row passes (sum, var, z) are vectors too, each over the
+ * first n rounded down to a whole vector (the count it returns; the scalar loop does the
+ * rest). mean lies between the row's least and largest value, so it is a TX value.
+ *   8- and 16-bit TX, 16 int32 lanes: |q| <= 2^15, so a run of INTVIT_LAYERNORM_RUN =
+ *     2^15 values sums to |s| <= 2^30 in int32 lanes (and their total), added to the
+ *     int64 total after each run; |q - mean| <= 2^16 - 1 fits a lane, and the arithmetic
+ *     right shift (vpsrad) is floor_shift.
+ *   int32 TX, 8 int64 lanes: q and q - mean (33 bits) in int64, vpsraq the floor.
+ *   ys^2 by vpmuldq (the low 32 bits of an int64 lane, signed, times themselves: an exact
+ *   int64), added up in int64 lanes (every partial sum <= var). |ys| < 2^31 wherever
+ *   layernorm_int accepts the row: its var bound C * Y^2 < 2^63 (Y >= max |ys|) gives
+ *   Y < 2^31 for C >= 2, and C = 1 has ys = 0.
+ *   z: ys * factor in int32 lanes (vpmulld; < 2^31 as above), or vpmuldq for int32 TX,
+ *   then an arithmetic shift by 1.
+ * Every sum is exact, so the integers equal the scalar loop's in any order.
  */
 #if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__)
 /* out[c] = clamp(R(z[c]; m[c], e[c]) + beta[c], lo, hi) for c < the returned count (n
@@ -1226,6 +1245,115 @@ static inline int32_t intvit_layernorm_chunk(int32_t n, const int32_t *z, const 
 }
 #endif
 
+#define INTVIT_LAYERNORM_RUN 32768
+
+#if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
+/* acc + ys_2i^2 + ys_2i+1^2 per int64 lane (vpmuldq on the even, then the odd int32s). */
+static inline __m512i intvit_square_sum_v16(__m512i acc, __m512i ys) {
+    __m512i odd = _mm512_srli_epi64(ys, 32);
+    return _mm512_add_epi64(_mm512_add_epi64(acc, _mm512_mul_epi32(ys, ys)),
+                            _mm512_mul_epi32(odd, odd));
+}
+
+/* The row passes of an 8- or 16-bit T, 16 int32 lanes: sum_T: *total += sum x_i;
+ * var_T: *var += sum ys_i^2; z_T: z[i] = floor_shift(ys_i * factor, 1). */
+#define INTVIT_DEFINE_LAYERNORM_ROW(T)                                                    \
+    static inline __m512i intvit_layernorm_ys16_##T(const T *x, __m512i mean, __m128i k) { \
+        return _mm512_sra_epi32(_mm512_sub_epi32(intvit_widen16_##T(x), mean), k);        \
+    }                                                                                     \
+    static inline int32_t intvit_layernorm_sum_##T(int32_t n, const T *x, int64_t *total) { \
+        int32_t i = 0, end, full = n - n % 16;                                            \
+        while (i < full) {                                                                \
+            __m512i s = _mm512_setzero_si512();                                           \
+            end = full - i < INTVIT_LAYERNORM_RUN ? full : i + INTVIT_LAYERNORM_RUN;      \
+            for (; i < end; i += 16) s = _mm512_add_epi32(s, intvit_widen16_##T(x + i));  \
+            *total += _mm512_reduce_add_epi32(s);                                         \
+        }                                                                                 \
+        return full;                                                                      \
+    }                                                                                     \
+    static inline int32_t intvit_layernorm_var_##T(int32_t n, const T *x, int64_t mean,   \
+                                                   int32_t var_shift, int64_t *var) {     \
+        __m512i mv = _mm512_set1_epi32((int32_t)mean), acc = _mm512_setzero_si512();      \
+        __m128i k = _mm_cvtsi32_si128(var_shift);                                         \
+        int32_t i;                                                                        \
+        for (i = 0; i + 16 <= n; i += 16)                                                 \
+            acc = intvit_square_sum_v16(acc, intvit_layernorm_ys16_##T(x + i, mv, k));    \
+        *var += _mm512_reduce_add_epi64(acc);                                             \
+        return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_layernorm_z_##T(int32_t n, const T *x, int64_t mean,     \
+                                                 int32_t var_shift, int32_t factor,       \
+                                                 int32_t *z) {                            \
+        __m512i mv = _mm512_set1_epi32((int32_t)mean), f = _mm512_set1_epi32(factor);     \
+        __m128i k = _mm_cvtsi32_si128(var_shift);                                         \
+        int32_t i;                                                                        \
+        for (i = 0; i + 16 <= n; i += 16)                                                 \
+            _mm512_storeu_si512((void *)(z + i), _mm512_srai_epi32(_mm512_mullo_epi32(    \
+                intvit_layernorm_ys16_##T(x + i, mv, k), f), 1));                         \
+        return i;                                                                         \
+    }
+INTVIT_DEFINE_LAYERNORM_ROW(int8_t)
+INTVIT_DEFINE_LAYERNORM_ROW(uint8_t)
+INTVIT_DEFINE_LAYERNORM_ROW(int16_t)
+
+/* The row passes of int32 values, 8 int64 lanes (as INTVIT_DEFINE_LAYERNORM_ROW). */
+static inline __m512i intvit_layernorm_ys8(const int32_t *x, __m512i mean, __m128i k) {
+    return _mm512_sra_epi64(_mm512_sub_epi64(intvit_load_v8(x), mean), k);
+}
+static inline int32_t intvit_layernorm_sum_int32_t(int32_t n, const int32_t *x,
+                                                   int64_t *total) {
+    __m512i s = _mm512_setzero_si512();
+    int32_t i;
+    for (i = 0; i + 8 <= n; i += 8) s = _mm512_add_epi64(s, intvit_load_v8(x + i));
+    *total += _mm512_reduce_add_epi64(s);
+    return i;
+}
+static inline int32_t intvit_layernorm_var_int32_t(int32_t n, const int32_t *x, int64_t mean,
+                                                   int32_t var_shift, int64_t *var) {
+    __m512i mv = _mm512_set1_epi64(mean), acc = _mm512_setzero_si512();
+    __m128i k = _mm_cvtsi32_si128(var_shift);
+    int32_t i;
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m512i ys = intvit_layernorm_ys8(x + i, mv, k);
+        acc = _mm512_add_epi64(acc, _mm512_mul_epi32(ys, ys));
+    }
+    *var += _mm512_reduce_add_epi64(acc);
+    return i;
+}
+static inline int32_t intvit_layernorm_z_int32_t(int32_t n, const int32_t *x, int64_t mean,
+                                                 int32_t var_shift, int32_t factor,
+                                                 int32_t *z) {
+    __m512i mv = _mm512_set1_epi64(mean), f = _mm512_set1_epi64(factor);
+    __m128i k = _mm_cvtsi32_si128(var_shift);
+    int32_t i;
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_si256((__m256i *)(z + i), _mm512_cvtepi64_epi32(_mm512_srai_epi64(
+            _mm512_mul_epi32(intvit_layernorm_ys8(x + i, mv, k), f), 1)));
+    return i;
+}
+#else
+#define INTVIT_DEFINE_LAYERNORM_ROW(T)                                                    \
+    static inline int32_t intvit_layernorm_sum_##T(int32_t n, const T *x, int64_t *total) { \
+        (void)n; (void)x; (void)total;                                                    \
+        return 0;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_layernorm_var_##T(int32_t n, const T *x, int64_t mean,   \
+                                                   int32_t var_shift, int64_t *var) {     \
+        (void)n; (void)x; (void)mean; (void)var_shift; (void)var;                         \
+        return 0;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_layernorm_z_##T(int32_t n, const T *x, int64_t mean,     \
+                                                 int32_t var_shift, int32_t factor,       \
+                                                 int32_t *z) {                            \
+        (void)n; (void)x; (void)mean; (void)var_shift; (void)factor; (void)z;             \
+        return 0;                                                                         \
+    }
+INTVIT_DEFINE_LAYERNORM_ROW(int8_t)
+INTVIT_DEFINE_LAYERNORM_ROW(uint8_t)
+INTVIT_DEFINE_LAYERNORM_ROW(int16_t)
+INTVIT_DEFINE_LAYERNORM_ROW(int32_t)
+#endif
+
 #define INTVIT_DECLARE_LAYERNORM(NAME, TX, TY)                                            \
     void NAME(int32_t rows, int32_t C, const TX *x, int32_t var_shift, const int32_t *m,  \
               const int8_t *e, const int32_t *beta, int32_t lo, int32_t hi, TY *y)
@@ -1239,9 +1367,9 @@ static inline int32_t intvit_layernorm_chunk(int32_t n, const int32_t *z, const 
             TY *yr = y + (int64_t)r * C;                                                  \
             int64_t total = 0, var = 0, std, mean;                                        \
             int32_t factor, c0, n, done, z[INTVIT_CHUNK], t[INTVIT_CHUNK];                \
-            for (c = 0; c < C; c++) total += xr[c];                                       \
+            for (c = intvit_layernorm_sum_##TX(C, xr, &total); c < C; c++) total += xr[c]; \
             mean = intvit_round_div(total, C);                                            \
-            for (c = 0; c < C; c++) {                                                     \
+            for (c = intvit_layernorm_var_##TX(C, xr, mean, var_shift, &var); c < C; c++) { \
                 int64_t ys = intvit_floor_shift(xr[c] - mean, var_shift);                 \
                 var += ys * ys;                                                           \
             }                                                                             \
@@ -1249,7 +1377,8 @@ static inline int32_t intvit_layernorm_chunk(int32_t n, const int32_t *z, const 
             factor = (int32_t)(INT32_MAX / (std > 1 ? std : 1));                          \
             for (c0 = 0; c0 < C; c0 += INTVIT_CHUNK) {                                    \
                 n = C - c0 < INTVIT_CHUNK ? C - c0 : INTVIT_CHUNK;                        \
-                for (c = 0; c < n; c++) {                                                 \
+                for (c = intvit_layernorm_z_##TX(n, xr + c0, mean, var_shift, factor, z); \
+                     c < n; c++) {                                                        \
                     int32_t ys = (int32_t)intvit_floor_shift(xr[c0 + c] - mean, var_shift); \
                     z[c] = (int32_t)intvit_floor_shift((int64_t)(ys * factor), 1);        \
                 }                                                                         \
