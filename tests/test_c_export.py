@@ -22,8 +22,6 @@ from intvit.engine import ProgramError, export_program
 from intvit.engine.c import generate
 from intvit.engine.c.build import CEngine, compiler
 from intvit.engine.c.debug import SANITIZE, replay_golden, run_harness
-from intvit.engine.c.emit import coalesce
-from intvit.engine.c.plan import strides
 from intvit.engine.c.library import kernel_header
 from intvit.engine.engines import make_engine
 from intvit.engine.golden import write_golden
@@ -342,38 +340,6 @@ def test_memory_plan_reuses_activations_and_is_stated(models):
     header = library.files["intvit_model.h"]
     assert f"#define INTVIT_MODEL_SCRATCH_BYTES {mem.scratch_bytes}" in header
     assert str(mem.scratch_bytes) in library.files["README.md"]
-
-
-def box_pairs(shape, ss, ds) -> list[tuple[int, int]]:
-    """Every (source offset, destination offset) pair a box copy moves."""
-    grid = torch.cartesian_prod(*[torch.arange(n) for n in shape]).reshape(-1, len(shape))
-    return sorted(zip((grid @ torch.tensor(ss)).tolist(), (grid @ torch.tensor(ds)).tolist()))
-
-
-def layout_strides(shape, order) -> list[int]:
-    """The strides of ``shape`` stored with its dimensions in ``order`` (outermost first)."""
-    stored = strides(tuple(shape[d] for d in order))
-    out = [0] * len(shape)
-    for at, d in enumerate(order):
-        out[d] = stored[at]
-    return out
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(1, 4), min_size=1, max_size=6), st.randoms(use_true_random=False))
-def test_coalesced_box_moves_the_same_values(shape, rng):
-    """A box whose source and destination each store its dimensions in their own order
-    (a transpose, a window partition), with dimensions of 1, merged into fewer dimensions:
-    the same pairs of offsets, and no two neighbours left that could merge."""
-    orders = [list(range(len(shape))) for _ in range(2)]
-    for order in orders:
-        rng.shuffle(order)
-    ss, ds = (layout_strides(shape, order) for order in orders)
-    merged = coalesce(shape, ss, ds)
-    assert box_pairs(*merged) == box_pairs(shape, ss, ds)
-    n, a, b = merged
-    assert all(not (a[d] == a[d + 1] * n[d + 1] and b[d] == b[d + 1] * n[d + 1])
-               for d in range(len(n) - 1))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -107,30 +107,12 @@ class Emitter:
 
     # --- box copies ----------------------------------------------------------------------
     def copy(self, shape, src: str, src_ctype: str, ss, dst: str, dst_ctype: str, ds) -> None:
-        shape, ss, ds = coalesce(shape, ss, ds)
         pad = DIMS - len(shape)
         if pad < 0:
             raise ProgramError(f"the C export copies boxes of at most {DIMS} dimensions")
         fn = self.kernel("copy", src_ctype, dst_ctype)
         self.emit(f"{fn}({self.ints([1] * pad + list(shape))}, {src}, "
                   f"{self.ints([0] * pad + list(ss))}, {dst}, {self.ints([0] * pad + list(ds))});")
-
-
-def coalesce(shape, ss, ds) -> tuple[list[int], list[int], list[int]]:
-    """The same box with fewer, longer dimensions: dimensions of size 1 dropped, and each
-    dimension merged into the next where both sides step over it as one run of the next
-    (``s[d] == s[d + 1] * shape[d + 1]`` in source and destination), so the copy's inner
-    loop runs over whole contiguous rows (a window partition's ``w x C`` values) instead
-    of their last dimension."""
-    dims = [(n, a, b) for n, a, b in zip(shape, ss, ds) if n != 1] or [(1, 1, 1)]
-    out = [list(dims[-1])]
-    for n, a, b in reversed(dims[:-1]):
-        inner = out[0]
-        if a == inner[1] * inner[0] and b == inner[2] * inner[0]:
-            inner[0] *= n
-        else:
-            out.insert(0, [n, a, b])
-    return [d[0] for d in out], [d[1] for d in out], [d[2] for d in out]
 
 
 def values_of(e: Emitter, node: Node) -> tuple[list[Value], Value]:
