@@ -4,6 +4,7 @@ full-size DeiT-T, the debug build replays the golden vectors, the body is intege
 the memory plan holds and is enforced, and the C helpers equal intvit.arith."""
 
 import ctypes
+import mmap
 import re
 import shutil
 import subprocess
@@ -218,6 +219,40 @@ def test_matmul_kernel_edges(matmul_kernels, fn, m, n, k, fill):
                                 ctypes.c_void_p(c.data_ptr()))
     want = a.to(torch.int64) @ b.to(torch.int64).T + bias.to(torch.int64)
     assert torch.equal(c.to(torch.int64), want)
+
+
+def bytes_before_guard_page(data: torch.Tensor):
+    """``data``'s bytes copied to the end of a page followed by a page that cannot be read
+    (a read past them is a segfault); returns the mapping, to be kept alive, and the address."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]  # 0: PROT_NONE
+    size = -(-data.numel() // mmap.PAGESIZE) * mmap.PAGESIZE
+    pages = mmap.mmap(-1, size + mmap.PAGESIZE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(pages))
+    assert libc.mprotect(base + size, mmap.PAGESIZE, 0) == 0, ctypes.get_errno()
+    at = base + size - data.numel()
+    ctypes.memmove(at, data.data_ptr(), data.numel())
+    return pages, at
+
+
+@pytest.mark.parametrize("fn", [f for f in MATMUL_TYPES if f.startswith("mm8")])
+@pytest.mark.parametrize("m,n,k", [(1, 3, 1), (9, 40, 2), (197, 64, 197), (17, 33, 515),
+                                   (3, 5, 64)])
+def test_matmul8_reads_nothing_past_a(matmul_kernels, fn, m, n, k):
+    """a ends where the readable memory ends: the VNNI kernel reads a in place in whole
+    quads, and the matrix's last row from a copy where K is not a multiple of 4 (the
+    bytes of a last partial quad past a's end are never read); the product stays exact."""
+    (dtype, lo, hi), (b_dtype, b_lo, b_hi) = MATMUL_TYPES[fn]
+    g = torch.Generator().manual_seed(m + n + k)
+    a = torch.randint(lo, hi + 1, (m, k), generator=g)
+    b = torch.randint(b_lo, b_hi + 1, (n, k), generator=g)
+    pages, a_at = bytes_before_guard_page(a.to(dtype).contiguous())
+    b_c = b.to(b_dtype).contiguous()
+    c = torch.zeros(m, n, dtype=torch.int32)
+    getattr(matmul_kernels, fn)(m, n, k, ctypes.c_void_p(a_at), ctypes.c_void_p(b_c.data_ptr()),
+                                None, ctypes.c_void_p(c.data_ptr()))
+    assert torch.equal(c.to(torch.int64), a @ b.T)
+    del pages
 
 
 # fused kernel -> (a, b, y dtype, y's clamp range)

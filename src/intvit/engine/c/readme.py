@@ -27,8 +27,9 @@ allocation, only `<stdint.h>` and `<string.h>`.
 
 The portable matmul kernel also keeps `2 * (INTVIT_MATMUL_JB + 2) * INTVIT_MATMUL_KC`
 bytes on the stack (9 KiB by default; define smaller values when compiling to lower it);
-the AVX2, VNNI and AMX kernels keep a block of rows (`INTVIT_MATMUL_MC` x
-`INTVIT_MATMUL_KC` or `INTVIT_VNNI_KC`, 128 KiB by default) and a 16 KiB panel per thread.
+the AVX2 and AMX kernels keep a block of rows (`INTVIT_MATMUL_MC` x
+`INTVIT_MATMUL_KC` or `INTVIT_VNNI_KC`, 128 KiB by default) and a 16 KiB panel per thread;
+the VNNI kernel reads the rows in place and keeps a 16 KiB panel and 1.5 KiB per thread.
 
 ## Build
 

@@ -325,21 +325,24 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
  *
  * VNNI kernel: _mm512_dpbusd_epi32(acc, x, y) adds to each int32 lane the four products
  * of unsigned bytes of x and signed bytes of y, exactly (vpdpbusd wraps, it is never the
- * saturating vpdpbusds; no sum here can reach 2^31). Per K block of INTVIT_VNNI_KC values
- * and M block of INTVIT_MATMUL_MC rows, the rows of a are copied as bytes (zero-padded to
- * a multiple of 4), and each panel of 32 columns of bt as quads:
- * panel[q][h][j][t] = bt[16h + j][4q + t]. An 8 x 32 block of accumulators takes, per
- * quad q, the broadcast a[i][4q..4q+3] against panel[q][0 | 1]. The operand that is
- * unsigned goes first; when both have one sign, one operand is shifted by 128 into the
- * other sign and the shift is taken back out exactly:
+ * saturating vpdpbusds; no sum here can reach 2^31). One parallel region per call; per K
+ * block of INTVIT_VNNI_KC values and M block of INTVIT_MATMUL_MC rows, the threads split
+ * the panels of 32 columns of bt, each packed as quads: panel[q][h][j][t] =
+ * bt[16h + j][4q + t] (zero past the block and past N). An 8 x 32 block of accumulators
+ * takes, per quad q, a[i][4q..4q+3] broadcast, read in place from a (row stride K), against
+ * panel[q][0 | 1]; where the block's length is not a multiple of 4 its last quad reads only
+ * the block's bytes of a, the rest zero. The operand that is unsigned goes first; when both
+ * have one sign, b is shifted by 128 into the other sign as it is packed, and the shift is
+ * taken back out exactly by a row fix (a is never changed):
  *   u8 x s8:  sum a b                               (as is)
- *   s8 x u8:  sum a b                               (b first)
- *   s8 x s8:  sum (a + 128) b - 128 sum b           (a ^ 0x80 is a + 128 as a byte)
+ *   s8 x u8:  sum b a                               (b first)
+ *   s8 x s8:  sum (b + 128) a - 128 sum a           (b first; b ^ 0x80 is b + 128 as a byte)
  *   u8 x u8:  sum a (b - 128) + 128 sum a           (b ^ 0x80 is b - 128 as a byte)
  * Bound: a lane sums one K block, kc <= INTVIT_VNNI_KC values, each product at most
- * 255 * 128 in magnitude, so every partial sum (the shifted ones included) is at most
- * INTVIT_VNNI_KC * 255 * 128 < 2^31 (checked below); the block's exact sum then goes to
- * c, whose partial sums the plan bounds as for every kernel.
+ * 255 * 128 in magnitude, so every partial sum of a lane is at most INTVIT_VNNI_KC * 255 *
+ * 128 < 2^31 (checked below); so is the row fix, 128 |sum a| <= 128 * 255 * kc; the lane
+ * plus the fix is the block's exact sum, which goes to c, whose partial sums the plan
+ * bounds as for every kernel.
  */
 #define INTVIT_DECLARE_MATMUL8 INTVIT_DECLARE_MATMUL
 
@@ -407,15 +410,20 @@ static inline void intvit_vnni_store(const intvit_vnni_out *out, int32_t h, __mm
     else _mm512_mask_storeu_epi32(to, valid, y);
 }
 
-/* c[r][j] = start[r][j] + sum_q a8[r][4q..4q+3] . panel[q][j] - col_fix[j] + row_fix[r]
- * for r < rows (<= 8), j < cols (<= 32), where start is c itself, or with first (the first
- * K block) bias[j] (0 when bias is NULL): c needs no pass of its own to start from the
- * bias; swap: the panel is the unsigned operand. With out (the last K block of a fused
- * product) the sums are not stored in c but requantized into out->y from element y_at on
- * (values clamped into the output type's range, so the narrowing stores are exact). */
+/* c[r][j] = start[r][j] + sum_{k < kc} a[r][k] . panel[k][j] + row_fix[r] for r < rows
+ * (<= 8), j < cols (<= 32), where start is c itself, or with first (the first K block)
+ * bias[j] (0 when bias is NULL): c needs no pass of its own to start from the bias; swap:
+ * the panel is the unsigned operand. a's rows are read in place (stride lda) as
+ * (kc + 3) / 4 whole quads: the bytes past kc that a last partial quad takes (the next
+ * bytes of a) meet the panel's zeros, so they add nothing; where the block holds the
+ * matrix's last row (end_row not NULL), that row, whose bytes past kc may lie past a, is
+ * read from end_row instead (its kc bytes, zero-padded). With out (the last K block of a
+ * fused product) the sums are not stored in c but requantized into out->y from element
+ * y_at on (values clamped into the output type's range, so the narrowing stores are
+ * exact). */
 static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
-                                     const uint8_t *a8, int32_t lda, const uint8_t *panel,
-                                     int32_t swap, const int32_t *col_fix,
+                                     const uint8_t *a, int32_t lda, const uint8_t *end_row,
+                                     const uint8_t *panel, int32_t swap,
                                      const int32_t *row_fix, int32_t first,
                                      const int32_t *bias, int32_t *c, int32_t ldc,
                                      const intvit_vnni_out *out, int64_t y_at) {
@@ -426,7 +434,7 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
     valid[0] = intvit_half_mask(cols, 0);
     valid[1] = intvit_half_mask(cols, 1);
     for (r = 0; r < 8; r++) {
-        ar[r] = a8 + (r < rows ? r : 0) * lda;
+        ar[r] = r >= rows ? ar[0] : r == rows - 1 && end_row ? end_row : a + (int64_t)r * lda;
         acc[r][0] = acc[r][1] = _mm512_setzero_si512();
     }
     for (q = 0; q < quads; q++) {
@@ -453,9 +461,7 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
         for (h = 0; h < 2; h++) {
             __m512i start = from ? _mm512_maskz_loadu_epi32(valid[h], from + 16 * h)
                                  : _mm512_setzero_si512();
-            __m512i sum = _mm512_add_epi32(
-                start, _mm512_sub_epi32(_mm512_add_epi32(acc[r][h], fix),
-                                        _mm512_loadu_si512(col_fix + 16 * h)));
+            __m512i sum = _mm512_add_epi32(start, _mm512_add_epi32(acc[r][h], fix));
             if (out) {
                 intvit_vnni_store(out, h, valid[h], y_at + (int64_t)r * out->ldy + 16 * h, sum);
             } else {
@@ -467,15 +473,12 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
 
 /* The panel of columns j0 .. j0 + jb - 1 (jb <= 32) of bt over k0 .. k0 + kc - 1, as
  * quads xor xb (panel[q][h][j][t] = bt[j0 + 16h + j][k0 + 4q + t] ^ xb, zero past kc and
- * jb), and with sums the exact column sums of bt as int8_t (col_sum[j], 0 past jb). A
- * whole quad of 16 columns is one gather of 16 32-bit words (vpgatherdd, column j's
- * word at j * K bytes), its sums one vpdpbusd of bytes 1 against it (the four signed
- * bytes of each word summed exactly); the last quad when kc is not a multiple of 4 is
- * copied byte by byte. */
+ * jb). A whole quad of 16 columns is one gather of 16 32-bit words (vpgatherdd, column
+ * j's word at j * K bytes); the last quad when kc is not a multiple of 4 is copied byte
+ * by byte. */
 static inline void intvit_vnni_pack(const uint8_t *bt, int32_t K, int32_t jb, int32_t kc,
-                                    uint8_t xb, int32_t sums, uint8_t *panel,
-                                    int32_t *col_sum) {
-    const __m512i ones = _mm512_set1_epi8(1), flip = _mm512_set1_epi8((char)xb);
+                                    uint8_t xb, uint8_t *panel) {
+    const __m512i flip = _mm512_set1_epi8((char)xb);
     const __m512i rows = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(K));
@@ -484,24 +487,18 @@ static inline void intvit_vnni_pack(const uint8_t *bt, int32_t K, int32_t jb, in
         int32_t cols = jb - 16 * h < 0 ? 0 : (jb - 16 * h < 16 ? jb - 16 * h : 16);
         __mmask16 valid = (__mmask16)((1u << cols) - 1);
         const uint8_t *base = bt + (int64_t)16 * h * K;
-        __m512i sum = _mm512_setzero_si512();
         for (q = 0; q < whole; q++) {
             __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, rows,
                                                     base + 4 * q, 1);
-            if (sums) sum = _mm512_dpbusd_epi32(sum, ones, v);
             _mm512_storeu_si512(panel + 128 * q + 64 * h,
                                 _mm512_maskz_mov_epi32(valid, _mm512_xor_si512(v, flip)));
         }
-        _mm512_storeu_si512(col_sum + 16 * h, sum);
         for (; q < quads; q++) {
             uint8_t *pq = panel + 128 * q + 64 * h;
             memset(pq, 0, 64);
             for (j = 0; j < cols; j++)
-                for (k = 4 * q; k < kc; k++) {
-                    uint8_t b = base[(int64_t)j * K + k];
-                    pq[4 * j + k - 4 * q] = (uint8_t)(b ^ xb);
-                    col_sum[16 * h + j] += b - (b >> 7) * 256;   /* as int8_t */
-                }
+                for (k = 4 * q; k < kc; k++)
+                    pq[4 * j + k - 4 * q] = (uint8_t)(base[(int64_t)j * K + k] ^ xb);
         }
     }
 }
@@ -559,58 +556,76 @@ static inline void intvit_prefetch_rows(const uint8_t *bt, int32_t K, int32_t li
                      _MM_HINT_T0);
 }
 
+/* sum_{k < n} a[k], the bytes as int8_t where is_signed (n <= INTVIT_VNNI_KC): vpsadbw
+ * adds 8 unsigned bytes into each int64 lane; a signed byte v is (v ^ 0x80) - 128. The
+ * sum is at most 255 n < 2^31 in magnitude. */
+static inline int32_t intvit_vnni_row_sum(const uint8_t *a, int32_t n, int32_t is_signed) {
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i flip = _mm512_set1_epi8((char)(is_signed ? 0x80 : 0));
+    __m512i sum = zero;
+    int32_t k;
+    for (k = 0; k < n; k += 64) {
+        __mmask64 valid = n - k >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (n - k)) - 1;
+        __m512i v = _mm512_maskz_mov_epi8(
+            valid, _mm512_xor_si512(_mm512_maskz_loadu_epi8(valid, a + k), flip));
+        sum = _mm512_add_epi64(sum, _mm512_sad_epu8(v, zero));
+    }
+    return (int32_t)_mm512_reduce_add_epi64(sum) - (is_signed ? 128 * n : 0);
+}
+
 /* The VNNI kernel on bytes: a_signed, b_signed say whether a, bt hold int8_t; rq, where
  * not NULL, requantizes the last K block into rq->y (c then holds only the earlier
- * blocks' partial sums). */
+ * blocks' partial sums). One parallel region: every thread walks the K and M blocks, takes
+ * its panels by a static omp for without a barrier (the same panels in every block: equal
+ * loops of a region under schedule(static) split alike, so a thread reads back only the
+ * c it wrote), and computes the rows' fixes itself. */
 static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uint8_t *a,
                                       int32_t a_signed, const uint8_t *bt, int32_t b_signed,
                                       const int32_t *bias, int32_t *c,
                                       const intvit_requant_into *rq) {
-    uint8_t a8[INTVIT_MATMUL_MC * INTVIT_VNNI_KC];
-    int32_t row_fix[INTVIT_MATMUL_MC];
-    uint8_t xa = (uint8_t)(a_signed && b_signed ? 0x80 : 0);
-    uint8_t xb = (uint8_t)(!a_signed && !b_signed ? 0x80 : 0);
-    int32_t swap = a_signed && !b_signed, i, k0, i0, j0, kc, mc, quads, last;
-    for (k0 = 0; k0 == 0 || k0 < K; k0 += INTVIT_VNNI_KC) {   /* K = 0: c = bias */
-        kc = K - k0 < INTVIT_VNNI_KC ? K - k0 : INTVIT_VNNI_KC;
-        last = rq != NULL && k0 + kc >= K;
-        quads = (kc + 3) / 4;
-        for (i0 = 0; i0 < M; i0 += INTVIT_MATMUL_MC) {
-            mc = M - i0 < INTVIT_MATMUL_MC ? M - i0 : INTVIT_MATMUL_MC;
-            for (i = 0; i < mc; i++) {
-                const uint8_t *ar = a + (int64_t)(i0 + i) * K + k0;
-                uint8_t *wr = a8 + i * 4 * quads;
-                int32_t k, sum = 0;
-                for (k = 0; k < kc; k++) {
-                    wr[k] = (uint8_t)(ar[k] ^ xa);
-                    sum += ar[k];
-                }
-                for (; k < 4 * quads; k++) wr[k] = 0;
-                row_fix[i] = xb ? 128 * sum : 0;
+    uint8_t xb = (uint8_t)(a_signed == b_signed ? 0x80 : 0);
+    int32_t fix = a_signed == b_signed ? (a_signed ? -128 : 128) : 0;
+    INTVIT_OMP("omp parallel")
+    {
+        uint8_t panel[INTVIT_VNNI_KC * 32], end_row[INTVIT_VNNI_KC];
+        int32_t row_fix[INTVIT_MATMUL_MC];
+        int32_t i, k0, i0, j0, kc, mc, quads, last;
+        for (k0 = 0; k0 == 0 || k0 < K; k0 += INTVIT_VNNI_KC) {   /* K = 0: c = bias */
+            kc = K - k0 < INTVIT_VNNI_KC ? K - k0 : INTVIT_VNNI_KC;
+            last = rq != NULL && k0 + kc >= K;
+            quads = (kc + 3) / 4;
+            if (kc % 4 != 0 && M > 0) {
+                memset(end_row, 0, (size_t)(4 * quads));
+                memcpy(end_row, a + (int64_t)(M - 1) * K + k0, (size_t)kc);
             }
-            INTVIT_OMP("omp parallel for schedule(static)")
-            for (j0 = 0; j0 < N; j0 += 32) {
-                uint8_t panel[INTVIT_VNNI_KC * 32];
-                int32_t col_fix[32];
-                int32_t jb = N - j0 < 32 ? N - j0 : 32, j, r;
-                /* the next panel's rows of bt, prefetched a share per block of 8 rows */
-                int32_t lines = (kc + 63) / 64, blocks = (mc + 7) / 8;
-                int32_t ahead = N - j0 > 32 ? (N - j0 - 32 < 32 ? N - j0 - 32 : 32) * lines : 0;
-                int32_t step = (ahead + blocks - 1) / blocks;
-                const uint8_t *next = ahead ? bt + (int64_t)(j0 + 32) * K + k0 : bt;
-                intvit_vnni_out out;
-                intvit_vnni_pack(bt + (int64_t)j0 * K + k0, K, jb, kc, xb, xa != 0, panel,
-                                 col_fix);
-                for (j = 0; j < 32; j++) col_fix[j] = xa ? 128 * col_fix[j] : 0;
-                if (last) intvit_vnni_out_panel(rq, j0, jb, N, &out);
-                for (r = 0; r < mc; r += 8) {
-                    intvit_prefetch_rows(next, K, lines, (r / 8) * step,
-                                         (r / 8 + 1) * step < ahead ? (r / 8 + 1) * step : ahead);
-                    intvit_vnni_block(mc - r < 8 ? mc - r : 8, jb, quads,
-                                      a8 + r * 4 * quads, 4 * quads, panel, swap, col_fix,
-                                      row_fix + r, k0 == 0, bias ? bias + j0 : NULL,
-                                      c + (int64_t)(i0 + r) * N + j0, N, last ? &out : NULL,
-                                      (int64_t)(i0 + r) * N + j0);
+            for (i0 = 0; i0 < M; i0 += INTVIT_MATMUL_MC) {
+                mc = M - i0 < INTVIT_MATMUL_MC ? M - i0 : INTVIT_MATMUL_MC;
+                for (i = 0; i < mc; i++)
+                    row_fix[i] = fix ? fix * intvit_vnni_row_sum(a + (int64_t)(i0 + i) * K + k0,
+                                                                 kc, a_signed)
+                                     : 0;
+                INTVIT_OMP("omp for schedule(static) nowait")
+                for (j0 = 0; j0 < N; j0 += 32) {
+                    int32_t jb = N - j0 < 32 ? N - j0 : 32, r, rows, upto;
+                    /* the next panel's rows of bt, prefetched a share per block of 8 rows */
+                    int32_t lines = (kc + 63) / 64, blocks = (mc + 7) / 8;
+                    int32_t ahead = N - j0 > 32 ? (N - j0 - 32 < 32 ? N - j0 - 32 : 32) * lines : 0;
+                    int32_t step = (ahead + blocks - 1) / blocks;
+                    const uint8_t *next = ahead ? bt + (int64_t)(j0 + 32) * K + k0 : bt;
+                    intvit_vnni_out out;
+                    intvit_vnni_pack(bt + (int64_t)j0 * K + k0, K, jb, kc, xb, panel);
+                    if (last) intvit_vnni_out_panel(rq, j0, jb, N, &out);
+                    for (r = 0; r < mc; r += 8) {
+                        rows = mc - r < 8 ? mc - r : 8;
+                        upto = (r / 8 + 1) * step < ahead ? (r / 8 + 1) * step : ahead;
+                        intvit_prefetch_rows(next, K, lines, (r / 8) * step, upto);
+                        intvit_vnni_block(rows, jb, quads, a + (int64_t)(i0 + r) * K + k0, K,
+                                          kc % 4 != 0 && i0 + r + rows == M ? end_row : NULL,
+                                          panel, a_signed, row_fix + r, k0 == 0,
+                                          bias ? bias + j0 : NULL,
+                                          c + (int64_t)(i0 + r) * N + j0, N,
+                                          last ? &out : NULL, (int64_t)(i0 + r) * N + j0);
+                    }
                 }
             }
         }
