@@ -399,15 +399,30 @@ static inline __mmask16 intvit_half_mask(int32_t cols, int32_t h) {
     return (__mmask16)(n >= 16 ? 0xFFFF : n > 0 ? (1u << n) - 1 : 0);
 }
 
-/* y[at .. at + 15] (the lanes in valid) = clamp(R(sum; m, e), lo, hi) of the half h of a
- * panel's 32 columns. */
-static inline void intvit_vnni_store(const intvit_vnni_out *out, int32_t h, __mmask16 valid,
-                                     int64_t at, __m512i sum) {
-    __m512i y = intvit_requant_v16(sum, out->m[h], out->e[h], out->lo, out->hi);
+/* y[at .. at + cols - 1] = clamp(R(sum; m, e), lo, hi) of one row of a panel (its columns
+ * 0-15 in sum0, 16-31 in sum1). The two halves are narrowed in registers and stored as one
+ * row (a masked store only where cols < 32): a transpose or LayerNorm that reads the row
+ * next finds it whole, where 16-value masked narrowing stores to memory made its loads
+ * wait (Swin-T's transposes took twice as long after them). */
+static inline void intvit_vnni_store(const intvit_vnni_out *out, int32_t cols, int64_t at,
+                                     __m512i sum0, __m512i sum1) {
+    __m512i y0 = intvit_requant_v16(sum0, out->m[0], out->e[0], out->lo, out->hi);
+    __m512i y1 = intvit_requant_v16(sum1, out->m[1], out->e[1], out->lo, out->hi);
     uint8_t *to = (uint8_t *)out->y + at * out->size;
-    if (out->size == 1) _mm512_mask_cvtepi32_storeu_epi8(to, valid, y);
-    else if (out->size == 2) _mm512_mask_cvtepi32_storeu_epi16(to, valid, y);
-    else _mm512_mask_storeu_epi32(to, valid, y);
+    if (out->size == 1) {
+        __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(y0)),
+                                            _mm512_cvtepi32_epi8(y1), 1);
+        if (cols == 32) _mm256_storeu_si256((__m256i *)to, v);
+        else _mm512_mask_storeu_epi8(to, ((__mmask64)1 << cols) - 1, _mm512_castsi256_si512(v));
+    } else if (out->size == 2) {
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(y0)),
+                                       _mm512_cvtepi32_epi16(y1), 1);
+        if (cols == 32) _mm512_storeu_si512(to, v);
+        else _mm512_mask_storeu_epi16(to, (__mmask32)((1u << cols) - 1), v);
+    } else {
+        _mm512_mask_storeu_epi32(to, intvit_half_mask(cols, 0), y0);
+        _mm512_mask_storeu_epi32(to + 64, intvit_half_mask(cols, 1), y1);
+    }
 }
 
 /* c[r][j] = start[r][j] + sum_{k < kc} a[r][k] . panel[k][j] + row_fix[r] for r < rows
@@ -457,17 +472,14 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
     for (r = 0; r < rows; r++) {
         int32_t *cr = c + (int64_t)r * ldc;
         const int32_t *from = first ? bias : cr;
-        __m512i fix = _mm512_set1_epi32(row_fix[r]);
+        __m512i fix = _mm512_set1_epi32(row_fix[r]), sum[2];
         for (h = 0; h < 2; h++) {
             __m512i start = from ? _mm512_maskz_loadu_epi32(valid[h], from + 16 * h)
                                  : _mm512_setzero_si512();
-            __m512i sum = _mm512_add_epi32(start, _mm512_add_epi32(acc[r][h], fix));
-            if (out) {
-                intvit_vnni_store(out, h, valid[h], y_at + (int64_t)r * out->ldy + 16 * h, sum);
-            } else {
-                _mm512_mask_storeu_epi32(cr + 16 * h, valid[h], sum);
-            }
+            sum[h] = _mm512_add_epi32(start, _mm512_add_epi32(acc[r][h], fix));
+            if (!out) _mm512_mask_storeu_epi32(cr + 16 * h, valid[h], sum[h]);
         }
+        if (out) intvit_vnni_store(out, cols, y_at + (int64_t)r * out->ldy, sum[0], sum[1]);
     }
 }
 
@@ -530,15 +542,15 @@ static inline void intvit_vnni_requant_rows(int32_t M, int32_t N, const int32_t 
     int32_t j0;
     INTVIT_OMP("omp parallel for schedule(static)")
     for (j0 = 0; j0 < N; j0 += 32) {
-        int32_t jb = N - j0 < 32 ? N - j0 : 32, i, h;
+        int32_t jb = N - j0 < 32 ? N - j0 : 32, i;
         intvit_vnni_out out;
         intvit_vnni_out_panel(rq, j0, jb, N, &out);
-        for (i = 0; i < M; i++)
-            for (h = 0; h < 2; h++) {
-                int64_t at = (int64_t)i * N + j0 + 16 * h;
-                __mmask16 valid = intvit_half_mask(jb, h);
-                intvit_vnni_store(&out, h, valid, at, _mm512_maskz_loadu_epi32(valid, c + at));
-            }
+        for (i = 0; i < M; i++) {
+            const int32_t *row = c + (int64_t)i * N + j0;
+            intvit_vnni_store(&out, jb, (int64_t)i * N + j0,
+                              _mm512_maskz_loadu_epi32(intvit_half_mask(jb, 0), row),
+                              _mm512_maskz_loadu_epi32(intvit_half_mask(jb, 1), row + 16));
+        }
     }
 }
 
