@@ -31,6 +31,7 @@ import torch
 from onnx import TensorProto, helper
 
 from ..approx.rows import NUMERATOR_IVIT, variance_max
+from ..registries import registrar
 from .onnx_graph import INT32, INT64, OPSET, GraphWriter
 from .program import IntProgram, Node, ProgramError
 
@@ -38,11 +39,7 @@ from .program import IntProgram, Node, ProgramError
 LOWER: dict[str, Callable[[GraphWriter, Node, list[str]], str]] = {}
 
 
-def onnx_op(name: str):
-    def register(fn):
-        LOWER[name] = fn
-        return fn
-    return register
+onnx_op = registrar(LOWER)
 
 
 def _p(w: GraphWriter, node: Node, role: str, dtype: int | None = None) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from math import prod
 from typing import Callable
 
+from ..registries import registrar
 from .program import IntProgram, ProgramError
 
 Shape = tuple[int, ...]
@@ -36,12 +37,7 @@ Shape = tuple[int, ...]
 SHAPES: dict[str, Callable[[list[Shape], dict, dict[str, Shape]], Shape]] = {}
 
 
-def shape_rule(*ops: str):
-    def register(fn):
-        for op in ops:
-            SHAPES[op] = fn
-        return fn
-    return register
+shape_rule = registrar(SHAPES)
 
 
 def broadcast(*shapes: Shape) -> Shape:

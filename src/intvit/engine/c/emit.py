@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import Callable
 
+from ...registries import registrar
 from ..program import Node, ProgramError
 from .plan import CTYPE_SIZE, CTYPES, Plan, Value, product_kernel, strides
 
@@ -126,12 +127,7 @@ def offset_ptr(ptr: str, k: int) -> str:
 EMITTERS: dict[str, Callable[[Emitter, int, Node], None]] = {}
 
 
-def emitter(*ops: str):
-    def register(fn):
-        for op in ops:
-            EMITTERS[op] = fn
-        return fn
-    return register
+emitter = registrar(EMITTERS)
 
 
 @emitter("quantize", "reshape", "broadcast", "dequantize")
