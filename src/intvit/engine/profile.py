@@ -66,7 +66,7 @@ def profile_c(program: IntProgram, images: torch.Tensor, threads: int = 1, repea
               flags: tuple[str, ...] | None = None) -> dict[str, float]:
     """Milliseconds per op class of the ``c`` engine running ``images`` one after another,
     each on ``threads`` OpenMP threads (the engine's batch split over threads is not
-    modelled), the mean of ``repeats`` runs after one warm-up run; ``flags`` as
+    modelled), each node's median over ``repeats`` runs after one warm-up run; ``flags`` as
     :class:`.c.build.CEngine`'s (default: the engine's build)."""
     from .c.profile import ProfiledCEngine
 

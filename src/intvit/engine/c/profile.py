@@ -49,14 +49,15 @@ class ProfiledCEngine(CEngine):
     def node_seconds(self, images: torch.Tensor, repeats: int = 3
                      ) -> tuple[np.ndarray, torch.Tensor]:
         """Seconds per program node of running ``images`` one after another on
-        ``threads`` OpenMP threads (the mean of ``repeats`` runs after one warm-up run),
-        and their logits."""
+        ``threads`` OpenMP threads, each node's median over ``repeats`` runs after one
+        warm-up run (a median, not a mean: on a shared machine one descheduled thread
+        puts milliseconds on whichever node it was in), and their logits."""
         if repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {repeats}")
         x = images.to(torch.float32).numpy()
         logits = np.zeros((x.shape[0], self.classes), dtype=np.int32)
         ticks = np.zeros(self.nodes + 1, dtype=np.int64)
-        total = np.zeros(self.nodes, dtype=np.int64)
+        runs = np.zeros((repeats, self.nodes), dtype=np.int64)
         scratch = self.scratch(0)
         with torch_threads():  # the library sets OpenMP threads, which PyTorch shares
             self.lib.intvit_model_set_threads(self.threads)
@@ -67,8 +68,8 @@ class ProfiledCEngine(CEngine):
                                                    scratch, ticks.ctypes.data) != 0:
                         raise ProgramError("the profiled C model failed")
                     if run:
-                        total += np.diff(ticks)
-        return total / (1e9 * repeats), torch.from_numpy(logits.astype(np.int64))
+                        runs[run - 1] += np.diff(ticks)
+        return np.median(runs, axis=0) / 1e9, torch.from_numpy(logits.astype(np.int64))
 
 
 def worker(spec: dict) -> dict:
