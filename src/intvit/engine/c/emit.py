@@ -179,7 +179,8 @@ def _matmul(e: Emitter, i: int, node: Node) -> None:
     fn, fused = product(e, i, a, bt, n, f" + l * {m * n}")
     step_b = f"l * {n * k}" if lead_b > 1 else "0"
     if lead > 1:  # the heads (and windows) over the threads; the kernel then runs on one
-        e.emit('INTVIT_OMP("omp parallel for schedule(static)")')
+        e.emit('INTVIT_OMP("omp parallel for schedule(static) '
+               f'if({lead * m * n * k} >= INTVIT_OMP_MIN_MACS)")')
     e.emit(f"for (l = 0; l < {lead}; l++) {fn}({m}, {n}, {k}, {e.ptr(a.name)} + l * {m * k}, "
            f"{bt_ptr} + {step_b}, NULL, {e.ptr(y.name)} + l * {m * n}{fused});")
 

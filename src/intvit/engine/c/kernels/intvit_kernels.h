@@ -50,6 +50,13 @@
 #ifndef INTVIT_MATMUL_JB
 #define INTVIT_MATMUL_JB 16
 #endif
+/* A product is split over OpenMP threads only when it has at least INTVIT_OMP_MIN_MACS
+ * multiply-adds (M * N * K; the network's batched products count all their heads): below
+ * that, starting the threads and waiting for them costs more than they save (a 64-wide
+ * ViT at batch 1 took longer on 2 threads than 8 images did). */
+#ifndef INTVIT_OMP_MIN_MACS
+#define INTVIT_OMP_MIN_MACS 1048576
+#endif
 
 static inline int64_t intvit_floor_shift(int64_t v, int32_t k) {
     return v >= 0 ? v >> k : ~((~v) >> k);
@@ -249,7 +256,7 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
                     for (k = 0; k < kc; k++) wr[k] = (int16_t)ar[k];                      \
                     if (kc & 1) wr[kc] = 0;                                               \
                 }                                                                         \
-                INTVIT_OMP("omp parallel for schedule(static)")                           \
+                INTVIT_OMP("omp parallel for schedule(static) if((int64_t)M * N * K >= INTVIT_OMP_MIN_MACS)") \
                 for (j0 = 0; j0 < N; j0 += 16) {                                          \
                     int16_t panel[INTVIT_MATMUL_KC * 16];                                 \
                     int32_t jb = N - j0 < 16 ? N - j0 : 16, j, k, r;                      \
@@ -597,7 +604,7 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
                                       const intvit_requant_into *rq) {
     uint8_t xb = (uint8_t)(a_signed == b_signed ? 0x80 : 0);
     int32_t fix = a_signed == b_signed ? (a_signed ? -128 : 128) : 0;
-    INTVIT_OMP("omp parallel")
+    INTVIT_OMP("omp parallel if((int64_t)M * N * K >= INTVIT_OMP_MIN_MACS)")
     {
         uint8_t panel[INTVIT_VNNI_KC * 32], end_row[INTVIT_VNNI_KC];
         int32_t row_fix[INTVIT_MATMUL_MC];
@@ -762,7 +769,7 @@ static inline void intvit_amx_matmul(int32_t M, int32_t N, int32_t K, const uint
                 memset(wr, 0, (size_t)lda);
                 if (i < mc) memcpy(wr, a + (int64_t)(i0 + i) * K + k0, (size_t)kc);
             }
-            INTVIT_OMP("omp parallel")
+            INTVIT_OMP("omp parallel if((int64_t)M * N * K >= INTVIT_OMP_MIN_MACS)")
             {
                 intvit_amx_configure();
                 INTVIT_OMP("omp for schedule(static)")
