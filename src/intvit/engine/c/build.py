@@ -81,11 +81,14 @@ def build(library: CLibrary, flags: tuple[str, ...] | None = None, cc: str | Non
 
 
 def load(path: Path) -> ctypes.CDLL:
-    """The compiled library, loaded once per path. Its OpenMP threads wait passively
-    (``OMP_WAIT_POLICY=passive`` unless the environment says otherwise, read when the
-    OpenMP runtime loads): on a machine whose cores other processes share, a thread that
-    spins at a barrier takes the core from the thread it waits for (measured on the 2-core
-    host: a 2-thread deit_tiny image 40-1060 ms spinning, 19-56 ms passive)."""
+    """The compiled library, loaded once per path. Loading it sets ``OMP_WAIT_POLICY=passive``
+    unless the environment says otherwise, for the processes started after it: on a machine
+    whose cores other processes share, a thread that spins at a barrier takes the core from
+    the thread it waits for (measured on the 2-core host: a 2-thread deit_tiny image
+    40-1060 ms spinning, 19-56 ms passive). In this process the setting comes too late: the
+    library's ``libgomp.so.1`` is the one PyTorch loaded with ``import torch``, which read
+    its settings then, so set the variable before Python starts to choose this process's
+    waits."""
     if path not in _LOADED:
         os.environ.setdefault("OMP_WAIT_POLICY", "passive")
         lib = ctypes.CDLL(str(path))
