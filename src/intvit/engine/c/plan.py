@@ -194,8 +194,9 @@ def make_plan(program: IntProgram) -> Plan:
                 plan.bt_sources[i] = source
             else:
                 plan.temps[i] = Value(f"{node.output}.bt", b.shape, b.lo, b.hi, first=i, last=i)
-    plan.fused = fused_requantizations(nodes, values)
-    plan.debug_only = debug_only(nodes, plan.bt_sources)
+    readers = readers_of(nodes)
+    plan.fused = fused_requantizations(nodes, values, readers)
+    plan.debug_only = debug_only(nodes, plan.bt_sources, readers)
     for product, requantize in plan.fused.items():
         values[nodes[requantize].output].first = product
     values[nodes[0].output].kind = "input"
@@ -216,23 +217,22 @@ def readers_of(nodes) -> dict[str, list[int]]:
     return readers
 
 
-def debug_only(nodes, bt_sources: dict[int, str]) -> set[int]:
+def debug_only(nodes, bt_sources: dict[int, str], readers: dict[str, list[int]]) -> set[int]:
     """The transposes (``k^T``) whose every reader is a product that reads their input in
     their place (``bt_sources``): only the debug build, which shows every node's output,
     computes them."""
-    readers = readers_of(nodes)
     return {i for i, node in enumerate(nodes) if node.op == "transpose"
             and (read_by := readers.get(node.output))
             and all(r in bt_sources and nodes[r].inputs[1] == node.output for r in read_by)}
 
 
-def fused_requantizations(nodes, values: dict[str, Value]) -> dict[int, int]:
+def fused_requantizations(nodes, values: dict[str, Value], readers: dict[str, list[int]]
+                          ) -> dict[int, int]:
     """{product node: requantize node} for every 8-bit product (``matmul8``) whose int32
     result only a plain requantize (no residual) reads: the C code computes both in one
     kernel call (``matmul8_rq``) at the product, whose output the requantize's output
     therefore lives from."""
     producer = {node.output: i for i, node in enumerate(nodes)}
-    readers = readers_of(nodes)
     fused = {}
     for j, node in enumerate(nodes):
         i = producer.get(node.inputs[0], -1) if node.op == "requantize" else -1
