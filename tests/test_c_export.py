@@ -277,6 +277,18 @@ def test_matmul_requantize_kernel_equals_product_then_requantize(matmul_kernels,
     clamp(requantize(a b^T + bias, m, e)) of intvit.arith for a per-tensor or per-channel
     pair, over one and several K blocks (600, 1030 > 512), partial panels and row blocks,
     shifts from 0 (no rounding half) to 62 and multipliers up to 2^31 - 1."""
+    want, y = run_matmul_requantize(matmul_kernels, fn, m, n, k, per_channel, (n, n, 0),
+                                    m * n)
+    assert torch.equal(y.to(torch.int64).reshape(m, n), want)
+
+
+def run_matmul_requantize(lib, fn: str, m: int, n: int, k: int, per_channel: int,
+                          layout: tuple[int, int, int], y_size: int, y_at: int = 0
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """clamp(requantize(a b^T + bias, m, e)) of intvit.arith for random a, b, bias and a
+    per-tensor or per-channel pair (shifts 0 to 62, multipliers up to 2^31 - 1), and the
+    fused kernel ``fn``'s y: a buffer of ``y_size`` values (7 where it writes none), its
+    output written from element ``y_at`` in ``layout`` (ldy, block, block_stride)."""
     (dtype, lo, hi), (b_dtype, b_lo, b_hi), y_dtype, y_lo, y_hi = MATMUL_RQ_TYPES[fn]
     g = torch.Generator().manual_seed(m * 1000 + n * 10 + k + per_channel)
     a = torch.randint(lo, hi + 1, (m, k), generator=g)
@@ -291,13 +303,40 @@ def test_matmul_requantize_kernel_equals_product_then_requantize(matmul_kernels,
     a_c, b_c = a.to(dtype).contiguous(), b.to(b_dtype).contiguous()
     m32, e8 = mult.to(torch.int32), shift.to(torch.int8)
     c = torch.zeros(m, n, dtype=torch.int32)
-    y = torch.zeros(m, n, dtype=y_dtype)
-    ptr = ctypes.c_void_p
-    getattr(matmul_kernels, fn)(m, n, k, ptr(a_c.data_ptr()), ptr(b_c.data_ptr()),
-                                ptr(bias.data_ptr()), ptr(c.data_ptr()), ptr(m32.data_ptr()),
-                                ptr(e8.data_ptr()), per_channel, ctypes.c_int32(y_lo),
-                                ctypes.c_int32(y_hi), ptr(y.data_ptr()))
-    assert torch.equal(y.to(torch.int64), want)
+    y = torch.full((y_size,), 7, dtype=y_dtype)
+    ptr, i32 = ctypes.c_void_p, ctypes.c_int32
+    getattr(lib, fn)(m, n, k, ptr(a_c.data_ptr()), ptr(b_c.data_ptr()), ptr(bias.data_ptr()),
+                     ptr(c.data_ptr()), ptr(m32.data_ptr()), ptr(e8.data_ptr()), per_channel,
+                     i32(y_lo), i32(y_hi), ptr(y.data_ptr() + y_at * y.element_size()),
+                     *map(i32, layout))
+    return want, y
+
+
+# (m, n, k, (ldy, block, block_stride), y's size, first element): head-major q, k, v of a
+# ViT's linear layer (blocks of 32 and 64 columns, a block of 16 that no vector epilogue
+# takes), one head's context into its columns of the merged heads, a partial last row
+# block and several K blocks
+LAYOUTS = [(197, 192, 64, (64, 64, 197 * 64), 197 * 192, 0),
+           (9, 96, 600, (32, 32, 9 * 32), 9 * 96, 0),
+           (10, 48, 5, (16, 16, 10 * 16), 10 * 48, 0),
+           (197, 64, 197, (192, 64, 0), 197 * 192, 64),
+           (13, 20, 33, (60, 20, 0), 13 * 60, 40)]
+
+
+@pytest.mark.parametrize("fn", ["rq8_s8_s8_s8", "rq8_u8_u8_s32"])
+@pytest.mark.parametrize("m,n,k,layout,size,at", LAYOUTS)
+def test_matmul_requantize_kernel_writes_the_output_layout(matmul_kernels, fn, m, n, k,
+                                                           layout, size, at):
+    """The fused kernel writes value (i, j) at i * ldy + (j / block) * block_stride +
+    j % block from its output pointer and no other element of the buffer."""
+    want, y = run_matmul_requantize(matmul_kernels, fn, m, n, k, 1, layout, size, at)
+    ldy, block, block_stride = layout
+    i, j = torch.meshgrid(torch.arange(m), torch.arange(n), indexing="ij")
+    places = (at + i * ldy + (j // block) * block_stride + j % block).reshape(-1)
+    expected = torch.full((size,), 7, dtype=torch.int64)
+    expected[places] = want.reshape(-1)
+    assert places.unique().numel() == m * n
+    assert torch.equal(y.to(torch.int64), expected)
 
 
 @pytest.mark.parametrize("kernels", ["default", "vnni", "avx512", "amx"])
@@ -425,11 +464,67 @@ def test_products_take_their_requantization_in_one_call(models, arch):
     assert len(want) == len(products) - 1 - (len(scores) if arch == "swin" else 0)
     code = library.files["intvit_model.c"]
     for i, j in want.items():
-        call = re.search(rf"/\* node {i}: \w+ [^\n]*\n([^\n]*\n)+?[^\n]*INTVIT_DUMP", code)
-        assert "intvit_matmul8_rq_" in call.group(0)
-        requantize = re.search(rf"/\* node {j}: requantize [^\n]*\n(.*)\n", code).group(1)
+        assert "intvit_matmul8_rq_" in node_code(code, i)
+        requantize = node_code(code, j)
         assert "INTVIT_DUMP" in requantize and "intvit_requantize" not in requantize
         assert plan.values[nodes[j].output].first == i
+
+
+def node_code(code: str, i: int) -> str:
+    """The C text of node ``i`` of a generated network, up to its profile tick."""
+    return re.search(rf"/\* node {i}: [^\n]*\n(.*?)INTVIT_TICK\({i}\);", code, re.S).group(1)
+
+
+# a ViT whose heads are 32 wide: the q, k, v linear layers write head-major q, k, v
+HEAD32 = dict(arch="vit", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2,
+              num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def head32():
+    model = calibrated(model_config("custom", **HEAD32), FAMILIES["ivit"])
+    program = export_program(model)
+    return model, program, generate(program)
+
+
+@pytest.mark.parametrize("arch", [*ARCHS, "head32"])
+def test_products_write_the_layout_of_the_transpose_that_reads_them(models, head32, arch):
+    """Each head's context product writes its columns of the merged heads, and (with heads
+    of 32 values) each q, k, v linear layer writes head-major q, k, v: the transposes that
+    read them have no code, their outputs live from the product, and the requantized
+    outputs have no storage of their own (the logits stay exact: every whole-model test
+    here, and below for the 32-wide heads)."""
+    _, program, library = head32 if arch == "head32" else models[arch, "ivit"]
+    plan, nodes = library.plan, program.nodes
+    context = {i for i, n in enumerate(nodes) if n.op == "matmul" and "context" in n.module}
+    qkv = {i for i, n in enumerate(nodes) if n.op == "linear" and "qkv" in n.module}
+    assert set(plan.layouts) == (context | qkv if arch == "head32" else context)
+    code = library.files["intvit_model.c"]
+    for i, layout in plan.layouts.items():
+        assert nodes[layout.transpose].op == "transpose"
+        assert "intvit_copy" not in node_code(code, layout.transpose)
+        assert plan.values[layout.target].first == i
+        assert plan.values[nodes[plan.fused[i]].output].kind == "layout"
+        assert f"{layout.ldy}, {layout.block}, {layout.block_stride});" in node_code(code, i)
+
+
+@pytest.mark.parametrize("kind", list(KERNEL_BUILDS))
+def test_head_major_layouts_are_exact_on_every_kernel_build(head32, kind, tmp_path):
+    """The 32-wide heads' model (q, k, v written head-major by their linear layers) on
+    every kernel build, one and two threads, equals the eval-mode model; its debug build
+    replays the golden vectors (the layout values gathered back)."""
+    model, program, library = head32
+    x = images(3, 32, seed=3)
+    want = model.forward_int(x).value
+    for threads in (1, 2):
+        engine = CEngine(program, threads=threads, library=library,
+                         flags=("-O1", *kernel_build(kind), SPLIT_ALL))
+        assert torch.equal(engine(x), want)
+        assert torch.equal(engine(x[:1]), want[:1])
+    if kind == "portable":
+        write_golden(program, x[:2], tmp_path / "golden", progress=False)
+        report = replay_golden(tmp_path / "golden")
+        assert report.ok and report.nodes == len(program.nodes) - 1
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -15,7 +15,7 @@ from typing import Callable
 
 from ...registries import registrar
 from ..program import Node, ProgramError
-from .plan import CTYPE_SIZE, CTYPES, Plan, Value, product_kernel, strides
+from .plan import CTYPE_SIZE, CTYPES, Plan, Value, product_kernel, product_matrices, strides
 
 SHORT = {ctype: short for ctype, short, *_ in CTYPES}
 LIMITS = {ctype: (lo, hi) for ctype, _, lo, hi, _ in CTYPES}
@@ -47,6 +47,7 @@ class Emitter:
     debug_code: bool = False                                # emitting a debug-only node
     consts: dict[tuple[str, str], str] = field(default_factory=dict)  # (tensor, ctype)
     kernels: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    debug_buffer_bytes: int = 0  # the debug build's buffer of gathered outputs
 
     # --- names ---------------------------------------------------------------------------
     def ptr(self, name: str) -> str:
@@ -135,18 +136,28 @@ def _nothing(e: Emitter, i: int, node: Node) -> None:
     """Views and the two float ends: no code in the integer body."""
 
 
-def product(e: Emitter, i: int, a: Value, bt: Value, n: int, step: str = "") -> tuple[str, str]:
+def product(e: Emitter, i: int, a: Value, bt: Value) -> tuple[str, str]:
     """The kernel of product node ``i`` of ``a`` and ``bt``, and the arguments that follow
     its ``c``: none, or with its requantization fused (``plan.fused``) the requantize
-    node's pair, clamp and output (``+ step`` per call of a batched product)."""
+    node's pair, clamp, output (matrix ``l`` of a batched product from its own place) and
+    the output's layout (``plan.layouts``; else row-major)."""
     if i not in e.plan.fused:
         return e.kernel(product_kernel(a, bt), a.ctype, bt.ctype), ""
+    calls, rows, cols = product_matrices(e.plan.program.nodes[i], e.plan.values)
     node = e.plan.program.nodes[e.plan.fused[i]]
     y = e.plan.values[node.output]
-    m, ex, per = _pairs(e, node, "m", "e", n, e.plan.fused[i])
+    m, ex, per = _pairs(e, node, "m", "e", cols, e.plan.fused[i])
     fn = e.kernel("matmul8_rq", a.ctype, bt.ctype, y.ctype)
-    return fn, (f", {m}, {ex}, {per}, {node.attrs['lo']}, {node.attrs['hi']}, "
-                f"{e.ptr(y.name)}{step}")
+    layout = e.plan.layouts.get(i)
+    if layout is None:
+        out = e.ptr(y.name) + (f" + l * {rows * cols}" if calls > 1 else "")
+        ldy, block, block_stride = cols, cols, 0
+    else:
+        out = e.ptr(layout.target) + (f" + {e.ints(list(layout.bases))}[l]" if calls > 1
+                                       else f" + {layout.bases[0]}")
+        ldy, block, block_stride = layout.ldy, layout.block, layout.block_stride
+    return fn, (f", {m}, {ex}, {per}, {node.attrs['lo']}, {node.attrs['hi']}, {out}, "
+                f"{ldy}, {block}, {block_stride}")
 
 
 @emitter("linear")
@@ -155,7 +166,7 @@ def _linear(e: Emitter, i: int, node: Node) -> None:
     w = e.plan.values[node.params["weight"]]
     n, k = w.shape
     bias = e.const(node.params["bias"], "int32_t") if "bias" in node.params else "NULL"
-    fn, fused = product(e, i, x, w, n)
+    fn, fused = product(e, i, x, w)
     e.emit(f"{fn}({x.numel // k}, {n}, {k}, {e.ptr(x.name)}, "
            f"{e.const(w.name, w.ctype)}, {bias}, {e.ptr(y.name)}{fused});")
 
@@ -176,7 +187,7 @@ def _matmul(e: Emitter, i: int, node: Node) -> None:
         bt_ptr = e.at(bt, 0, bt.ctype)
         e.copy((lead_b, n, k), e.ptr(b.name), b.ctype, (k * n, 1, n), bt_ptr, bt.ctype,
                (n * k, k, 1))
-    fn, fused = product(e, i, a, bt, n, f" + l * {m * n}")
+    fn, fused = product(e, i, a, bt)
     step_b = f"l * {n * k}" if lead_b > 1 else "0"
     if lead > 1:  # the heads (and windows) over the threads; the kernel then runs on one
         e.emit('INTVIT_OMP("omp parallel for schedule(static) '
@@ -269,6 +280,9 @@ def _sum(e: Emitter, i: int, node: Node) -> None:
 
 @emitter("transpose")
 def _transpose(e: Emitter, i: int, node: Node) -> None:
+    """No code where a product writes this transpose's output (``plan.layouts``)."""
+    if any(layout.transpose == i for layout in e.plan.layouts.values()):
+        return
     (x,), y = values_of(e, node)
     ss = strides(x.shape)
     e.copy(y.shape, e.ptr(x.name), x.ctype, [ss[p] for p in node.attrs["perm"]],
@@ -350,6 +364,30 @@ def _where(e: Emitter, i: int, node: Node) -> None:
            f"{e.ints([0] * pad + cs)}, {node.attrs['fill']}, {e.ptr(y.name)});")
 
 
+def dump_gathered(e: Emitter, i: int, y: Value) -> None:
+    """The debug dump of node ``i``'s output ``y``, which lives in a transpose's output
+    that a product writes (``plan.layouts``): gathered back into row-major order in the
+    debug build's buffer (static: the debug build runs one image at a time), then
+    dumped."""
+    root = e.plan.root(y.name)
+    transpose = next(e.plan.program.nodes[layout.transpose]
+                     for layout in e.plan.layouts.values() if layout.target == root.base)
+    shape = e.plan.values[transpose.inputs[0]].shape
+    perm = transpose.attrs["perm"]
+    target = e.plan.values[root.base]
+    ss = [0] * len(shape)
+    for d, step in enumerate(strides(target.shape)):
+        ss[perm[d]] = step
+    e.debug_buffer_bytes = max(e.debug_buffer_bytes, y.nbytes)
+    outer, e.debug_code = e.debug_code, True
+    e.emit("#ifdef INTVIT_DEBUG")
+    buffer = f"(({y.ctype} *)intvit_debug_buffer)"
+    e.copy(shape, e.ptr(target.name), target.ctype, ss, buffer, y.ctype, strides(shape))
+    e.emit(f"INTVIT_DUMP({i}, {buffer}, {y.code}, {y.numel});")
+    e.emit("#endif")
+    e.debug_code = outer
+
+
 def emit_network(plan: Plan) -> Emitter:
     """Every node's statement, in program order, each followed by its debug dump and its
     profile tick (``plan.debug_only`` nodes inside ``#ifdef INTVIT_DEBUG``)."""
@@ -364,7 +402,10 @@ def emit_network(plan: Plan) -> Emitter:
         EMITTERS[node.op](e, i, node)
         if node.op != "dequantize":
             y = plan.values[node.output]
-            e.emit(f"INTVIT_DUMP({i}, {e.ptr(y.name)}, {y.code}, {y.numel});")
+            if plan.root(y.name).kind == "layout":
+                dump_gathered(e, i, y)
+            else:
+                e.emit(f"INTVIT_DUMP({i}, {e.ptr(y.name)}, {y.code}, {y.numel});")
         if e.debug_code:
             e.emit("#endif")
         e.emit(f"INTVIT_TICK({i});")

@@ -176,7 +176,7 @@ def generate(program: IntProgram) -> CLibrary:
         "#else\n#define INTVIT_DUMP(i, p, t, n) ((void)0)\n#endif\n"
         "#ifdef INTVIT_PROFILE\n#define INTVIT_TICK(i) intvit_profile_node(i)\n"
         "#else\n#define INTVIT_TICK(i) ((void)0)\n#endif\n\n" + decls + "\n"
-        + "\n".join(e.array_text) + "\n\n"
+        + "\n".join(e.array_text) + "\n\n" + _debug_buffer(e) +
         f"int32_t {PREFIX}_run(const {x.ctype} *input, int32_t *logits, void *scratch) {{\n"
         "    uint8_t *s = (uint8_t *)scratch;\n    int32_t l = 0;\n    (void)s;\n    (void)l;\n"
         + "\n".join(e.lines) + _copy_logits(plan, e) + "\n    return 0;\n}\n\n"
@@ -208,6 +208,15 @@ def generate(program: IntProgram) -> CLibrary:
     from .readme import readme
     code["README.md"] = readme(plan, mem, x.ctype, classes)
     return CLibrary(plan, code, constants, mem)
+
+
+def _debug_buffer(e: Emitter) -> str:
+    """The debug build's buffer of outputs gathered back from a transposed layout (int32
+    elements: aligned for every value type), where the network has any."""
+    if not e.debug_buffer_bytes:
+        return ""
+    return ("#ifdef INTVIT_DEBUG\nstatic int32_t intvit_debug_buffer"
+            f"[{-(-e.debug_buffer_bytes // 4)}];\n#endif\n\n")
 
 
 def _copy_logits(plan: Plan, e: Emitter) -> str:

@@ -24,6 +24,16 @@ computed with it in one kernel call (:func:`fused_requantizations`): the requant
 output is written at the product, so it lives from there; the int32 result keeps its
 region (the kernel's partial sums between K blocks, and the whole product in the builds
 that requantize after it).
+
+**Products that write a transposed layout.** Where a fused product's requantized output
+is read only by a transpose (through reshapes), and that transpose's layout of it is
+``i * ldy + (j / block) * block_stride + j % block`` for value ``(i, j)`` of each of the
+product's matrices (:func:`output_layouts`; a block of whole panels of 32 columns), the
+product writes the transpose's output directly and the transpose has no code: the
+attention's q, k, v split into heads (ViT), and each head's context into its columns of
+the merged heads (ViT and Swin). The requantized output then has no storage of its own
+(kind ``layout``); the debug build shows it by gathering it back from the transpose's
+output.
 """
 
 from __future__ import annotations
@@ -59,8 +69,9 @@ class Value:
     shape: tuple[int, ...]
     lo: int
     hi: int
-    kind: str = "scratch"       # scratch | const | view | input | output
-    base: str = ""              # views: the value whose storage they share
+    kind: str = "scratch"       # scratch | const | view | input | output | layout
+    base: str = ""              # views: the value whose storage they share; layout:
+    #                             the transpose output that holds it
     offset: int = 0             # views: element offset into the base
     ctype: str = ""
     short: str = ""
@@ -84,6 +95,21 @@ class Value:
 CTYPE_SIZE = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "int32_t": 4}
 
 
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where a product writes its requantized output: into ``target`` (the output of
+    transpose node ``transpose``), matrix ``l`` of the product from element ``bases[l]``,
+    value ``(i, j)`` of a matrix at ``i * ldy + (j / block) * block_stride + j % block``
+    (the kernel's ``intvit_y_at``)."""
+
+    target: str
+    transpose: int
+    ldy: int
+    block: int
+    block_stride: int
+    bases: tuple[int, ...]
+
+
 @dataclass
 class Plan:
     program: IntProgram
@@ -91,6 +117,7 @@ class Plan:
     temps: dict[int, Value] = field(default_factory=dict)   # node index -> temporary
     bt_sources: dict[int, str] = field(default_factory=dict)  # matmul index -> its b^T
     fused: dict[int, int] = field(default_factory=dict)  # product index -> its requantize
+    layouts: dict[int, OutputLayout] = field(default_factory=dict)  # product -> its output's
     debug_only: set[int] = field(default_factory=set)  # nodes only the debug build runs
     scratch_bytes: int = 0
     logits: str = ""
@@ -199,6 +226,11 @@ def make_plan(program: IntProgram) -> Plan:
     plan.debug_only = debug_only(nodes, plan.bt_sources, readers)
     for product, requantize in plan.fused.items():
         values[nodes[requantize].output].first = product
+    plan.layouts = output_layouts(nodes, values, plan.fused, readers)
+    for product, layout in plan.layouts.items():
+        y = values[nodes[plan.fused[product]].output]
+        y.kind, y.base = "layout", layout.target
+        values[layout.target].first = product
     values[nodes[0].output].kind = "input"
     out = values[program.output]
     if out.kind == "scratch" and out.ctype == "int32_t":
@@ -246,6 +278,75 @@ def fused_requantizations(nodes, values: dict[str, Value], readers: dict[str, li
                 and values[nodes[i].output].kind == "scratch":
             fused[i] = j
     return fused
+
+
+def product_matrices(node, values: dict[str, Value]) -> tuple[int, int, int]:
+    """(calls, rows, columns) of a product node's output: a linear layer is one matrix, a
+    batched product one per leading index."""
+    y = values[node.output]
+    if node.op == "linear":
+        n = values[node.params["weight"]].shape[0]
+        return 1, y.numel // n, n
+    return prod(y.shape[:-2]), y.shape[-2], y.shape[-1]
+
+
+def output_layouts(nodes, values: dict[str, Value], fused: dict[int, int],
+                   readers: dict[str, list[int]]) -> dict[int, OutputLayout]:
+    """{product: OutputLayout} for every fused product whose requantized output only a
+    transpose reads (through reshapes, each read by the next alone), where that
+    transpose's layout of the product's matrices has the form of :class:`OutputLayout`
+    with whole panels (a block of at least the columns, or a multiple of 32)."""
+    layouts = {}
+    for product, requantize in fused.items():
+        name = nodes[requantize].output
+        if values[name].kind != "scratch":
+            continue
+        while len(readers.get(name, [])) == 1 and nodes[readers[name][0]].op == "reshape":
+            name = nodes[readers[name][0]].output
+        read_by = readers.get(name, [])
+        if len(read_by) != 1 or nodes[read_by[0]].op != "transpose":
+            continue
+        t = read_by[0]
+        if values[nodes[t].output].kind != "scratch":
+            continue
+        layout = _fit_layout(product_matrices(nodes[product], values),
+                             transposed_offsets(values[name].shape, nodes[t].attrs["perm"]))
+        if layout is not None:
+            layouts[product] = OutputLayout(nodes[t].output, t, *layout)
+    return layouts
+
+
+def transposed_offsets(shape: tuple[int, ...], perm) -> np.ndarray:
+    """For each element of a contiguous array of ``shape`` (flat index), its element offset
+    in that array transposed by ``perm``."""
+    n = prod(shape)
+    moved = np.arange(n, dtype=np.int64).reshape(shape).transpose(perm).reshape(-1)
+    offsets = np.empty(n, dtype=np.int64)
+    offsets[moved] = np.arange(n, dtype=np.int64)
+    return offsets
+
+
+def _fit_layout(matrices: tuple[int, int, int], offsets: np.ndarray
+                ) -> tuple[int, int, int, tuple[int, ...]] | None:
+    """(ldy, block, block_stride, bases) of an OutputLayout that puts each value of the
+    matrices where ``offsets`` says, or None where none does (or its panels would not be
+    whole)."""
+    calls, rows, cols = matrices
+    at = offsets.reshape(calls, rows, cols)
+    bases = at[:, 0, 0]
+    first = at[0, 0] - bases[0]
+    steps = np.nonzero(first != np.arange(cols))[0]
+    block = int(steps[0]) if steps.size else cols
+    block_stride = int(first[block]) if block < cols else 0
+    ldy = int(at[0, 1, 0] - bases[0]) if rows > 1 else cols
+    if block < cols and block % 32 != 0:
+        return None
+    j = np.arange(cols)
+    want = (bases[:, None, None] + np.arange(rows)[None, :, None] * ldy
+            + ((j // block) * block_stride + j % block)[None, None, :])
+    if not np.array_equal(want, at):
+        return None
+    return ldy, block, block_stride, tuple(int(b) for b in bases)
 
 
 def transposed_source(nodes, name: str) -> str | None:

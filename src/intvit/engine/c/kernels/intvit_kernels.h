@@ -355,13 +355,25 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
 
 /* The requantization fused into a product (INTVIT_DEFINE_MATMUL8_RQ): y[i][j] =
  * clamp(R(c[i][j]; m[j], e[j]), lo, hi), m[0], e[0] for every column unless per_channel;
- * size: the bytes of one value of y (1, 2 or 4; y's type holds [lo, hi]). */
+ * size: the bytes of one value of y (1, 2 or 4; y's type holds [lo, hi]). y's layout:
+ * value (i, j) lies at element
+ *   i * ldy + (j / block) * block_stride + j % block                  (intvit_y_at)
+ * of y, so that a product writes its output straight into the layout that a transpose of
+ * it would make: row-major is ldy = block = N; the attention's context of one head into
+ * its columns of the merged heads is ldy = heads * N, block = N; the q, k, v linear layer
+ * of a ViT into head-major q, k, v is ldy = block = head size, block_stride = rows * head
+ * size. */
 typedef struct {
     const int32_t *m;
     const int8_t *e;
     int32_t per_channel, lo, hi, size;
     void *y;
+    int32_t ldy, block, block_stride;
 } intvit_requant_into;
+
+static inline int64_t intvit_y_at(const intvit_requant_into *rq, int64_t i, int32_t j) {
+    return i * rq->ldy + (int64_t)(j / rq->block) * rq->block_stride + j % rq->block;
+}
 
 /* intvit_requant_into's y from a whole c (M x N), row by row. */
 static inline void intvit_requant_rows(int32_t M, int32_t N, const int32_t *c,
@@ -372,10 +384,10 @@ static inline void intvit_requant_rows(int32_t M, int32_t N, const int32_t *c,
         for (j = 0; j < N; j++) {
             int32_t at = rq->per_channel ? j : 0;
             int64_t v = intvit_clamp(intvit_requant(c[i * N + j], rq->m[at], rq->e[at]),
-                                     rq->lo, rq->hi);
-            if (rq->size == 1) ((uint8_t *)rq->y)[i * N + j] = (uint8_t)v;
-            else if (rq->size == 2) ((uint16_t *)rq->y)[i * N + j] = (uint16_t)v;
-            else ((uint32_t *)rq->y)[i * N + j] = (uint32_t)v;
+                                     rq->lo, rq->hi), to = intvit_y_at(rq, i, j);
+            if (rq->size == 1) ((uint8_t *)rq->y)[to] = (uint8_t)v;
+            else if (rq->size == 2) ((uint16_t *)rq->y)[to] = (uint16_t)v;
+            else ((uint32_t *)rq->y)[to] = (uint32_t)v;
         }
 }
 #define INTVIT_SIGNED(T) INTVIT_SIGNED_##T
@@ -522,9 +534,10 @@ static inline void intvit_vnni_pack(const uint8_t *bt, int32_t K, int32_t jb, in
     }
 }
 
-/* The fused requantization of the panel of columns j0 .. j0 + jb - 1 (the rest 0). */
+/* The fused requantization of the panel of columns j0 .. j0 + jb - 1 (the rest 0), whose
+ * rows lie rq->ldy apart in y. */
 static inline void intvit_vnni_out_panel(const intvit_requant_into *rq, int32_t j0,
-                                         int32_t jb, int32_t N, intvit_vnni_out *out) {
+                                         int32_t jb, intvit_vnni_out *out) {
     int32_t m[32], e[32], j, h;
     for (j = 0; j < 32; j++) {
         int32_t at = rq->per_channel ? j0 + j : 0;
@@ -539,7 +552,14 @@ static inline void intvit_vnni_out_panel(const intvit_requant_into *rq, int32_t 
     out->hi = _mm512_set1_epi64(rq->hi);
     out->y = rq->y;
     out->size = rq->size;
-    out->ldy = N;
+    out->ldy = rq->ldy;
+}
+
+/* Whether each panel of 32 columns of an N-column product lies in one block of y's layout
+ * (a panel's row is one contiguous store), as the vectors' epilogues need; else the
+ * kernels requantize the whole c with intvit_requant_rows. */
+static inline int32_t intvit_panels_whole(const intvit_requant_into *rq, int32_t N) {
+    return rq->block >= N || rq->block % 32 == 0;
 }
 
 /* intvit_requant_rows in vectors, 32 columns at a time as a panel's epilogue does (the AMX
@@ -547,14 +567,18 @@ static inline void intvit_vnni_out_panel(const intvit_requant_into *rq, int32_t 
 static inline void intvit_vnni_requant_rows(int32_t M, int32_t N, const int32_t *c,
                                             const intvit_requant_into *rq) {
     int32_t j0;
+    if (!intvit_panels_whole(rq, N)) {
+        intvit_requant_rows(M, N, c, rq);
+        return;
+    }
     INTVIT_OMP("omp parallel for schedule(static)")
     for (j0 = 0; j0 < N; j0 += 32) {
         int32_t jb = N - j0 < 32 ? N - j0 : 32, i;
         intvit_vnni_out out;
-        intvit_vnni_out_panel(rq, j0, jb, N, &out);
+        intvit_vnni_out_panel(rq, j0, jb, &out);
         for (i = 0; i < M; i++) {
             const int32_t *row = c + (int64_t)i * N + j0;
-            intvit_vnni_store(&out, jb, (int64_t)i * N + j0,
+            intvit_vnni_store(&out, jb, intvit_y_at(rq, i, j0),
                               _mm512_maskz_loadu_epi32(intvit_half_mask(jb, 0), row),
                               _mm512_maskz_loadu_epi32(intvit_half_mask(jb, 1), row + 16));
         }
@@ -604,6 +628,11 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
                                       const intvit_requant_into *rq) {
     uint8_t xb = (uint8_t)(a_signed == b_signed ? 0x80 : 0);
     int32_t fix = a_signed == b_signed ? (a_signed ? -128 : 128) : 0;
+    if (rq != NULL && !intvit_panels_whole(rq, N)) {
+        intvit_vnni_matmul(M, N, K, a, a_signed, bt, b_signed, bias, c, NULL);
+        intvit_requant_rows(M, N, c, rq);
+        return;
+    }
     INTVIT_OMP("omp parallel if((int64_t)M * N * K >= INTVIT_OMP_MIN_MACS)")
     {
         uint8_t panel[INTVIT_VNNI_KC * 32], end_row[INTVIT_VNNI_KC];
@@ -633,7 +662,7 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
                     const uint8_t *next = ahead ? bt + (int64_t)(j0 + 32) * K + k0 : bt;
                     intvit_vnni_out out;
                     intvit_vnni_pack(bt + (int64_t)j0 * K + k0, K, jb, kc, xb, panel);
-                    if (last) intvit_vnni_out_panel(rq, j0, jb, N, &out);
+                    if (last) intvit_vnni_out_panel(rq, j0, jb, &out);
                     for (r = 0; r < mc; r += 8) {
                         rows = mc - r < 8 ? mc - r : 8;
                         upto = (r / 8 + 1) * step < ahead ? (r / 8 + 1) * step : ahead;
@@ -643,7 +672,8 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
                                           panel, a_signed, row_fix + r, k0 == 0,
                                           bias ? bias + j0 : NULL,
                                           c + (int64_t)(i0 + r) * N + j0, N,
-                                          last ? &out : NULL, (int64_t)(i0 + r) * N + j0);
+                                          last ? &out : NULL,
+                                          last ? intvit_y_at(rq, i0 + r, j0) : 0);
                     }
                 }
             }
@@ -828,8 +858,9 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
 /* --- 8-bit product with its requantization ---------------------------------------------
  * INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY): c = the 8-bit product of a and bt as
  * INTVIT_DEFINE_MATMUL8 (c: M x N int32, the caller's), and y = clamp(R(c; m, e), lo, hi)
- * as TY (y: M x N; per_channel as for INTVIT_DEFINE_REQUANTIZE): the network's product
- * and the requantize node that alone reads it, in one call. The VNNI kernel requantizes
+ * as TY (y: M x N in the layout of ldy, block, block_stride, see intvit_requant_into;
+ * per_channel as for INTVIT_DEFINE_REQUANTIZE): the network's product and the requantize
+ * node that alone reads it, in one call. The VNNI kernel requantizes
  * each block's sums straight from its accumulators in the last K block (see
  * intvit_vnni_block), so that c is written only between K blocks and y is never read
  * back; every other build, and the debug build (whose dump shows c), computes c and then
@@ -837,9 +868,11 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
 #define INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY)                                      \
     void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt,                 \
               const int32_t *bias, int32_t *c, const int32_t *m, const int8_t *e,         \
-              int32_t per_channel, int32_t lo, int32_t hi, TY *y)
+              int32_t per_channel, int32_t lo, int32_t hi, TY *y, int32_t ldy,            \
+              int32_t block, int32_t block_stride)
 
-#define INTVIT_REQUANT_INTO(TY) {m, e, per_channel, lo, hi, (int32_t)sizeof(TY), (void *)y}
+#define INTVIT_REQUANT_INTO(TY)                                                           \
+    {m, e, per_channel, lo, hi, (int32_t)sizeof(TY), (void *)y, ldy, block, block_stride}
 
 #if defined(INTVIT_HAVE_VNNI) && !defined(INTVIT_DEBUG)
 #define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
