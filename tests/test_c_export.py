@@ -673,11 +673,12 @@ def run_softmax(kernels, name: str, x: torch.Tensor, x_dtype, table: torch.Tenso
 @pytest.mark.parametrize("numerator", [NUMERATOR_IVIT, NUMERATOR_IBERT])
 def test_softmax_kernels_equal_softmax_from_table(row_kernels, L, x_type, numerator):
     """Every x type over its range (int32: near both ends), every row length around the
-    16-lane vectors, the 8-lane last step and the 1024-value blocks (longer rows read their
+    16-lane vectors (the last step too) and the 1024-value blocks (longer rows read their
     exponentials again), random and extreme rows, a random table of
     values up to e_max = (numerator - 1) // L (the largest sum the exporter allows: I-BERT's
-    passes 32 bits), a multiplier near 2^31 with a shift that keeps outputs in range, and a
-    random pair: every value equals intvit.approx.rows.softmax_from_table."""
+    passes 32 bits), a multiplier near 2^31 and the most negative one the plan allows
+    (numerator * |m| < 2^63: -2^31 for I-ViT) with a shift that keeps outputs in range, and
+    a random pair: every value equals intvit.approx.rows.softmax_from_table."""
     base, x_range = SOFTMAX_RANGES.get(x_type, (x_type, None))
     x_ctype, _, x_dtype, x_full, y_dtype, (lo, hi) = SOFTMAX_TYPES[base]
     x_lo, x_hi = x_range or x_full
@@ -686,8 +687,10 @@ def test_softmax_kernels_equal_softmax_from_table(row_kernels, L, x_type, numera
     table = torch.randint(0, e_max + 1, (x_hi - x_lo + 1,), generator=g)
     table[-1] = e_max
     x = softmax_rows(x_lo, x_hi, L, g)
-    for m, e in [((1 << 31) - 1, 54), (int(torch.randint(1, 1 << 31, (1,), generator=g)),
-                                       int(torch.randint(0, 63, (1,), generator=g)))]:
+    m_low = max(-(1 << 31), -(((1 << 63) - 1) // numerator))
+    for m, e in [((1 << 31) - 1, 54), (m_low, 54),
+                 (int(torch.randint(1, 1 << 31, (1,), generator=g)),
+                  int(torch.randint(0, 63, (1,), generator=g)))]:
         want = softmax_from_table(x, table, e_max, numerator, torch.tensor(m), torch.tensor(e),
                                   lo, hi)
         got = run_softmax(row_kernels, f"sm_{base}", x, x_dtype, table, numerator, m, e,
@@ -697,7 +700,7 @@ def test_softmax_kernels_equal_softmax_from_table(row_kernels, L, x_type, numera
 
 @settings(max_examples=100, deadline=None)
 @given(L=st.integers(1, 300), seed=st.integers(0, 1 << 30),
-       x_type=st.sampled_from(list(SOFTMAX_TYPES)), m=st.integers(1, (1 << 31) - 1),
+       x_type=st.sampled_from(list(SOFTMAX_TYPES)), m=st.integers(-(1 << 31), (1 << 31) - 1),
        e=st.integers(0, 62))
 def test_softmax_kernels_equal_softmax_from_table_on_any_row(row_kernels, L, seed, x_type, m, e):
     """Hypothesis: any row length, rows of values in a random part of the type's range (a

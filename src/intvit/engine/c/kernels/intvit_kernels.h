@@ -1118,10 +1118,15 @@ static inline const uint8_t *intvit_table256(const void *table, int32_t table_le
  *                            range), stored to ex[]; S: each e_i widened to int64 and added
  *                            in int64 lanes, so S is exact for any L and any table;
  *   intvit_softmax_exp_<T>   e_i of one block by the same gather (rows of several blocks);
- *   intvit_softmax_chunk     the last step, 8 values a vector: int64 lanes, vpmullq
- *                            products, exact because p_i <= numerator and
- *                            numerator * |m| < 2^63 (the plan checks it), the floor shift
- *                            vpsravq.
+ *   intvit_softmax_last_<T>  the last step into y of type T, 16 values a vector: e_i in
+ *                            int64 halves (even and odd lanes), one vpmullq by
+ *                            fm = factor * m, computed once per row, + 2^(e-1), the floor
+ *                            shift vpsravq, the clamp in int64 (intvit_clamp_interleave)
+ *                            and the narrowed store (intvit_store16_<T>).
+ * e_i * fm equals (e_i * factor) * m, the scalar loop's p_i * m, because neither product
+ * leaves int64: 0 <= e_i <= S gives 0 <= p_i = e_i * factor <= numerator, so
+ * |e_i * factor * m| <= numerator * |m| < 2^63 (the plan checks the last bound), and
+ * factor <= numerator gives |fm| <= numerator * |m| < 2^63 too.
  * Max, sum and products are exact, so the integers equal the scalar loop's in any order.
  */
 #ifndef INTVIT_SOFTMAX_BLOCK
@@ -1138,7 +1143,8 @@ static inline const uint8_t *intvit_table256(const void *table, int32_t table_le
 
 /* The row passes over the first n rounded down to 16 values (the returned count):
  *   top_T: *top = max(*top, x_i);   exp_T: ex[i] = e_i;
- *   sum_T: ex[i] = e_i and *sum += their sum, in int64. */
+ *   sum_T: ex[i] = e_i and *sum += their sum, in int64;
+ *   last_T: y[i] = clamp(R(ex[i] * fm; 1, e), lo, hi) as T (fm = factor * m). */
 #define INTVIT_DEFINE_SOFTMAX_ROW(T)                                                      \
     static inline int32_t intvit_softmax_top_##T(int32_t n, const T *x, int32_t *top) {   \
         __m512i v = _mm512_set1_epi32(*top);                                              \
@@ -1169,27 +1175,23 @@ static inline const uint8_t *intvit_table256(const void *table, int32_t table_le
             _mm512_storeu_si512((void *)(ex + i),                                         \
                                 INTVIT_SOFTMAX_GATHER(T, x + i, top, table, table_len));  \
         return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_last_##T(int32_t n, const int32_t *ex, int64_t fm, \
+                                                  int32_t e, int32_t lo, int32_t hi, T *y) { \
+        __m512i f = _mm512_set1_epi64(fm), ev = _mm512_set1_epi64(e);                     \
+        __m512i half = _mm512_set1_epi64(e > 0 ? (int64_t)1 << (e - 1) : 0);             \
+        __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);                 \
+        int32_t i;                                                                        \
+        for (i = 0; i + 16 <= n; i += 16) {                                               \
+            __m512i v = _mm512_loadu_si512((const void *)(ex + i));                       \
+            __m512i even = _mm512_srai_epi64(_mm512_slli_epi64(v, 32), 32);               \
+            __m512i odd = _mm512_srai_epi64(v, 32);                                       \
+            even = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(even, f), half), ev); \
+            odd = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(odd, f), half), ev); \
+            intvit_store16_##T(y + i, intvit_clamp_interleave(even, odd, vlo, vhi));      \
+        }                                                                                 \
+        return i;                                                                         \
     }
-
-/* out[i] = clamp(R(ex[i] * factor; m, e), lo, hi) for i < the returned count (n rounded
- * down to 8); out may be ex (each vector is read before it is written). */
-static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
-                                           int32_t m, int32_t e, int32_t lo, int32_t hi,
-                                           int32_t *out) {
-    __m512i f = _mm512_set1_epi64(factor), mv = _mm512_set1_epi64(m);
-    __m512i ev = _mm512_set1_epi64(e), vlo = _mm512_set1_epi64(lo);
-    __m512i vhi = _mm512_set1_epi64(hi);
-    __m512i half = _mm512_set1_epi64(e > 0 ? (int64_t)1 << (e - 1) : 0);
-    int32_t i;
-    for (i = 0; i + 8 <= n; i += 8) {
-        __m512i p = _mm512_mullo_epi64(
-            _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(ex + i))), f);
-        __m512i v = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(p, mv), half), ev);
-        v = _mm512_min_epi64(_mm512_max_epi64(v, vlo), vhi);
-        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi64_epi32(v));
-    }
-    return i;
-}
 #else
 #define INTVIT_DEFINE_SOFTMAX_ROW(T)                                                      \
     static inline int32_t intvit_softmax_top_##T(int32_t n, const T *x, int32_t *top) {   \
@@ -1207,14 +1209,12 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
                                                  int32_t *ex) {                           \
         (void)n; (void)x; (void)top; (void)table; (void)table_len; (void)ex;              \
         return 0;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_last_##T(int32_t n, const int32_t *ex, int64_t fm, \
+                                                  int32_t e, int32_t lo, int32_t hi, T *y) { \
+        (void)n; (void)ex; (void)fm; (void)e; (void)lo; (void)hi; (void)y;                \
+        return 0;                                                                         \
     }
-
-static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
-                                           int32_t m, int32_t e, int32_t lo, int32_t hi,
-                                           int32_t *out) {
-    (void)n; (void)ex; (void)factor; (void)m; (void)e; (void)lo; (void)hi; (void)out;
-    return 0;
-}
 #endif
 INTVIT_DEFINE_SOFTMAX_ROW(int8_t)
 INTVIT_DEFINE_SOFTMAX_ROW(uint8_t)
@@ -1233,8 +1233,8 @@ INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * L;                                            \
             TY *yr = y + (int64_t)r * L;                                                  \
-            int32_t top = xr[0], c0, n, done, ex[INTVIT_SOFTMAX_BLOCK];                   \
-            int64_t sum = 0, factor;                                                      \
+            int32_t top = xr[0], c0, n, ex[INTVIT_SOFTMAX_BLOCK];                         \
+            int64_t sum = 0, factor, fm;                                                  \
             for (i = intvit_softmax_top_##TX(L, xr, &top); i < L; i++)                    \
                 top = xr[i] > top ? xr[i] : top;                                          \
             for (c0 = 0; c0 < L; c0 += INTVIT_SOFTMAX_BLOCK) {                            \
@@ -1246,15 +1246,14 @@ INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
                 }                                                                         \
             }                                                                             \
             factor = numerator / (sum > 1 ? sum : 1);                                     \
+            fm = factor * m;                                                              \
             for (c0 = 0; c0 < L; c0 += INTVIT_SOFTMAX_BLOCK) {                            \
                 n = L - c0 < INTVIT_SOFTMAX_BLOCK ? L - c0 : INTVIT_SOFTMAX_BLOCK;        \
                 if (L > INTVIT_SOFTMAX_BLOCK)                                             \
                     for (i = intvit_softmax_exp_##TX(n, xr + c0, top, exp_table, table_len, \
                                                      ex); i < n; i++)                     \
                         ex[i] = exp_table[xr[c0 + i] - top + table_len - 1];              \
-                done = intvit_softmax_chunk(n, ex, factor, m, e, lo, hi, ex);             \
-                for (i = 0; i < done; i++) yr[c0 + i] = (TY)ex[i];                        \
-                for (; i < n; i++)                                                        \
+                for (i = intvit_softmax_last_##TY(n, ex, fm, e, lo, hi, yr + c0); i < n; i++) \
                     yr[c0 + i] = (TY)intvit_clamp(intvit_requant(ex[i] * factor, m, e),   \
                                                   lo, hi);                                \
             }                                                                             \
