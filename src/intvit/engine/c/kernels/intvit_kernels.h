@@ -946,14 +946,14 @@ static inline void intvit_requant_halves_at(__m512i v, const int32_t *m, const i
     intvit_requant_halves(v, mv, ev, even, odd);
 }
 
-/* NAME_row: y[c] = clamp(R(x[c]; m[c * s], e[c * s]) (+ R(res[c]; rm[c * rs], re[c * rs])
- * when res), lo, hi) for c < the returned count (C rounded down to 16); the two R are
- * added in int64 and only their sum is clamped. */
-#define INTVIT_DEFINE_REQUANTIZE_ROW(NAME, TX, TR, TY)                                    \
-    static inline int32_t NAME##_row(int32_t C, const TX *x, const int32_t *m,            \
-                                     const int8_t *e, int32_t s, const TR *res,           \
-                                     const int32_t *rm, const int8_t *re, int32_t rs,     \
-                                     int32_t lo, int32_t hi, TY *y) {                     \
+/* ROW (NAME_row of the kernel NAME): y[c] = clamp(R(x[c]; m[c * s], e[c * s])
+ * (+ R(res[c]; rm[c * rs], re[c * rs]) when res), lo, hi) for c < the returned count (C
+ * rounded down to 16); the two R are added in int64 and only their sum is clamped. */
+#define INTVIT_DEFINE_REQUANTIZE_ROW(ROW, TX, TR, TY)                                     \
+    static inline int32_t ROW(int32_t C, const TX *x, const int32_t *m, const int8_t *e,  \
+                              int32_t s, const TR *res, const int32_t *rm,                \
+                              const int8_t *re, int32_t rs, int32_t lo, int32_t hi,       \
+                              TY *y) {                                                    \
         __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);                 \
         int32_t c;                                                                        \
         for (c = 0; c + 16 <= C; c += 16) {                                               \
@@ -970,11 +970,11 @@ static inline void intvit_requant_halves_at(__m512i v, const int32_t *m, const i
         return c;                                                                         \
     }
 #else
-#define INTVIT_DEFINE_REQUANTIZE_ROW(NAME, TX, TR, TY)                                    \
-    static inline int32_t NAME##_row(int32_t C, const TX *x, const int32_t *m,            \
-                                     const int8_t *e, int32_t s, const TR *res,           \
-                                     const int32_t *rm, const int8_t *re, int32_t rs,     \
-                                     int32_t lo, int32_t hi, TY *y) {                     \
+#define INTVIT_DEFINE_REQUANTIZE_ROW(ROW, TX, TR, TY)                                     \
+    static inline int32_t ROW(int32_t C, const TX *x, const int32_t *m, const int8_t *e,  \
+                              int32_t s, const TR *res, const int32_t *rm,                \
+                              const int8_t *re, int32_t rs, int32_t lo, int32_t hi,       \
+                              TY *y) {                                                    \
         (void)C; (void)x; (void)m; (void)e; (void)s; (void)res; (void)rm; (void)re;       \
         (void)rs; (void)lo; (void)hi; (void)y;                                            \
         return 0;                                                                         \
@@ -986,7 +986,7 @@ static inline void intvit_requant_halves_at(__m512i v, const int32_t *m, const i
               int32_t per_channel, int32_t lo, int32_t hi, TY *y)
 
 #define INTVIT_DEFINE_REQUANTIZE(NAME, TX, TY)                                            \
-    INTVIT_DEFINE_REQUANTIZE_ROW(NAME, TX, TX, TY)                                        \
+    INTVIT_DEFINE_REQUANTIZE_ROW(NAME##_row, TX, TX, TY)                                  \
     INTVIT_DECLARE_REQUANTIZE(NAME, TX, TY) {                                             \
         int32_t r, s = per_channel ? 1 : 0;                                               \
         INTVIT_OMP("omp parallel for schedule(static) if((int64_t)rows * C >= INTVIT_OMP_MIN_WORK)") \
@@ -1008,7 +1008,7 @@ static inline void intvit_requant_halves_at(__m512i v, const int32_t *m, const i
               const int8_t *re, int32_t res_per_channel, int32_t lo, int32_t hi, TY *y)
 
 #define INTVIT_DEFINE_REQUANTIZE_ADD(NAME, TX, TR, TY)                                    \
-    INTVIT_DEFINE_REQUANTIZE_ROW(NAME, TX, TR, TY)                                        \
+    INTVIT_DEFINE_REQUANTIZE_ROW(NAME##_row, TX, TR, TY)                                  \
     INTVIT_DECLARE_REQUANTIZE_ADD(NAME, TX, TR, TY) {                                     \
         int32_t r, s = per_channel ? 1 : 0, rs = res_per_channel ? 1 : 0;                 \
         INTVIT_OMP("omp parallel for schedule(static) if((int64_t)rows * C >= INTVIT_OMP_MIN_WORK)") \
