@@ -626,55 +626,93 @@ def test_c_helpers_equal_intvit_arith(helpers, v, m, e, d, w):
     assert helpers.sq(w) == int(isqrt(torch.tensor([w])))
 
 
+# element type -> (ctype, dtype, range): the C export's value types
+INT_TYPES = {"s8": ("int8_t", torch.int8, (-128, 127)),
+             "u8": ("uint8_t", torch.uint8, (0, 255)),
+             "s16": ("int16_t", torch.int16, (-(1 << 15), (1 << 15) - 1)),
+             "s32": ("int32_t", torch.int32, (-(1 << 31), (1 << 31) - 1))}
+REQUANTIZES = [(x, y) for x in INT_TYPES for y in INT_TYPES]
+REQUANTIZE_ADDS = [(x, r, y) for x in INT_TYPES for r in INT_TYPES for y in INT_TYPES]
+
+
 @pytest.fixture(scope="module", params=["portable", "vnni"])
 def requantize_kernels(request, tmp_path_factory):
-    """The requantize kernels alone: portable, and the AVX-512 vectors (the vnni build)."""
-    return kernel_snippet(tmp_path_factory.mktemp("requantize"),
-                          "INTVIT_DEFINE_REQUANTIZE(rq_s32_s32, int32_t, int32_t)\n"
-                          "INTVIT_DEFINE_REQUANTIZE(rq_s8_s16, int8_t, int16_t)\n"
-                          "INTVIT_DEFINE_REQUANTIZE_ADD(rqa_s32_s8_s32, int32_t, int8_t, int32_t)\n",
+    """The requantize kernels alone for every x, residual and y type: portable, and the
+    AVX-512 vectors (the vnni build)."""
+    ctype = {short: spec[0] for short, spec in INT_TYPES.items()}
+    source = "".join(f"INTVIT_DEFINE_REQUANTIZE(rq_{x}_{y}, {ctype[x]}, {ctype[y]})\n"
+                     for x, y in REQUANTIZES)
+    source += "".join(f"INTVIT_DEFINE_REQUANTIZE_ADD(rqa_{x}_{r}_{y}, {ctype[x]}, {ctype[r]}, "
+                      f"{ctype[y]})\n" for x, r, y in REQUANTIZE_ADDS)
+    return kernel_snippet(tmp_path_factory.mktemp("requantize"), source,
                           kernel_build(request.param))
 
 
-@pytest.mark.parametrize("rows,C", [(1, 1), (3, 7), (2, 8), (5, 70), (4, 129)])
-@pytest.mark.parametrize("per_channel", [0, 1])
-def test_requantize_kernels_equal_intvit_arith(requantize_kernels, rows, C, per_channel):
-    """Edge values (INT32_MIN/MAX, powers of two around 0), multipliers up to 2^31 - 1 and
-    shifts 0..62, a per-tensor or per-channel pair, the residual form: every value equals
-    clamp(requantize(x, m, e)) of intvit.arith, in every vector lane and the scalar tail."""
-    g = torch.Generator().manual_seed(rows * 100 + C + per_channel)
-    edge = torch.tensor([-(1 << 31), (1 << 31) - 1, 0, 1, -1, 1 << 20, -(1 << 20) - 1])
-    x = torch.randint(-(1 << 31), 1 << 31, (rows, C), generator=g)
+def requantize_input(short: str, rows: int, C: int, g: torch.Generator) -> torch.Tensor:
+    """Random values over the type's whole range, its extremes, 0 and +-1 first."""
+    lo, hi = INT_TYPES[short][2]
+    x = torch.randint(lo, hi + 1, (rows, C), generator=g)
+    edge = torch.tensor([lo, hi, 0, 1, max(lo, -1), hi // 2 + 1, lo // 2])
     x.view(-1)[: min(x.numel(), edge.numel())] = edge[: x.numel()]
-    count = C if per_channel else 1
-    m = torch.randint(1, 1 << 31, (count,), generator=g)
-    m[0] = (1 << 31) - 1
-    e = torch.randint(0, 63, (count,), generator=g)
-    e[-1] = 0
-    res = torch.randint(-128, 128, (rows, C), generator=g)
-    lo, hi = -(1 << 30), (1 << 30) + 5
-    want = requantize(x, m, e).clamp(lo, hi)
-    want_add = (requantize(x, m, e) + requantize(res, m.flip(0), e.flip(0))).clamp(lo, hi)
-    x32, m32, e8 = (t.to(dtype).contiguous() for t, dtype in
-                    ((x, torch.int32), (m, torch.int32), (e, torch.int8)))
-    mf, ef, r8 = m.flip(0).to(torch.int32), e.flip(0).to(torch.int8), res.to(torch.int8)
-    ptr = ctypes.c_void_p
-    i32 = ctypes.c_int32
-    y = torch.zeros(rows, C, dtype=torch.int32)
-    requantize_kernels.rq_s32_s32(rows, C, ptr(x32.data_ptr()), ptr(m32.data_ptr()),
-                                  ptr(e8.data_ptr()), per_channel, lo, hi, ptr(y.data_ptr()))
-    assert torch.equal(y.to(torch.int64), want)
-    requantize_kernels.rqa_s32_s8_s32(rows, C, ptr(x32.data_ptr()), ptr(m32.data_ptr()),
-                                      ptr(e8.data_ptr()), per_channel, ptr(r8.data_ptr()), rows,
-                                      ptr(mf.data_ptr()), ptr(ef.data_ptr()), per_channel, lo,
-                                      hi, ptr(y.data_ptr()))
-    assert torch.equal(y.to(torch.int64), want_add)
-    small = r8.clone()
-    y16 = torch.zeros(rows, C, dtype=torch.int16)
-    requantize_kernels.rq_s8_s16(rows, C, ptr(small.data_ptr()), ptr(m32.data_ptr()),
-                                 ptr(e8.data_ptr()), per_channel, i32(-300), i32(300),
-                                 ptr(y16.data_ptr()))
-    assert torch.equal(y16.to(torch.int64), requantize(res, m, e).clamp(-300, 300))
+    return x
+
+
+def requantize_pair(count: int, lowest_shift: int, g: torch.Generator):
+    """count random multipliers over all of int32 and shifts lowest_shift..62; the extreme
+    pairs (-2^31, lowest_shift) and (2^31 - 1, 62) at both ends (one of them, by the
+    generator, for a single pair)."""
+    m = torch.randint(-(1 << 31), 1 << 31, (count,), generator=g)
+    e = torch.randint(lowest_shift, 63, (count,), generator=g)
+    ends = [(-(1 << 31), lowest_shift), ((1 << 31) - 1, 62)]
+    if count == 1:
+        ends = [ends[int(torch.randint(0, 2, (1,), generator=g))]]
+    for at, (m_end, e_end) in zip((0, -1), ends):
+        m[at], e[at] = m_end, e_end
+    return m, e
+
+
+def c_array(t: torch.Tensor, dtype) -> tuple[torch.Tensor, ctypes.c_void_p]:
+    c = t.to(dtype).contiguous()
+    return c, ctypes.c_void_p(c.data_ptr())
+
+
+@pytest.mark.parametrize("rows,C,res_rows", [(1, 1, 1), (3, 7, 1), (2, 8, 2), (5, 70, 5),
+                                             (4, 129, 2), (6, 16, 3), (2, 31, 1),
+                                             (3, 48, 3), (2, 400, 1)])
+@pytest.mark.parametrize("per_channel,res_per_channel", [(0, 0), (1, 1), (1, 0), (0, 1)])
+def test_requantize_kernels_equal_intvit_arith(requantize_kernels, rows, C, res_rows,
+                                               per_channel, res_per_channel):
+    """Every x, residual and y type, each over its whole range with its extremes; rows
+    around the 16-value vectors (and their scalar tail); a per-tensor or per-channel pair
+    for x and for the residual, multipliers over all of int32 (-2^31 included), shifts up
+    to 62; a residual of fewer rows (row r reads its row r % res_rows); outputs clamped to
+    the y type's range: every value equals clamp(requantize(x, m, e) [+ requantize(res,
+    rm, re)]) of intvit.arith. The residual's shifts start at 1, so that the sum of two
+    requantized values stays below 2^63 as the plan requires."""
+    g = torch.Generator().manual_seed(rows * 1000 + C * 10 + per_channel * 2 + res_per_channel)
+    m, e = requantize_pair(C if per_channel else 1, 0, g)
+    rm, re_ = requantize_pair(C if res_per_channel else 1, 1, g)
+    (m32, m_p), (e8, e_p) = c_array(m, torch.int32), c_array(e, torch.int8)
+    (rm32, rm_p), (re8, re_p) = c_array(rm, torch.int32), c_array(re_, torch.int8)
+    xs = {t: requantize_input(t, rows, C, g) for t in INT_TYPES}
+    residuals = {t: requantize_input(t, res_rows, C, g) for t in INT_TYPES}
+    rx = {t: requantize(x, m, e) for t, x in xs.items()}
+    rres = {t: requantize(r, rm, re_).repeat(rows // res_rows, 1) for t, r in residuals.items()}
+    x_in = {t: c_array(x, INT_TYPES[t][1]) for t, x in xs.items()}
+    res_in = {t: c_array(r, INT_TYPES[t][1]) for t, r in residuals.items()}
+    for x, y in REQUANTIZES:
+        lo, hi = INT_TYPES[y][2]
+        out = torch.zeros(rows, C, dtype=INT_TYPES[y][1])
+        getattr(requantize_kernels, f"rq_{x}_{y}")(rows, C, x_in[x][1], m_p, e_p, per_channel,
+                                                   lo, hi, ctypes.c_void_p(out.data_ptr()))
+        assert torch.equal(out.to(torch.int64), rx[x].clamp(lo, hi)), (x, y)
+    for x, r, y in REQUANTIZE_ADDS:
+        lo, hi = INT_TYPES[y][2]
+        out = torch.zeros(rows, C, dtype=INT_TYPES[y][1])
+        getattr(requantize_kernels, f"rqa_{x}_{r}_{y}")(
+            rows, C, x_in[x][1], m_p, e_p, per_channel, res_in[r][1], res_rows, rm_p, re_p,
+            res_per_channel, lo, hi, ctypes.c_void_p(out.data_ptr()))
+        assert torch.equal(out.to(torch.int64), (rx[x] + rres[r]).clamp(lo, hi)), (x, r, y)
 
 
 @pytest.fixture(scope="module", params=["portable", "avx512"])
@@ -684,8 +722,8 @@ def row_kernels(request, tmp_path_factory):
     return kernel_snippet(tmp_path_factory.mktemp("rows"),
                           "".join(f"INTVIT_DEFINE_SOFTMAX(sm_{x}, {SOFTMAX_TYPES[x][0]}, "
                                   f"{SOFTMAX_TYPES[x][1]})\n" for x in SOFTMAX_TYPES)
-                          + "".join(f"INTVIT_DEFINE_LOOKUP(lu_{x}_{y}, {LOOKUP_TYPES[x][0]}, "
-                                    f"{LOOKUP_TYPES[y][0]})\n" for x, y in LOOKUPS),
+                          + "".join(f"INTVIT_DEFINE_LOOKUP(lu_{x}_{y}, {INT_TYPES[x][0]}, "
+                                    f"{INT_TYPES[y][0]})\n" for x, y in LOOKUPS),
                           kernel_build(request.param))
 
 
@@ -730,11 +768,12 @@ def run_softmax(kernels, name: str, x: torch.Tensor, x_dtype, table: torch.Tenso
 @pytest.mark.parametrize("numerator", [NUMERATOR_IVIT, NUMERATOR_IBERT])
 def test_softmax_kernels_equal_softmax_from_table(row_kernels, L, x_type, numerator):
     """Every x type over its range (int32: near both ends), every row length around the
-    16-lane vectors, the 8-lane last step and the 1024-value blocks (longer rows read their
+    16-lane vectors (the last step too) and the 1024-value blocks (longer rows read their
     exponentials again), random and extreme rows, a random table of
     values up to e_max = (numerator - 1) // L (the largest sum the exporter allows: I-BERT's
-    passes 32 bits), a multiplier near 2^31 with a shift that keeps outputs in range, and a
-    random pair: every value equals intvit.approx.rows.softmax_from_table."""
+    passes 32 bits), a multiplier near 2^31 and the most negative one the plan allows
+    (numerator * |m| < 2^63: -2^31 for I-ViT) with a shift that keeps outputs in range, and
+    a random pair: every value equals intvit.approx.rows.softmax_from_table."""
     base, x_range = SOFTMAX_RANGES.get(x_type, (x_type, None))
     x_ctype, _, x_dtype, x_full, y_dtype, (lo, hi) = SOFTMAX_TYPES[base]
     x_lo, x_hi = x_range or x_full
@@ -743,8 +782,10 @@ def test_softmax_kernels_equal_softmax_from_table(row_kernels, L, x_type, numera
     table = torch.randint(0, e_max + 1, (x_hi - x_lo + 1,), generator=g)
     table[-1] = e_max
     x = softmax_rows(x_lo, x_hi, L, g)
-    for m, e in [((1 << 31) - 1, 54), (int(torch.randint(1, 1 << 31, (1,), generator=g)),
-                                       int(torch.randint(0, 63, (1,), generator=g)))]:
+    m_low = max(-(1 << 31), -(((1 << 63) - 1) // numerator))
+    for m, e in [((1 << 31) - 1, 54), (m_low, 54),
+                 (int(torch.randint(1, 1 << 31, (1,), generator=g)),
+                  int(torch.randint(0, 63, (1,), generator=g)))]:
         want = softmax_from_table(x, table, e_max, numerator, torch.tensor(m), torch.tensor(e),
                                   lo, hi)
         got = run_softmax(row_kernels, f"sm_{base}", x, x_dtype, table, numerator, m, e,
@@ -754,7 +795,7 @@ def test_softmax_kernels_equal_softmax_from_table(row_kernels, L, x_type, numera
 
 @settings(max_examples=100, deadline=None)
 @given(L=st.integers(1, 300), seed=st.integers(0, 1 << 30),
-       x_type=st.sampled_from(list(SOFTMAX_TYPES)), m=st.integers(1, (1 << 31) - 1),
+       x_type=st.sampled_from(list(SOFTMAX_TYPES)), m=st.integers(-(1 << 31), (1 << 31) - 1),
        e=st.integers(0, 62))
 def test_softmax_kernels_equal_softmax_from_table_on_any_row(row_kernels, L, seed, x_type, m, e):
     """Hypothesis: any row length, rows of values in a random part of the type's range (a
@@ -773,11 +814,7 @@ def test_softmax_kernels_equal_softmax_from_table_on_any_row(row_kernels, L, see
     assert torch.equal(got, want)
 
 
-# look-up element type -> (ctype, dtype, range); LOOKUPS: the (x, y) pairs built
-LOOKUP_TYPES = {"s8": ("int8_t", torch.int8, (-128, 127)),
-                "u8": ("uint8_t", torch.uint8, (0, 255)),
-                "s16": ("int16_t", torch.int16, (-(1 << 15), (1 << 15) - 1)),
-                "s32": ("int32_t", torch.int32, (-(1 << 31), (1 << 31) - 1))}
+# the (x, y) element types (INT_TYPES) of the look-ups built
 LOOKUPS = [("s8", "s8"), ("u8", "s8"), ("s8", "u8"), ("u8", "u8"), ("s16", "s8"),
            ("s8", "s32")]
 
@@ -789,8 +826,8 @@ def test_lookup_kernels_equal_table_indexing(row_kernels, x_type, y_type, n, spa
     """x over the whole 8-bit range (a 256-entry table, both halves of the vector look-up),
     a short table from a random lo (the 256-byte padded copy), a one-entry table; lengths
     around the 64-value vectors and the 4096-value blocks: y equals table[x - lo]."""
-    x_ctype, x_dtype, (t_lo, t_hi) = LOOKUP_TYPES[x_type]
-    _, y_dtype, (y_lo, y_hi) = LOOKUP_TYPES[y_type]
+    x_ctype, x_dtype, (t_lo, t_hi) = INT_TYPES[x_type]
+    _, y_dtype, (y_lo, y_hi) = INT_TYPES[y_type]
     g = torch.Generator().manual_seed(n * 10 + len(span))
     t_hi = min(t_hi, t_lo + 255) if span == "full" else t_hi
     if span == "full":

@@ -168,19 +168,34 @@ static inline __m512i intvit_requant_v8(__m512i v, __m512i m, __m512i e) {
     return _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(v, m), half), e);
 }
 
-/* clamp(R(v; m, e), lo, hi) on 16 int32 lanes (m, e: int32 lanes, 0 <= e <= 62; lo, hi:
- * int64 lanes): the even lanes go through intvit_requant_v8 as they are, the odd ones
- * shifted down into the low halves, each clamped in int64 before the two are interleaved
- * back into int32 lanes, so no lane is ever truncated before it is in [lo, hi]. */
-static inline __m512i intvit_requant_v16(__m512i v, __m512i m, __m512i e, __m512i lo,
-                                         __m512i hi) {
+/* R(v; m, e) on 16 int32 lanes (m, e: int32 lanes, 0 <= e <= 62) as two vectors of int64
+ * lanes, not clamped: *even holds lanes 0, 2, .., 14 (through intvit_requant_v8 as they
+ * are), *odd lanes 1, 3, .., 15 (shifted down into the low halves first). */
+static inline void intvit_requant_halves(__m512i v, __m512i m, __m512i e, __m512i *even,
+                                         __m512i *odd) {
     __m512i even_e = _mm512_and_si512(e, _mm512_set1_epi64(0xFFFFFFFF));
-    __m512i even = intvit_requant_v8(v, m, even_e);
-    __m512i odd = intvit_requant_v8(_mm512_srli_epi64(v, 32), _mm512_srli_epi64(m, 32),
-                                    _mm512_srli_epi64(e, 32));
+    *even = intvit_requant_v8(v, m, even_e);
+    *odd = intvit_requant_v8(_mm512_srli_epi64(v, 32), _mm512_srli_epi64(m, 32),
+                             _mm512_srli_epi64(e, 32));
+}
+
+/* The 16 int32 lanes clamp(even, lo, hi), clamp(odd, lo, hi) interleaved (lane 2i from
+ * even's int64 lane i, lane 2i + 1 from odd's; lo, hi: int64 lanes): each is clamped in
+ * int64 before it is truncated, so no lane is cut before it is in [lo, hi]. */
+static inline __m512i intvit_clamp_interleave(__m512i even, __m512i odd, __m512i lo,
+                                              __m512i hi) {
     even = _mm512_min_epi64(_mm512_max_epi64(even, lo), hi);
     odd = _mm512_min_epi64(_mm512_max_epi64(odd, lo), hi);
     return _mm512_mask_blend_epi32((__mmask16)0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+
+/* clamp(R(v; m, e), lo, hi) on 16 int32 lanes (m, e: int32 lanes, 0 <= e <= 62; lo, hi:
+ * int64 lanes). */
+static inline __m512i intvit_requant_v16(__m512i v, __m512i m, __m512i e, __m512i lo,
+                                         __m512i hi) {
+    __m512i even, odd;
+    intvit_requant_halves(v, m, e, &even, &odd);
+    return intvit_clamp_interleave(even, odd, lo, hi);
 }
 #endif
 
@@ -896,13 +911,15 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
  * uses m[0], e[0] for every value.
  *
  * Rows are split over OpenMP threads where a node has at least INTVIT_OMP_MIN_WORK values
- * (each value is computed alone, so the threads change no integer). With AVX-512 the
- * values, widened to int32 per chunk, go through intvit_requant_chunk, 8 values a vector:
- * the int64 lanes compute
- * v * m + 2^(e-1) exactly (vpmuldq: int32 x int32 products; the plan bounds the sum below
- * 2^63) and shift it right arithmetically by e (vpsravq: the floor, as floor_shift), then
- * clamp; it returns how many of the n values it did, the scalar loop does the rest (all of
- * them in the other builds).
+ * (each value is computed alone, so the threads change no integer). With AVX-512 each row
+ * takes NAME_row (INTVIT_DEFINE_REQUANTIZE_ROW), 16 values a step, and leaves the scalar
+ * loop the last C mod 16 (all of them in the other builds): x read straight from the row
+ * and widened to int32 lanes (intvit_widen16_<TX>), m and e loaded as 16 int32 lanes (or
+ * broadcast), R in int64 by intvit_requant_halves (vpmuldq: v * m exact, + 2^(e-1); the
+ * plan bounds the sum below 2^63; vpsravq: the floor, as floor_shift), the residual's R
+ * added in int64 as well, then clamped in int64 (intvit_clamp_interleave) and stored
+ * narrowed to TY (intvit_store16_<TY>: vpmovdb / vpmovdw truncate lanes that the clamp
+ * put in TY's range).
  */
 #ifndef INTVIT_OMP_MIN_WORK
 #define INTVIT_OMP_MIN_WORK 65536
@@ -923,31 +940,78 @@ static inline __m512i intvit_requant_at(const int32_t *x, const int32_t *m, cons
     return intvit_requant_v8(intvit_load_v8(x + c), mv, ev);
 }
 
-/* out[c] = clamp(R(x[c]) (+ R(res[c]; rm, re) when res), lo, hi) for c < the returned
- * count (n rounded down to 8). */
-static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const int32_t *m,
-                                           const int8_t *e, int32_t s, const int32_t *res,
-                                           const int32_t *rm, const int8_t *re, int32_t rs,
-                                           int32_t lo, int32_t hi, int32_t *out) {
-    __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
-    int32_t c;
-    for (c = 0; c + 8 <= n; c += 8) {
-        __m512i v = intvit_requant_at(x, m, e, s, c);
-        if (res) v = _mm512_add_epi64(v, intvit_requant_at(res, rm, re, rs, c));
-        v = _mm512_min_epi64(_mm512_max_epi64(v, vlo), vhi);
-        _mm256_storeu_si256((__m256i *)(out + c), _mm512_cvtepi64_epi32(v));
+/* x[0..16) widened to int32 lanes, one loader per element type. */
+static inline __m512i intvit_widen16_int8_t(const int8_t *x) {
+    return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)x));
+}
+static inline __m512i intvit_widen16_uint8_t(const uint8_t *x) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)x));
+}
+static inline __m512i intvit_widen16_int16_t(const int16_t *x) {
+    return _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)x));
+}
+static inline __m512i intvit_widen16_int32_t(const int32_t *x) {
+    return _mm512_loadu_si512((const void *)x);
+}
+
+/* y[0..16) = the 16 int32 lanes of v, each already in the range of y's type: the low
+ * byte (vpmovdb), the low half (vpmovdw) or the lane itself. */
+static inline void intvit_store16_int8_t(int8_t *y, __m512i v) {
+    _mm_storeu_si128((__m128i *)y, _mm512_cvtepi32_epi8(v));
+}
+static inline void intvit_store16_uint8_t(uint8_t *y, __m512i v) {
+    _mm_storeu_si128((__m128i *)y, _mm512_cvtepi32_epi8(v));
+}
+static inline void intvit_store16_int16_t(int16_t *y, __m512i v) {
+    _mm256_storeu_si256((__m256i *)y, _mm512_cvtepi32_epi16(v));
+}
+static inline void intvit_store16_int32_t(int32_t *y, __m512i v) {
+    _mm512_storeu_si512((void *)y, v);
+}
+
+/* R(v; m[c * s], e[c * s]) of the 16 int32 lanes v of the values from c, as the int64
+ * halves of intvit_requant_halves. */
+static inline void intvit_requant_halves_at(__m512i v, const int32_t *m, const int8_t *e,
+                                            int32_t s, int32_t c, __m512i *even,
+                                            __m512i *odd) {
+    __m512i mv = s ? _mm512_loadu_si512((const void *)(m + c)) : _mm512_set1_epi32(m[0]);
+    __m512i ev = s ? intvit_widen16_int8_t(e + c) : _mm512_set1_epi32(e[0]);
+    intvit_requant_halves(v, mv, ev, even, odd);
+}
+
+/* ROW (NAME_row of the kernel NAME): y[c] = clamp(R(x[c]; m[c * s], e[c * s])
+ * (+ R(res[c]; rm[c * rs], re[c * rs]) when res), lo, hi) for c < the returned count (C
+ * rounded down to 16); the two R are added in int64 and only their sum is clamped. */
+#define INTVIT_DEFINE_REQUANTIZE_ROW(ROW, TX, TR, TY)                                     \
+    static inline int32_t ROW(int32_t C, const TX *x, const int32_t *m, const int8_t *e,  \
+                              int32_t s, const TR *res, const int32_t *rm,                \
+                              const int8_t *re, int32_t rs, int32_t lo, int32_t hi,       \
+                              TY *y) {                                                    \
+        __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);                 \
+        int32_t c;                                                                        \
+        for (c = 0; c + 16 <= C; c += 16) {                                               \
+            __m512i even, odd, res_even, res_odd;                                         \
+            intvit_requant_halves_at(intvit_widen16_##TX(x + c), m, e, s, c, &even, &odd); \
+            if (res) {                                                                    \
+                intvit_requant_halves_at(intvit_widen16_##TR(res + c), rm, re, rs, c,     \
+                                         &res_even, &res_odd);                            \
+                even = _mm512_add_epi64(even, res_even);                                  \
+                odd = _mm512_add_epi64(odd, res_odd);                                     \
+            }                                                                             \
+            intvit_store16_##TY(y + c, intvit_clamp_interleave(even, odd, vlo, vhi));     \
+        }                                                                                 \
+        return c;                                                                         \
     }
-    return c;
-}
 #else
-static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const int32_t *m,
-                                           const int8_t *e, int32_t s, const int32_t *res,
-                                           const int32_t *rm, const int8_t *re, int32_t rs,
-                                           int32_t lo, int32_t hi, int32_t *out) {
-    (void)n; (void)x; (void)m; (void)e; (void)s; (void)res; (void)rm; (void)re; (void)rs;
-    (void)lo; (void)hi; (void)out;
-    return 0;
-}
+#define INTVIT_DEFINE_REQUANTIZE_ROW(ROW, TX, TR, TY)                                     \
+    static inline int32_t ROW(int32_t C, const TX *x, const int32_t *m, const int8_t *e,  \
+                              int32_t s, const TR *res, const int32_t *rm,                \
+                              const int8_t *re, int32_t rs, int32_t lo, int32_t hi,       \
+                              TY *y) {                                                    \
+        (void)C; (void)x; (void)m; (void)e; (void)s; (void)res; (void)rm; (void)re;       \
+        (void)rs; (void)lo; (void)hi; (void)y;                                            \
+        return 0;                                                                         \
+    }
 #endif
 
 #define INTVIT_DECLARE_REQUANTIZE(NAME, TX, TY)                                           \
@@ -955,36 +1019,29 @@ static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const in
               int32_t per_channel, int32_t lo, int32_t hi, TY *y)
 
 #define INTVIT_DEFINE_REQUANTIZE(NAME, TX, TY)                                            \
+    INTVIT_DEFINE_REQUANTIZE_ROW(NAME##_row, TX, TX, TY)                                  \
     INTVIT_DECLARE_REQUANTIZE(NAME, TX, TY) {                                             \
         int32_t r, s = per_channel ? 1 : 0;                                               \
         INTVIT_OMP("omp parallel for schedule(static) if((int64_t)rows * C >= INTVIT_OMP_MIN_WORK)") \
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * C;                                            \
             TY *yr = y + (int64_t)r * C;                                                  \
-            int32_t c0, c, n, done, t[INTVIT_CHUNK], v[INTVIT_CHUNK];                     \
-            for (c0 = 0; c0 < C; c0 += INTVIT_CHUNK) {                                    \
-                n = C - c0 < INTVIT_CHUNK ? C - c0 : INTVIT_CHUNK;                        \
-                for (c = 0; c < n; c++) v[c] = xr[c0 + c];                                \
-                done = intvit_requant_chunk(n, v, m + c0 * s, e + c0 * s, s, NULL, NULL,  \
-                                            NULL, 0, lo, hi, t);                          \
-                for (c = 0; c < done; c++) yr[c0 + c] = (TY)t[c];                         \
-                for (c = c0 + done; c < c0 + n; c++)                                      \
-                    yr[c] = (TY)intvit_clamp(intvit_requant(xr[c], m[c * s], e[c * s]),   \
-                                             lo, hi);                                     \
-            }                                                                             \
+            int32_t c;                                                                    \
+            for (c = NAME##_row(C, xr, m, e, s, NULL, NULL, NULL, 0, lo, hi, yr); c < C; c++) \
+                yr[c] = (TY)intvit_clamp(intvit_requant(xr[c], m[c * s], e[c * s]), lo, hi); \
         }                                                                                 \
     }
 
 /* y[r][c] = clamp(R(x[r][c]; m[c], e[c]) + R(res[r % res_rows][c]; rm[c], re[c]), lo, hi):
  * the residual sum of a transformer block (res_rows = rows), or a constant residual
- * shared by every batch entry, window or head (res_rows divides rows). The residual is
- * widened to int32 per chunk as well. */
+ * shared by every batch entry, window or head (res_rows divides rows). */
 #define INTVIT_DECLARE_REQUANTIZE_ADD(NAME, TX, TR, TY)                                   \
     void NAME(int32_t rows, int32_t C, const TX *x, const int32_t *m, const int8_t *e,    \
               int32_t per_channel, const TR *res, int32_t res_rows, const int32_t *rm,    \
               const int8_t *re, int32_t res_per_channel, int32_t lo, int32_t hi, TY *y)
 
 #define INTVIT_DEFINE_REQUANTIZE_ADD(NAME, TX, TR, TY)                                    \
+    INTVIT_DEFINE_REQUANTIZE_ROW(NAME##_row, TX, TR, TY)                                  \
     INTVIT_DECLARE_REQUANTIZE_ADD(NAME, TX, TR, TY) {                                     \
         int32_t r, s = per_channel ? 1 : 0, rs = res_per_channel ? 1 : 0;                 \
         INTVIT_OMP("omp parallel for schedule(static) if((int64_t)rows * C >= INTVIT_OMP_MIN_WORK)") \
@@ -992,21 +1049,11 @@ static inline int32_t intvit_requant_chunk(int32_t n, const int32_t *x, const in
             const TX *xr = x + (int64_t)r * C;                                            \
             const TR *qr = res + (int64_t)(r % res_rows) * C;                             \
             TY *yr = y + (int64_t)r * C;                                                  \
-            int32_t c0, c, n, done, t[INTVIT_CHUNK], v[INTVIT_CHUNK], w[INTVIT_CHUNK];    \
-            for (c0 = 0; c0 < C; c0 += INTVIT_CHUNK) {                                    \
-                n = C - c0 < INTVIT_CHUNK ? C - c0 : INTVIT_CHUNK;                        \
-                for (c = 0; c < n; c++) {                                                 \
-                    v[c] = xr[c0 + c];                                                    \
-                    w[c] = qr[c0 + c];                                                    \
-                }                                                                         \
-                done = intvit_requant_chunk(n, v, m + c0 * s, e + c0 * s, s, w,           \
-                                            rm + c0 * rs, re + c0 * rs, rs, lo, hi, t);   \
-                for (c = 0; c < done; c++) yr[c0 + c] = (TY)t[c];                         \
-                for (c = c0 + done; c < c0 + n; c++)                                      \
-                    yr[c] = (TY)intvit_clamp(intvit_requant(xr[c], m[c * s], e[c * s])    \
-                                             + intvit_requant(qr[c], rm[c * rs], re[c * rs]), \
-                                             lo, hi);                                     \
-            }                                                                             \
+            int32_t c;                                                                    \
+            for (c = NAME##_row(C, xr, m, e, s, qr, rm, re, rs, lo, hi, yr); c < C; c++)  \
+                yr[c] = (TY)intvit_clamp(intvit_requant(xr[c], m[c * s], e[c * s])        \
+                                         + intvit_requant(qr[c], rm[c * rs], re[c * rs]), \
+                                         lo, hi);                                         \
         }                                                                                 \
     }
 
@@ -1104,10 +1151,15 @@ static inline const uint8_t *intvit_table256(const void *table, int32_t table_le
  *                            range), stored to ex[]; S: each e_i widened to int64 and added
  *                            in int64 lanes, so S is exact for any L and any table;
  *   intvit_softmax_exp_<T>   e_i of one block by the same gather (rows of several blocks);
- *   intvit_softmax_chunk     the last step, 8 values a vector: int64 lanes, vpmullq
- *                            products, exact because p_i <= numerator and
- *                            numerator * |m| < 2^63 (the plan checks it), the floor shift
- *                            vpsravq.
+ *   intvit_softmax_last_<T>  the last step into y of type T, 16 values a vector: e_i in
+ *                            int64 halves (even and odd lanes), one vpmullq by
+ *                            fm = factor * m, computed once per row, + 2^(e-1), the floor
+ *                            shift vpsravq, the clamp in int64 (intvit_clamp_interleave)
+ *                            and the narrowed store (intvit_store16_<T>).
+ * e_i * fm equals (e_i * factor) * m, the scalar loop's p_i * m, because neither product
+ * leaves int64: 0 <= e_i <= S gives 0 <= p_i = e_i * factor <= numerator, so
+ * |e_i * factor * m| <= numerator * |m| < 2^63 (the plan checks the last bound), and
+ * factor <= numerator gives |fm| <= numerator * |m| < 2^63 too.
  * Max, sum and products are exact, so the integers equal the scalar loop's in any order.
  */
 #ifndef INTVIT_SOFTMAX_BLOCK
@@ -1115,20 +1167,6 @@ static inline const uint8_t *intvit_table256(const void *table, int32_t table_le
 #endif
 
 #if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
-/* x[0..16) widened to int32 lanes, one loader per element type. */
-static inline __m512i intvit_widen16_int8_t(const int8_t *x) {
-    return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)x));
-}
-static inline __m512i intvit_widen16_uint8_t(const uint8_t *x) {
-    return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)x));
-}
-static inline __m512i intvit_widen16_int16_t(const int16_t *x) {
-    return _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)x));
-}
-static inline __m512i intvit_widen16_int32_t(const int32_t *x) {
-    return _mm512_loadu_si512((const void *)x);
-}
-
 /* exp_table[x_i - top + table_len - 1] for the 16 values from x (lanes wrap mod 2^32, the
  * index they end at is in the table). */
 #define INTVIT_SOFTMAX_GATHER(T, x, top, table, table_len)                                \
@@ -1138,7 +1176,8 @@ static inline __m512i intvit_widen16_int32_t(const int32_t *x) {
 
 /* The row passes over the first n rounded down to 16 values (the returned count):
  *   top_T: *top = max(*top, x_i);   exp_T: ex[i] = e_i;
- *   sum_T: ex[i] = e_i and *sum += their sum, in int64. */
+ *   sum_T: ex[i] = e_i and *sum += their sum, in int64;
+ *   last_T: y[i] = clamp(R(ex[i] * fm; 1, e), lo, hi) as T (fm = factor * m). */
 #define INTVIT_DEFINE_SOFTMAX_ROW(T)                                                      \
     static inline int32_t intvit_softmax_top_##T(int32_t n, const T *x, int32_t *top) {   \
         __m512i v = _mm512_set1_epi32(*top);                                              \
@@ -1169,27 +1208,23 @@ static inline __m512i intvit_widen16_int32_t(const int32_t *x) {
             _mm512_storeu_si512((void *)(ex + i),                                         \
                                 INTVIT_SOFTMAX_GATHER(T, x + i, top, table, table_len));  \
         return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_last_##T(int32_t n, const int32_t *ex, int64_t fm, \
+                                                  int32_t e, int32_t lo, int32_t hi, T *y) { \
+        __m512i f = _mm512_set1_epi64(fm), ev = _mm512_set1_epi64(e);                     \
+        __m512i half = _mm512_set1_epi64(e > 0 ? (int64_t)1 << (e - 1) : 0);             \
+        __m512i vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);                 \
+        int32_t i;                                                                        \
+        for (i = 0; i + 16 <= n; i += 16) {                                               \
+            __m512i v = _mm512_loadu_si512((const void *)(ex + i));                       \
+            __m512i even = _mm512_srai_epi64(_mm512_slli_epi64(v, 32), 32);               \
+            __m512i odd = _mm512_srai_epi64(v, 32);                                       \
+            even = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(even, f), half), ev); \
+            odd = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(odd, f), half), ev); \
+            intvit_store16_##T(y + i, intvit_clamp_interleave(even, odd, vlo, vhi));      \
+        }                                                                                 \
+        return i;                                                                         \
     }
-
-/* out[i] = clamp(R(ex[i] * factor; m, e), lo, hi) for i < the returned count (n rounded
- * down to 8); out may be ex (each vector is read before it is written). */
-static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
-                                           int32_t m, int32_t e, int32_t lo, int32_t hi,
-                                           int32_t *out) {
-    __m512i f = _mm512_set1_epi64(factor), mv = _mm512_set1_epi64(m);
-    __m512i ev = _mm512_set1_epi64(e), vlo = _mm512_set1_epi64(lo);
-    __m512i vhi = _mm512_set1_epi64(hi);
-    __m512i half = _mm512_set1_epi64(e > 0 ? (int64_t)1 << (e - 1) : 0);
-    int32_t i;
-    for (i = 0; i + 8 <= n; i += 8) {
-        __m512i p = _mm512_mullo_epi64(
-            _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(ex + i))), f);
-        __m512i v = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(p, mv), half), ev);
-        v = _mm512_min_epi64(_mm512_max_epi64(v, vlo), vhi);
-        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi64_epi32(v));
-    }
-    return i;
-}
 #else
 #define INTVIT_DEFINE_SOFTMAX_ROW(T)                                                      \
     static inline int32_t intvit_softmax_top_##T(int32_t n, const T *x, int32_t *top) {   \
@@ -1207,14 +1242,12 @@ static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t
                                                  int32_t *ex) {                           \
         (void)n; (void)x; (void)top; (void)table; (void)table_len; (void)ex;              \
         return 0;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_last_##T(int32_t n, const int32_t *ex, int64_t fm, \
+                                                  int32_t e, int32_t lo, int32_t hi, T *y) { \
+        (void)n; (void)ex; (void)fm; (void)e; (void)lo; (void)hi; (void)y;                \
+        return 0;                                                                         \
     }
-
-static inline int32_t intvit_softmax_chunk(int32_t n, const int32_t *ex, int64_t factor,
-                                           int32_t m, int32_t e, int32_t lo, int32_t hi,
-                                           int32_t *out) {
-    (void)n; (void)ex; (void)factor; (void)m; (void)e; (void)lo; (void)hi; (void)out;
-    return 0;
-}
 #endif
 INTVIT_DEFINE_SOFTMAX_ROW(int8_t)
 INTVIT_DEFINE_SOFTMAX_ROW(uint8_t)
@@ -1233,8 +1266,8 @@ INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * L;                                            \
             TY *yr = y + (int64_t)r * L;                                                  \
-            int32_t top = xr[0], c0, n, done, ex[INTVIT_SOFTMAX_BLOCK];                   \
-            int64_t sum = 0, factor;                                                      \
+            int32_t top = xr[0], c0, n, ex[INTVIT_SOFTMAX_BLOCK];                         \
+            int64_t sum = 0, factor, fm;                                                  \
             for (i = intvit_softmax_top_##TX(L, xr, &top); i < L; i++)                    \
                 top = xr[i] > top ? xr[i] : top;                                          \
             for (c0 = 0; c0 < L; c0 += INTVIT_SOFTMAX_BLOCK) {                            \
@@ -1246,15 +1279,14 @@ INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
                 }                                                                         \
             }                                                                             \
             factor = numerator / (sum > 1 ? sum : 1);                                     \
+            fm = factor * m;                                                              \
             for (c0 = 0; c0 < L; c0 += INTVIT_SOFTMAX_BLOCK) {                            \
                 n = L - c0 < INTVIT_SOFTMAX_BLOCK ? L - c0 : INTVIT_SOFTMAX_BLOCK;        \
                 if (L > INTVIT_SOFTMAX_BLOCK)                                             \
                     for (i = intvit_softmax_exp_##TX(n, xr + c0, top, exp_table, table_len, \
                                                      ex); i < n; i++)                     \
                         ex[i] = exp_table[xr[c0 + i] - top + table_len - 1];              \
-                done = intvit_softmax_chunk(n, ex, factor, m, e, lo, hi, ex);             \
-                for (i = 0; i < done; i++) yr[c0 + i] = (TY)ex[i];                        \
-                for (; i < n; i++)                                                        \
+                for (i = intvit_softmax_last_##TY(n, ex, fm, e, lo, hi, yr + c0); i < n; i++) \
                     yr[c0 + i] = (TY)intvit_clamp(intvit_requant(ex[i] * factor, m, e),   \
                                                   lo, hi);                                \
             }                                                                             \
