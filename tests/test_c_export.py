@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from test_engine import FAMILIES, calibrated, images
 
 from intvit.approx.rows import NUMERATOR_IBERT, NUMERATOR_IVIT, softmax_from_table
-from intvit.arith import floor_div, isqrt, requantize, round_div
+from intvit.arith import floor_div, isqrt, quantize, requantize, round_div
 from intvit.cli import main
 from intvit.engine import ProgramError, export_program
 from intvit.engine.c import generate
@@ -468,6 +468,30 @@ def test_products_take_their_requantization_in_one_call(models, arch):
         requantize = node_code(code, j)
         assert "INTVIT_DUMP" in requantize and "intvit_requantize" not in requantize
         assert plan.values[nodes[j].output].first == i
+
+
+@pytest.mark.parametrize("kind", ["portable", "avx512"])
+def test_c_quantize_equals_intvit_arith_on_edge_values(models, kind):
+    """The library's float-to-integer input quantization (vectors with AVX-512, a scalar
+    tail) equals intvit.arith.quantize in float32 at every rounding edge (each x / scale
+    at k + 1/2 and its float neighbours), past the clamp on both sides and at infinities;
+    NaN goes to lo."""
+    _, program, library = models["vit", "ivit"]
+    engine = CEngine(program, flags=("-O2", *kernel_build(kind)), library=library)
+    scale = program.tensors["input.scale"].to(torch.float32)
+    lo, hi = program.nodes[0].attrs["lo"], program.nodes[0].attrs["hi"]
+    edges = (torch.arange(lo - 3, hi + 4, dtype=torch.float32) + 0.5) * scale
+    x = torch.cat([edges, torch.nextafter(edges, torch.tensor(-float("inf"))),
+                   torch.nextafter(edges, torch.tensor(float("inf"))),
+                   torch.tensor([0.0, -0.0, 1e30, -1e30, float("inf"), -float("inf")])])
+    n = library.plan.input.numel
+    x = torch.cat([x, torch.randn(n) * scale * 100])[:n].contiguous()
+    x[n - 2] = float("nan")
+    q = torch.zeros(n, dtype=torch.int8 if library.plan.input.ctype == "int8_t" else torch.uint8)
+    engine.lib.intvit_model_quantize(ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(q.data_ptr()))
+    want = quantize(x, scale, lo, hi)
+    want[n - 2] = lo
+    assert torch.equal(q.to(torch.int64), want.to(torch.int64))
 
 
 def node_code(code: str, i: int) -> str:
