@@ -216,13 +216,52 @@ def test_matmul_kernel_edges(matmul_kernels, fn, m, n, k, fill):
         a = torch.full((m, k), lo if fill == "min" else hi)
         b = torch.full((n, k), b_hi if fill == "max" else b_lo)
     bias = torch.randint(-1000, 1000, (n,), generator=g, dtype=torch.int32)
-    a_c, b_c = a.to(dtype).contiguous(), b.to(b_dtype).contiguous()
-    c = torch.zeros(m, n, dtype=torch.int32)
-    getattr(matmul_kernels, fn)(m, n, k, ctypes.c_void_p(a_c.data_ptr()),
-                                ctypes.c_void_p(b_c.data_ptr()), ctypes.c_void_p(bias.data_ptr()),
-                                ctypes.c_void_p(c.data_ptr()))
+    c = run_matmul(matmul_kernels, fn, a.to(dtype), b.to(b_dtype), bias, "bt")
     want = a.to(torch.int64) @ b.to(torch.int64).T + bias.to(torch.int64)
     assert torch.equal(c.to(torch.int64), want)
+
+
+# how b (n x k, as b^T) is stored -> (its storage, sn, sk) for the kernels' b^T[j][k] =
+# bt[j * sn + k * sk]
+B_LAYOUTS = {
+    "bt": lambda b: (b.contiguous(), b.shape[1], 1),             # a weight: N x K rows
+    "b": lambda b: (b.T.contiguous(), 1, b.shape[0]),            # B itself: K x N rows
+    "b padded": lambda b: (torch.cat([b.T, b.new_zeros(b.shape[1], 5)], 1).contiguous(), 1,
+                           b.shape[0] + 5),
+    "every other": lambda b: (torch.stack([b, b], 2).reshape(b.shape[0], -1).contiguous(),
+                              2 * b.shape[1], 2),
+}
+
+
+def run_matmul(lib, fn: str, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
+               layout: str) -> torch.Tensor:
+    """c = a b^T (+ bias) by kernel ``fn``, b^T (``b``: N x K) stored as ``layout`` says."""
+    m, k = a.shape
+    n = b.shape[0]
+    a_c = a.contiguous()
+    stored, sn, sk = B_LAYOUTS[layout](b)
+    c = torch.zeros(m, n, dtype=torch.int32)
+    getattr(lib, fn)(m, n, k, ctypes.c_void_p(a_c.data_ptr()), ctypes.c_void_p(stored.data_ptr()),
+                     sn, sk, None if bias is None else ctypes.c_void_p(bias.data_ptr()),
+                     ctypes.c_void_p(c.data_ptr()))
+    return c
+
+
+@pytest.mark.parametrize("fn", MATMUL_TYPES)
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 17, 3), (7, 33, 257), (3, 40, 513),
+                                   (197, 64, 197), (8, 32, 4), (2, 48, 6), (3, 5, 0)])
+@pytest.mark.parametrize("layout", [name for name in B_LAYOUTS if name != "bt"])
+def test_matmul_kernel_reads_b_by_its_strides(matmul_kernels, fn, m, n, k, layout):
+    """b read in place by its strides: stored as B itself (the VNNI kernel packs its rows
+    by unpacking), as rows of a wider matrix, and by strides of neither kind (copied byte
+    by byte), each K, N and partial quad as above."""
+    (dtype, lo, hi), (b_dtype, b_lo, b_hi) = MATMUL_TYPES[fn]
+    g = torch.Generator().manual_seed(m * 1000 + n * 10 + k + 1)
+    a = torch.randint(lo, hi + 1, (m, k), generator=g)
+    b = torch.randint(b_lo, b_hi + 1, (n, k), generator=g)
+    bias = torch.randint(-1000, 1000, (n,), generator=g, dtype=torch.int32)
+    c = run_matmul(matmul_kernels, fn, a.to(dtype), b.to(b_dtype), bias, layout)
+    assert torch.equal(c.to(torch.int64), a @ b.T + bias.to(torch.int64))
 
 
 def bytes_before_guard_page(data: torch.Tensor):
@@ -254,7 +293,15 @@ def test_matmul8_reads_nothing_past_a(matmul_kernels, fn, m, n, k):
     b_c = b.to(b_dtype).contiguous()
     c = torch.zeros(m, n, dtype=torch.int32)
     getattr(matmul_kernels, fn)(m, n, k, ctypes.c_void_p(a_at), ctypes.c_void_p(b_c.data_ptr()),
-                                None, ctypes.c_void_p(c.data_ptr()))
+                                k, 1, None, ctypes.c_void_p(c.data_ptr()))
+    assert torch.equal(c.to(torch.int64), a @ b.T)
+    del pages
+    # b stored as B (K x N rows, packed by masked loads) ends where readable memory ends
+    pages, b_at = bytes_before_guard_page(b.T.to(b_dtype).contiguous())
+    a_c = a.to(dtype).contiguous()
+    c.zero_()
+    getattr(matmul_kernels, fn)(m, n, k, ctypes.c_void_p(a_c.data_ptr()), ctypes.c_void_p(b_at),
+                                1, n, None, ctypes.c_void_p(c.data_ptr()))
     assert torch.equal(c.to(torch.int64), a @ b.T)
     del pages
 
@@ -305,8 +352,8 @@ def run_matmul_requantize(lib, fn: str, m: int, n: int, k: int, per_channel: int
     c = torch.zeros(m, n, dtype=torch.int32)
     y = torch.full((y_size,), 7, dtype=y_dtype)
     ptr, i32 = ctypes.c_void_p, ctypes.c_int32
-    getattr(lib, fn)(m, n, k, ptr(a_c.data_ptr()), ptr(b_c.data_ptr()), ptr(bias.data_ptr()),
-                     ptr(c.data_ptr()), ptr(m32.data_ptr()), ptr(e8.data_ptr()), per_channel,
+    getattr(lib, fn)(m, n, k, ptr(a_c.data_ptr()), ptr(b_c.data_ptr()), k, 1,
+                     ptr(bias.data_ptr()), ptr(c.data_ptr()), ptr(m32.data_ptr()), ptr(e8.data_ptr()), per_channel,
                      i32(y_lo), i32(y_hi), ptr(y.data_ptr() + y_at * y.element_size()),
                      *map(i32, layout))
     return want, y
@@ -421,15 +468,22 @@ def test_memory_plan_reuses_activations_and_is_stated(models):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_scores_read_k_in_place_of_a_transposed_copy(models, arch):
+def test_products_read_their_operands_in_place(models, arch):
     """The attention scores q @ k^T take k (the transpose's input) as their transposed
-    operand, with no temporary; the context product keeps its transposed copy of v; the
-    logits stay exact (every whole-model test here), k lives until the scores."""
+    operand (strides k, 1), the context products v as stored (strides 1, n), with no
+    temporary or copy; the logits stay exact (every whole-model test here), k lives until
+    the scores."""
     _, program, library = models[arch, "ivit"]
     plan = library.plan
     scores = [i for i, n in enumerate(program.nodes) if n.op == "matmul" and "scores" in n.module]
     context = [i for i, n in enumerate(program.nodes) if n.op == "matmul" and "context" in n.module]
-    assert scores and set(plan.bt_sources) == set(scores) and set(plan.temps) == set(context)
+    assert scores and set(plan.bt_sources) == set(scores) and context
+    code = library.files["intvit_model.c"]
+    for i in context:
+        n = program.nodes[i]
+        width = library.plan.values[n.inputs[1]].shape[-1]
+        assert re.search(rf"\+ l \* \d+, 1, {width}, NULL", node_code(code, i))
+        assert "intvit_copy" not in node_code(code, i)
     for i in scores:
         k = plan.bt_sources[i]
         producer = next(n for n in program.nodes if n.output == program.nodes[i].inputs[1])

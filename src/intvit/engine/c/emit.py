@@ -168,32 +168,34 @@ def _linear(e: Emitter, i: int, node: Node) -> None:
     bias = e.const(node.params["bias"], "int32_t") if "bias" in node.params else "NULL"
     fn, fused = product(e, i, x, w)
     e.emit(f"{fn}({x.numel // k}, {n}, {k}, {e.ptr(x.name)}, "
-           f"{e.const(w.name, w.ctype)}, {bias}, {e.ptr(y.name)}{fused});")
+           f"{e.const(w.name, w.ctype)}, {k}, 1, {bias}, {e.ptr(y.name)}{fused});")
 
 
 @emitter("matmul")
 def _matmul(e: Emitter, i: int, node: Node) -> None:
+    """``a @ b`` per leading index; b read in place: where it is a transpose of its last
+    two axes (``plan.bt_sources``) that transpose's input is b^T as stored (strides k,
+    1), else b itself (strides 1, n)."""
     (a, b), y = values_of(e, node)
     m, k = a.shape[-2:]
     n = b.shape[-1]
     lead, lead_b = prod(a.shape[:-2]), prod(b.shape[:-2])
     if lead_b not in (1, lead):
         raise ProgramError(f"node {i}: the C export multiplies equal or shared batches only")
-    if i in e.plan.bt_sources:  # b is a transpose of its last two axes: its input is b^T
+    if i in e.plan.bt_sources:
         bt = e.plan.values[e.plan.bt_sources[i]]
-        bt_ptr = e.ptr(bt.name)
+        strides_b = f"{k}, 1"
     else:
-        bt = e.plan.temps[i]
-        bt_ptr = e.at(bt, 0, bt.ctype)
-        e.copy((lead_b, n, k), e.ptr(b.name), b.ctype, (k * n, 1, n), bt_ptr, bt.ctype,
-               (n * k, k, 1))
+        bt = b
+        strides_b = f"1, {n}"
     fn, fused = product(e, i, a, bt)
     step_b = f"l * {n * k}" if lead_b > 1 else "0"
     if lead > 1:  # the heads (and windows) over the threads; the kernel then runs on one
         e.emit('INTVIT_OMP("omp parallel for schedule(static) '
                f'if({lead * m * n * k} >= INTVIT_OMP_MIN_MACS)")')
     e.emit(f"for (l = 0; l < {lead}; l++) {fn}({m}, {n}, {k}, {e.ptr(a.name)} + l * {m * k}, "
-           f"{bt_ptr} + {step_b}, NULL, {e.ptr(y.name)} + l * {m * n}{fused});")
+           f"{e.ptr(bt.name)} + {step_b}, {strides_b}, NULL, {e.ptr(y.name)} + l * {m * n}"
+           f"{fused});")
 
 
 def _pairs(e: Emitter, node: Node, m: str, ex: str, channels: int, i: int) -> tuple[str, str, int]:

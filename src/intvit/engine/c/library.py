@@ -115,7 +115,6 @@ def memory(program: IntProgram) -> MemoryFigures:
 def figures(plan: Plan, e: Emitter) -> MemoryFigures:
     weights = sum(plan.program.tensors[t].numel() * CTYPE_SIZE[c] for t, c in e.consts)
     acts = sum(v.nbytes for v in plan.values.values() if v.kind in ("scratch", "input"))
-    acts += sum(v.nbytes for v in plan.temps.values())
     return MemoryFigures(plan.scratch_bytes, weights, plan.input.nbytes, acts)
 
 

@@ -13,11 +13,11 @@ requantization product past 63, is an error, so the C code cannot overflow.
 **Memory plan.** Reshapes, and takes and slices whose result is contiguous, are views
 (no storage). Every other activation gets a region of the scratch buffer from the node
 that writes it to the last node that reads it (or a view of it); a region is reused
-once its value is dead (first fit, offsets aligned to 16 bytes). Node-local temporaries
-(the transposed right operand of an activation product) live for their node only; a
-product whose right operand is a transpose of the last two axes (``k^T``) reads that
-transpose's input as its transposed operand instead, which then lives to the product,
-and the transpose itself runs in the debug build only.
+once its value is dead (first fit, offsets aligned to 16 bytes). An activation product
+reads its right operand in place, by strides (the kernels' ``sn``, ``sk``): as it is
+stored (an attention head's ``v``), or, where it is a transpose of the last two axes
+(``k^T``), as that transpose's input, which then lives to the product, and the transpose
+itself runs in the debug build only.
 
 **Fused requantization.** An 8-bit product whose int32 result only a requantize reads is
 computed with it in one kernel call (:func:`fused_requantizations`): the requantized
@@ -114,7 +114,6 @@ class OutputLayout:
 class Plan:
     program: IntProgram
     values: dict[str, Value]
-    temps: dict[int, Value] = field(default_factory=dict)   # node index -> temporary
     bt_sources: dict[int, str] = field(default_factory=dict)  # matmul index -> its b^T
     fused: dict[int, int] = field(default_factory=dict)  # product index -> its requantize
     layouts: dict[int, OutputLayout] = field(default_factory=dict)  # product -> its output's
@@ -215,12 +214,9 @@ def make_plan(program: IntProgram) -> Plan:
     plan = Plan(program, values, logits=program.output)
     for i, node in enumerate(nodes):
         if node.op == "matmul":
-            a, b = (values[n] for n in node.inputs)
             source = transposed_source(nodes, node.inputs[1])
             if source is not None:
                 plan.bt_sources[i] = source
-            else:
-                plan.temps[i] = Value(f"{node.output}.bt", b.shape, b.lo, b.hi, first=i, last=i)
     readers = readers_of(nodes)
     plan.fused = fused_requantizations(nodes, values, readers)
     plan.debug_only = debug_only(nodes, plan.bt_sources, readers)
@@ -444,7 +440,6 @@ def _lifetimes(plan: Plan) -> None:
 def _allocate(plan: Plan) -> None:
     """First-fit placement of every scratch buffer over its lifetime."""
     buffers = [v for v in plan.values.values() if v.kind in ("scratch", "input")]
-    buffers += list(plan.temps.values())
     buffers.sort(key=lambda v: (v.first, -v.nbytes))
     live: list[Value] = []
     top = 0

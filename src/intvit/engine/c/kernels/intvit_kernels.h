@@ -109,7 +109,9 @@ static inline int32_t intvit_dot16(const int16_t *x, const int16_t *y, int32_t n
 
 /* --- matmul ---------------------------------------------------------------------------
  * c[i][j] = bias[j] + sum_k a[i][k] * bt[j][k]   (bias may be NULL)
- * a: M x K, bt: N x K (B transposed: a linear layer's weight as stored), c: M x N int32.
+ * a: M x K, c: M x N int32; bt[j][k] = bt[j * sn + k * sk], B transposed read in place by
+ * its strides: sn = K, sk = 1 for a linear layer's weight as stored (N x K), sn = 1,
+ * sk = N for B itself as stored (K x N: an attention head's v).
  * Both kernels widen the operands to int16 (the plan proves every operand fits 16 bits)
  * and add exact int16 products in int32: every partial sum of c[i][j] is bounded by the
  * plan's proven bound of the whole sum (sum_k |a_ik| |b_jk| + |bias_j| <= 2^31 - 1), so no
@@ -121,7 +123,8 @@ static inline int32_t intvit_dot16(const int16_t *x, const int16_t *y, int32_t n
  *
  * AVX2 kernel: per K block of INTVIT_MATMUL_KC and M block of INTVIT_MATMUL_MC rows, the
  * rows of a are widened to int16 (zero-padded to an even length), and each panel of 16
- * columns of bt is packed as pairs: panel[p][j][q] = bt[j][2p + q]. A 4 x 16 block of
+ * columns of bt is packed as pairs: panel[p][j][q] = bt[j][2p + q] (gathered by its
+ * strides). A 4 x 16 block of
  * int32 accumulators is updated per pair p by _mm256_madd_epi16(a[i][2p..2p+1]
  * broadcast, panel[p][0..7 | 8..15]) = a[i][2p] b[j][2p] + a[i][2p+1] b[j][2p+1] exactly
  * (vpmaddwd sums two int16 products into int32; it is never the saturating
@@ -132,8 +135,8 @@ static inline int32_t intvit_dot16(const int16_t *x, const int16_t *y, int32_t n
 #endif
 
 #define INTVIT_DECLARE_MATMUL(NAME, TA, TB)                                               \
-    void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt,                 \
-              const int32_t *bias, int32_t *c)
+    void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt, int32_t sn,     \
+              int32_t sk, const int32_t *bias, int32_t *c)
 
 /* Kernel selection, by the compiler's target macros (-march=native sets them for this
  * host), each capped by a define that forces the kernel below it:
@@ -277,13 +280,13 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
                     int32_t jb = N - j0 < 16 ? N - j0 : 16, j, k, r;                      \
                     if (jb < 16 || (kc & 1)) memset(panel, 0, sizeof(panel));             \
                     for (j = 0; j < jb; j++) {                                            \
-                        const TB *br = bt + (int64_t)(j0 + j) * K + k0;                   \
+                        const TB *br = bt + (int64_t)(j0 + j) * sn + (int64_t)k0 * sk;    \
                         int16_t *pj = panel + (j & 7) * 2 + (j >> 3) * 16;                \
                         for (k = 0; k + 1 < kc; k += 2) {                                 \
-                            pj[k * 16] = (int16_t)br[k];                                  \
-                            pj[k * 16 + 1] = (int16_t)br[k + 1];                          \
+                            pj[k * 16] = (int16_t)br[(int64_t)k * sk];                    \
+                            pj[k * 16 + 1] = (int16_t)br[(int64_t)(k + 1) * sk];          \
                         }                                                                 \
-                        if (kc & 1) pj[(kc - 1) * 16] = (int16_t)br[kc - 1];              \
+                        if (kc & 1) pj[(kc - 1) * 16] = (int16_t)br[(int64_t)(kc - 1) * sk]; \
                     }                                                                     \
                     for (r = 0; r < mc; r += 4)                                           \
                         intvit_avx2_block(mc - r < 4 ? mc - r : 4, jb, pairs,             \
@@ -309,7 +312,7 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
                 jb = N - j0 < INTVIT_MATMUL_JB ? N - j0 : INTVIT_MATMUL_JB;               \
                 for (j = 0; j < jb; j++)                                                  \
                     for (k = 0; k < kc; k++)                                              \
-                        b16[j][k] = (int16_t)bt[(int64_t)(j0 + j) * K + k0 + k];          \
+                        b16[j][k] = (int16_t)bt[(int64_t)(j0 + j) * sn + (int64_t)(k0 + k) * sk]; \
                 for (i = 0; i + 1 < M; i += 2) {                                          \
                     int32_t *c0 = c + (int64_t)i * N + j0, *c1 = c0 + N;                  \
                     for (k = 0; k < kc; k++) {                                            \
@@ -350,7 +353,8 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
  * saturating vpdpbusds; no sum here can reach 2^31). One parallel region per call; per K
  * block of INTVIT_VNNI_KC values and M block of INTVIT_MATMUL_MC rows, the threads split
  * the panels of 32 columns of bt, each packed as quads: panel[q][h][j][t] =
- * bt[16h + j][4q + t] (zero past the block and past N). An 8 x 32 block of accumulators
+ * bt[16h + j][4q + t] (zero past the block and past N; see intvit_vnni_pack for the
+ * strides). An 8 x 32 block of accumulators
  * takes, per quad q, a[i][4q..4q+3] broadcast, read in place from a (row stride K), against
  * panel[q][0 | 1]; where the block's length is not a multiple of 4 its last quad reads only
  * the block's bytes of a, the rest zero. The operand that is unsigned goes first; when both
@@ -517,22 +521,63 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
     }
 }
 
-/* The panel of columns j0 .. j0 + jb - 1 (jb <= 32) of bt over k0 .. k0 + kc - 1, as
- * quads xor xb (panel[q][h][j][t] = bt[j0 + 16h + j][k0 + 4q + t] ^ xb, zero past kc and
- * jb). A whole quad of 16 columns is one gather of 16 32-bit words (vpgatherdd, column
- * j's word at j * K bytes); the last quad when kc is not a multiple of 4 is copied byte
- * by byte. */
-static inline void intvit_vnni_pack(const uint8_t *bt, int32_t K, int32_t jb, int32_t kc,
-                                    uint8_t xb, uint8_t *panel) {
+/* Quad q of one half panel (cols <= 16 columns from base, bt's strides sn, sk) copied
+ * byte by byte: pq[4j + t] = bt[j][4q + t] ^ xb for 4q + t < kc, zero elsewhere. */
+static inline void intvit_vnni_pack_quad(const uint8_t *base, int32_t sn, int32_t sk,
+                                         int32_t cols, int32_t q, int32_t kc, uint8_t xb,
+                                         uint8_t *pq) {
+    int32_t j, k;
+    memset(pq, 0, 64);
+    for (j = 0; j < cols; j++)
+        for (k = 4 * q; k < kc && k < 4 * q + 4; k++)
+            pq[4 * j + k - 4 * q] = (uint8_t)(base[(int64_t)j * sn + (int64_t)k * sk] ^ xb);
+}
+
+/* Quad q of one half panel of B stored as rows (sn = 1, row stride sk): the 16 column
+ * bytes of rows 4q .. 4q + 3 (masked loads: no byte past the cols columns is read; rows
+ * past kc are zero), interleaved into quads by unpacking bytes (pairs of rows) and then
+ * 16-bit words (pairs of pairs): [r0 r1 r2 r3] per column. */
+static inline void intvit_vnni_pack_rows_quad(const uint8_t *base, int32_t sk, int32_t cols,
+                                              int32_t q, int32_t kc, __m512i flip,
+                                              uint8_t *pq) {
+    __mmask64 valid = cols >= 16 ? (__mmask64)0xFFFF : ((__mmask64)1 << cols) - 1;
+    __m128i r[4], lo01, hi01, lo23, hi23;
+    int32_t t;
+    for (t = 0; t < 4; t++) {
+        int32_t k = 4 * q + t;
+        r[t] = k < kc ? _mm512_castsi512_si128(_mm512_maskz_mov_epi8(
+                            valid, _mm512_xor_si512(
+                                _mm512_maskz_loadu_epi8(valid, base + (int64_t)k * sk), flip)))
+                      : _mm_setzero_si128();
+    }
+    lo01 = _mm_unpacklo_epi8(r[0], r[1]);
+    hi01 = _mm_unpackhi_epi8(r[0], r[1]);
+    lo23 = _mm_unpacklo_epi8(r[2], r[3]);
+    hi23 = _mm_unpackhi_epi8(r[2], r[3]);
+    _mm_storeu_si128((__m128i *)pq, _mm_unpacklo_epi16(lo01, lo23));
+    _mm_storeu_si128((__m128i *)(pq + 16), _mm_unpackhi_epi16(lo01, lo23));
+    _mm_storeu_si128((__m128i *)(pq + 32), _mm_unpacklo_epi16(hi01, hi23));
+    _mm_storeu_si128((__m128i *)(pq + 48), _mm_unpackhi_epi16(hi01, hi23));
+}
+
+/* The panel of columns j0 .. j0 + jb - 1 (jb <= 32) of bt over k0 .. k0 + kc - 1 (bt: the
+ * panel's first value, strides sn, sk), as quads xor xb (panel[q][h][j][t] =
+ * bt[j0 + 16h + j][k0 + 4q + t] ^ xb, zero past kc and jb). Rows of bt (sk = 1: a
+ * weight): a whole quad of 16 columns is one gather of 16 32-bit words (vpgatherdd,
+ * column j's word at j * sn bytes), the last quad when kc is not a multiple of 4 copied
+ * byte by byte; B as rows (sn = 1: an attention head's v) by intvit_vnni_pack_rows_quad;
+ * other strides byte by byte. */
+static inline void intvit_vnni_pack(const uint8_t *bt, int32_t sn, int32_t sk, int32_t jb,
+                                    int32_t kc, uint8_t xb, uint8_t *panel) {
     const __m512i flip = _mm512_set1_epi8((char)xb);
     const __m512i rows = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(K));
-    int32_t whole = kc / 4, quads = (kc + 3) / 4, h, q, j, k;
+        _mm512_set1_epi32(sn));
+    int32_t whole = sk == 1 ? kc / 4 : 0, quads = (kc + 3) / 4, h, q;
     for (h = 0; h < 2; h++) {
         int32_t cols = jb - 16 * h < 0 ? 0 : (jb - 16 * h < 16 ? jb - 16 * h : 16);
         __mmask16 valid = (__mmask16)((1u << cols) - 1);
-        const uint8_t *base = bt + (int64_t)16 * h * K;
+        const uint8_t *base = bt + (int64_t)16 * h * sn;
         for (q = 0; q < whole; q++) {
             __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, rows,
                                                     base + 4 * q, 1);
@@ -540,11 +585,10 @@ static inline void intvit_vnni_pack(const uint8_t *bt, int32_t K, int32_t jb, in
                                 _mm512_maskz_mov_epi32(valid, _mm512_xor_si512(v, flip)));
         }
         for (; q < quads; q++) {
-            uint8_t *pq = panel + 128 * q + 64 * h;
-            memset(pq, 0, 64);
-            for (j = 0; j < cols; j++)
-                for (k = 4 * q; k < kc; k++)
-                    pq[4 * j + k - 4 * q] = (uint8_t)(base[(int64_t)j * K + k] ^ xb);
+            if (sn == 1 && sk != 1)
+                intvit_vnni_pack_rows_quad(base, sk, cols, q, kc, flip, panel + 128 * q + 64 * h);
+            else
+                intvit_vnni_pack_quad(base, sn, sk, cols, q, kc, xb, panel + 128 * q + 64 * h);
         }
     }
 }
@@ -600,17 +644,17 @@ static inline void intvit_vnni_requant_rows(int32_t M, int32_t N, const int32_t 
     }
 }
 
-/* Prefetch lines from .. to - 1 of rows of bt (row stride K, `lines` cache lines of 64
+/* Prefetch lines from .. to - 1 of rows of bt (row stride sn, `lines` cache lines of 64
  * bytes a row from bt): the weights of a layer come from L3 or memory (a ViT's linear
  * layers do not fit L2), and the panel's gathers would wait for each line; prefetched
  * while the previous panel is multiplied, they find them in L1 (12 linear layers of
  * DeiT-S on one thread, weights cycled through L3: 27.3 -> 23.9 ms). A prefetch never
  * faults and changes no value. */
-static inline void intvit_prefetch_rows(const uint8_t *bt, int32_t K, int32_t lines,
+static inline void intvit_prefetch_rows(const uint8_t *bt, int32_t sn, int32_t lines,
                                         int32_t from, int32_t to) {
     int32_t p;
     for (p = from; p < to; p++)
-        _mm_prefetch((const char *)(bt + (int64_t)(p / lines) * K + 64 * (p % lines)),
+        _mm_prefetch((const char *)(bt + (int64_t)(p / lines) * sn + 64 * (p % lines)),
                      _MM_HINT_T0);
 }
 
@@ -631,20 +675,20 @@ static inline int32_t intvit_vnni_row_sum(const uint8_t *a, int32_t n, int32_t i
     return (int32_t)_mm512_reduce_add_epi64(sum) - (is_signed ? 128 * n : 0);
 }
 
-/* The VNNI kernel on bytes: a_signed, b_signed say whether a, bt hold int8_t; rq, where
- * not NULL, requantizes the last K block into rq->y (c then holds only the earlier
+/* The VNNI kernel on bytes: a_signed, b_signed say whether a, bt hold int8_t (bt's
+ * strides sn, sk: the weights' rows prefetched where sk = 1); rq, where not NULL, requantizes the last K block into rq->y (c then holds only the earlier
  * blocks' partial sums). One parallel region: every thread walks the K and M blocks, takes
  * its panels by a static omp for without a barrier (the same panels in every block: equal
  * loops of a region under schedule(static) split alike, so a thread reads back only the
  * c it wrote), and computes the rows' fixes itself. */
 static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uint8_t *a,
-                                      int32_t a_signed, const uint8_t *bt, int32_t b_signed,
-                                      const int32_t *bias, int32_t *c,
-                                      const intvit_requant_into *rq) {
+                                      int32_t a_signed, const uint8_t *bt, int32_t sn,
+                                      int32_t sk, int32_t b_signed, const int32_t *bias,
+                                      int32_t *c, const intvit_requant_into *rq) {
     uint8_t xb = (uint8_t)(a_signed == b_signed ? 0x80 : 0);
     int32_t fix = a_signed == b_signed ? (a_signed ? -128 : 128) : 0;
     if (rq != NULL && !intvit_panels_whole(rq, N)) {
-        intvit_vnni_matmul(M, N, K, a, a_signed, bt, b_signed, bias, c, NULL);
+        intvit_vnni_matmul(M, N, K, a, a_signed, bt, sn, sk, b_signed, bias, c, NULL);
         intvit_requant_rows(M, N, c, rq);
         return;
     }
@@ -672,16 +716,18 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
                     int32_t jb = N - j0 < 32 ? N - j0 : 32, r, rows, upto;
                     /* the next panel's rows of bt, prefetched a share per block of 8 rows */
                     int32_t lines = (kc + 63) / 64, blocks = (mc + 7) / 8;
-                    int32_t ahead = N - j0 > 32 ? (N - j0 - 32 < 32 ? N - j0 - 32 : 32) * lines : 0;
+                    int32_t ahead = sk == 1 && N - j0 > 32
+                                        ? (N - j0 - 32 < 32 ? N - j0 - 32 : 32) * lines : 0;
                     int32_t step = (ahead + blocks - 1) / blocks;
-                    const uint8_t *next = ahead ? bt + (int64_t)(j0 + 32) * K + k0 : bt;
+                    const uint8_t *next = ahead ? bt + (int64_t)(j0 + 32) * sn + k0 : bt;
                     intvit_vnni_out out;
-                    intvit_vnni_pack(bt + (int64_t)j0 * K + k0, K, jb, kc, xb, panel);
+                    intvit_vnni_pack(bt + (int64_t)j0 * sn + (int64_t)k0 * sk, sn, sk, jb, kc, xb,
+                                     panel);
                     if (last) intvit_vnni_out_panel(rq, j0, jb, &out);
                     for (r = 0; r < mc; r += 8) {
                         rows = mc - r < 8 ? mc - r : 8;
                         upto = (r / 8 + 1) * step < ahead ? (r / 8 + 1) * step : ahead;
-                        intvit_prefetch_rows(next, K, lines, (r / 8) * step, upto);
+                        intvit_prefetch_rows(next, sn, lines, (r / 8) * step, upto);
                         intvit_vnni_block(rows, jb, quads, a + (int64_t)(i0 + r) * K + k0, K,
                                           kc % 4 != 0 && i0 + r + rows == M ? end_row : NULL,
                                           panel, a_signed, row_fix + r, k0 == 0,
@@ -793,13 +839,13 @@ static inline void intvit_amx_c_tile(int32_t t, int32_t store, int32_t rows, int
 }
 
 static inline void intvit_amx_matmul(int32_t M, int32_t N, int32_t K, const uint8_t *a,
-                                     int32_t a_signed, const uint8_t *bt, int32_t b_signed,
-                                     const int32_t *bias, int32_t *c,
-                                     const intvit_requant_into *rq) {
+                                     int32_t a_signed, const uint8_t *bt, int32_t sn,
+                                     int32_t sk, int32_t b_signed, const int32_t *bias,
+                                     int32_t *c, const intvit_requant_into *rq) {
     uint8_t a8[INTVIT_MATMUL_MC * INTVIT_AMX_KC];
     int32_t signs = 2 * a_signed + b_signed, i, j, k0, i0, j0, kc, mc, lda;
     if (!intvit_amx_ready()) {
-        intvit_vnni_matmul(M, N, K, a, a_signed, bt, b_signed, bias, c, rq);
+        intvit_vnni_matmul(M, N, K, a, a_signed, bt, sn, sk, b_signed, bias, c, rq);
         return;
     }
     for (i = 0; i < M; i++)
@@ -824,10 +870,16 @@ static inline void intvit_amx_matmul(int32_t M, int32_t N, int32_t K, const uint
                     int32_t jb = N - j0 < 32 ? N - j0 : 32, quads = lda / 4, j, q, r, t, ch;
                     memset(panel, 0, (size_t)(2 * lda * 16));
                     for (j = 0; j < jb; j++) {
-                        const uint8_t *br = bt + (int64_t)(j0 + j) * K + k0;
+                        const uint8_t *br = bt + (int64_t)(j0 + j) * sn + (int64_t)k0 * sk;
                         uint8_t *pj = panel + (j >> 4) * (quads * 64) + (j & 15) * 4;
-                        for (q = 0; 4 * q + 4 <= kc; q++) memcpy(pj + 64 * q, br + 4 * q, 4);
-                        if (4 * q < kc) memcpy(pj + 64 * q, br + 4 * q, (size_t)(kc - 4 * q));
+                        int32_t k;
+                        if (sk == 1) {
+                            for (q = 0; 4 * q + 4 <= kc; q++) memcpy(pj + 64 * q, br + 4 * q, 4);
+                            if (4 * q < kc) memcpy(pj + 64 * q, br + 4 * q, (size_t)(kc - 4 * q));
+                        } else {
+                            for (k = 0; k < kc; k++)
+                                pj[64 * (k / 4) + k % 4] = br[(int64_t)k * sk];
+                        }
                     }
                     for (r = 0; r < mc; r += 32) {
                         int32_t rows = mc - r < 32 ? mc - r : 32;
@@ -863,7 +915,7 @@ static inline const char *intvit_matmul8_kernel(void) { return "vnni"; }
 #define INTVIT_DEFINE_MATMUL8(NAME, TA, TB)                                               \
     INTVIT_DECLARE_MATMUL(NAME, TA, TB) {                                                 \
         INTVIT_MATMUL8_CALL(M, N, K, (const uint8_t *)a, INTVIT_SIGNED(TA),               \
-                            (const uint8_t *)bt, INTVIT_SIGNED(TB), bias, c, NULL);       \
+                            (const uint8_t *)bt, sn, sk, INTVIT_SIGNED(TB), bias, c, NULL); \
     }
 #else
 static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KERNEL; }
@@ -881,8 +933,8 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
  * back; every other build, and the debug build (whose dump shows c), computes c and then
  * requantizes it row by row (intvit_requant_rows). */
 #define INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY)                                      \
-    void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt,                 \
-              const int32_t *bias, int32_t *c, const int32_t *m, const int8_t *e,         \
+    void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt, int32_t sn,     \
+              int32_t sk, const int32_t *bias, int32_t *c, const int32_t *m, const int8_t *e, \
               int32_t per_channel, int32_t lo, int32_t hi, TY *y, int32_t ldy,            \
               int32_t block, int32_t block_stride)
 
@@ -894,14 +946,14 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
     INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY) {                                         \
         intvit_requant_into rq = INTVIT_REQUANT_INTO(TY);                                 \
         INTVIT_MATMUL8_CALL(M, N, K, (const uint8_t *)a, INTVIT_SIGNED(TA),                \
-                            (const uint8_t *)bt, INTVIT_SIGNED(TB), bias, c, &rq);        \
+                            (const uint8_t *)bt, sn, sk, INTVIT_SIGNED(TB), bias, c, &rq); \
     }
 #else
 #define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
     static INTVIT_DEFINE_MATMUL8(NAME##_product, TA, TB)                                  \
     INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY) {                                         \
         intvit_requant_into rq = INTVIT_REQUANT_INTO(TY);                                 \
-        NAME##_product(M, N, K, a, bt, bias, c);                                          \
+        NAME##_product(M, N, K, a, bt, sn, sk, bias, c);                                  \
         intvit_requant_rows(M, N, c, &rq);                                                \
     }
 #endif
