@@ -324,18 +324,18 @@ def test_matmul_requantize_kernel_equals_product_then_requantize(matmul_kernels,
     clamp(requantize(a b^T + bias, m, e)) of intvit.arith for a per-tensor or per-channel
     pair, over one and several K blocks (600, 1030 > 512), partial panels and row blocks,
     shifts from 0 (no rounding half) to 62 and multipliers up to 2^31 - 1."""
-    want, y = run_matmul_requantize(matmul_kernels, fn, m, n, k, per_channel, (n, n, 0),
-                                    m * n)
+    want, y = run_matmul_requantize(matmul_kernels, fn, m, n, k, per_channel,
+                                    (n, m, 0, n, 0, n, 0), m * n)
     assert torch.equal(y.to(torch.int64).reshape(m, n), want)
 
 
 def run_matmul_requantize(lib, fn: str, m: int, n: int, k: int, per_channel: int,
-                          layout: tuple[int, int, int], y_size: int, y_at: int = 0
+                          layout: tuple[int, ...], y_size: int, y_at: int = 0
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """clamp(requantize(a b^T + bias, m, e)) of intvit.arith for random a, b, bias and a
     per-tensor or per-channel pair (shifts 0 to 62, multipliers up to 2^31 - 1), and the
     fused kernel ``fn``'s y: a buffer of ``y_size`` values (7 where it writes none), its
-    output written from element ``y_at`` in ``layout`` (ldy, block, block_stride)."""
+    output written from element ``y_at`` in ``layout`` (the kernel's seven ints)."""
     (dtype, lo, hi), (b_dtype, b_lo, b_hi), y_dtype, y_lo, y_hi = MATMUL_RQ_TYPES[fn]
     g = torch.Generator().manual_seed(m * 1000 + n * 10 + k + per_channel)
     a = torch.randint(lo, hi + 1, (m, k), generator=g)
@@ -355,31 +355,37 @@ def run_matmul_requantize(lib, fn: str, m: int, n: int, k: int, per_channel: int
     getattr(lib, fn)(m, n, k, ptr(a_c.data_ptr()), ptr(b_c.data_ptr()), k, 1,
                      ptr(bias.data_ptr()), ptr(c.data_ptr()), ptr(m32.data_ptr()), ptr(e8.data_ptr()), per_channel,
                      i32(y_lo), i32(y_hi), ptr(y.data_ptr() + y_at * y.element_size()),
-                     *map(i32, layout))
+                     (i32 * 7)(*layout))
     return want, y
 
 
-# (m, n, k, (ldy, block, block_stride), y's size, first element): head-major q, k, v of a
-# ViT's linear layer (blocks of 32 and 64 columns, a block of 16 that no vector epilogue
-# takes), one head's context into its columns of the merged heads, a partial last row
-# block and several K blocks
-LAYOUTS = [(197, 192, 64, (64, 64, 197 * 64), 197 * 192, 0),
-           (9, 96, 600, (32, 32, 9 * 32), 9 * 96, 0),
-           (10, 48, 5, (16, 16, 10 * 16), 10 * 48, 0),
-           (197, 64, 197, (192, 64, 0), 197 * 192, 64),
-           (13, 20, 33, (60, 20, 0), 13 * 60, 40)]
+# (m, n, k, (ldy, row_block, row_block_stride, block, block_stride, group, group_stride),
+# y's size, first element): head-major q, k, v of a ViT's linear layer (blocks of 32 and
+# 64 columns, a block of 16 that no vector epilogue takes), of Swin's 3 windows of 5
+# tokens with 2 heads of 32 (q, k, v, window, head, token, value), one head's context
+# into its columns of the merged heads, a partial last row block and several K blocks
+LAYOUTS = [(197, 192, 64, (64, 197, 0, 64, 197 * 64, 192, 0), 197 * 192, 0),
+           (9, 96, 600, (32, 9, 0, 32, 9 * 32, 96, 0), 9 * 96, 0),
+           (10, 48, 5, (16, 10, 0, 16, 10 * 16, 48, 0), 10 * 48, 0),
+           (15, 192, 40, (32, 5, 2 * 5 * 32, 32, 5 * 32, 64, 3 * 2 * 5 * 32), 15 * 192, 0),
+           (197, 64, 197, (192, 197, 0, 64, 0, 64, 0), 197 * 192, 64),
+           (13, 20, 33, (60, 13, 0, 20, 0, 20, 0), 13 * 60, 40)]
 
 
 @pytest.mark.parametrize("fn", ["rq8_s8_s8_s8", "rq8_u8_u8_s32"])
 @pytest.mark.parametrize("m,n,k,layout,size,at", LAYOUTS)
 def test_matmul_requantize_kernel_writes_the_output_layout(matmul_kernels, fn, m, n, k,
                                                            layout, size, at):
-    """The fused kernel writes value (i, j) at i * ldy + (j / block) * block_stride +
-    j % block from its output pointer and no other element of the buffer."""
+    """The fused kernel writes value (i, j) at (i / row_block) * row_block_stride +
+    (i % row_block) * ldy + (j / group) * group_stride + (j % group / block) *
+    block_stride + j % block from its output pointer and no other element of the
+    buffer."""
     want, y = run_matmul_requantize(matmul_kernels, fn, m, n, k, 1, layout, size, at)
-    ldy, block, block_stride = layout
+    ldy, row_block, row_block_stride, block, block_stride, group, group_stride = layout
     i, j = torch.meshgrid(torch.arange(m), torch.arange(n), indexing="ij")
-    places = (at + i * ldy + (j // block) * block_stride + j % block).reshape(-1)
+    places = (at + (i // row_block) * row_block_stride + (i % row_block) * ldy
+              + (j // group) * group_stride + (j % group // block) * block_stride
+              + j % block).reshape(-1)
     expected = torch.full((size,), 7, dtype=torch.int64)
     expected[places] = want.reshape(-1)
     assert places.unique().numel() == m * n
@@ -553,46 +559,56 @@ def node_code(code: str, i: int) -> str:
     return re.search(rf"/\* node {i}: [^\n]*\n(.*?)INTVIT_TICK\({i}\);", code, re.S).group(1)
 
 
-# a ViT whose heads are 32 wide: the q, k, v linear layers write head-major q, k, v
-HEAD32 = dict(arch="vit", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2,
-              num_classes=10)
+# models whose heads are 32 wide: the q, k, v linear layers write head-major q, k, v (Swin:
+# 4 windows of 2 heads in its first stage, one window of 4 in its second)
+HEAD32 = {"vit": (dict(arch="vit", img_size=32, patch_size=8, embed_dim=64, depth=2,
+                       num_heads=2, num_classes=10), 32),
+          "swin": (dict(arch="swin", img_size=28, patch_size=2, embed_dim=64, depths=(2, 2),
+                        heads=(2, 4), window_size=7, num_classes=10), 28)}
 
 
 @pytest.fixture(scope="module")
 def head32():
-    model = calibrated(model_config("custom", **HEAD32), FAMILIES["ivit"])
-    program = export_program(model)
-    return model, program, generate(program)
+    """arch -> (model, program, library) of HEAD32."""
+    out = {}
+    for arch, (cfg, _) in HEAD32.items():
+        model = calibrated(model_config("custom", **cfg), FAMILIES["ivit"])
+        program = export_program(model)
+        out[arch] = model, program, generate(program)
+    return out
 
 
-@pytest.mark.parametrize("arch", [*ARCHS, "head32"])
+@pytest.mark.parametrize("arch", [*ARCHS, *(f"{a} head32" for a in HEAD32)])
 def test_products_write_the_layout_of_the_transpose_that_reads_them(models, head32, arch):
     """Each head's context product writes its columns of the merged heads, and (with heads
     of 32 values) each q, k, v linear layer writes head-major q, k, v: the transposes that
     read them have no code, their outputs live from the product, and the requantized
     outputs have no storage of their own (the logits stay exact: every whole-model test
     here, and below for the 32-wide heads)."""
-    _, program, library = head32 if arch == "head32" else models[arch, "ivit"]
+    wide = arch.endswith("head32")
+    _, program, library = head32[arch.split()[0]] if wide else models[arch, "ivit"]
     plan, nodes = library.plan, program.nodes
     context = {i for i, n in enumerate(nodes) if n.op == "matmul" and "context" in n.module}
     qkv = {i for i, n in enumerate(nodes) if n.op == "linear" and "qkv" in n.module}
-    assert set(plan.layouts) == (context | qkv if arch == "head32" else context)
+    assert context | (qkv if wide else set()) <= set(plan.layouts)
     code = library.files["intvit_model.c"]
     for i, layout in plan.layouts.items():
         assert nodes[layout.transpose].op == "transpose"
         assert "intvit_copy" not in node_code(code, layout.transpose)
         assert plan.values[layout.target].first == i
         assert plan.values[nodes[plan.fused[i]].output].kind == "layout"
-        assert f"{layout.ldy}, {layout.block}, {layout.block_stride});" in node_code(code, i)
+        assert f"{{{', '.join(map(str, layout.ints))}}};" in library.files["intvit_model.c"]
 
 
 @pytest.mark.parametrize("kind", list(KERNEL_BUILDS))
-def test_head_major_layouts_are_exact_on_every_kernel_build(head32, kind, tmp_path):
-    """The 32-wide heads' model (q, k, v written head-major by their linear layers) on
-    every kernel build, one and two threads, equals the eval-mode model; its debug build
-    replays the golden vectors (the layout values gathered back)."""
-    model, program, library = head32
-    x = images(3, 32, seed=3)
+@pytest.mark.parametrize("arch", HEAD32)
+def test_head_major_layouts_are_exact_on_every_kernel_build(head32, arch, kind, tmp_path):
+    """The 32-wide heads' models (q, k, v written head-major by their linear layers, Swin's
+    by window and head) on every kernel build, one and two threads, equal the eval-mode
+    model; their debug builds replay the golden vectors (the layout values gathered
+    back)."""
+    model, program, library = head32[arch]
+    x = images(3, HEAD32[arch][1], seed=3)
     want = model.forward_int(x).value
     for threads in (1, 2):
         engine = CEngine(program, threads=threads, library=library,

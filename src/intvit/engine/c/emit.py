@@ -151,13 +151,13 @@ def product(e: Emitter, i: int, a: Value, bt: Value) -> tuple[str, str]:
     layout = e.plan.layouts.get(i)
     if layout is None:
         out = e.ptr(y.name) + (f" + l * {rows * cols}" if calls > 1 else "")
-        ldy, block, block_stride = cols, cols, 0
+        ints = [cols, rows, 0, cols, 0, cols, 0]
     else:
         out = e.ptr(layout.target) + (f" + {e.ints(list(layout.bases))}[l]" if calls > 1
                                        else f" + {layout.bases[0]}")
-        ldy, block, block_stride = layout.ldy, layout.block, layout.block_stride
+        ints = layout.ints
     return fn, (f", {m}, {ex}, {per}, {node.attrs['lo']}, {node.attrs['hi']}, {out}, "
-                f"{ldy}, {block}, {block_stride}")
+                f"{e.ints(ints)}")
 
 
 @emitter("linear")

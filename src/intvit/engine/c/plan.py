@@ -26,12 +26,12 @@ region (the kernel's partial sums between K blocks, and the whole product in the
 that requantize after it).
 
 **Products that write a transposed layout.** Where a fused product's requantized output
-is read only by a transpose (through reshapes), and that transpose's layout of it is
-``i * ldy + (j / block) * block_stride + j % block`` for value ``(i, j)`` of each of the
-product's matrices (:func:`output_layouts`; a block of whole panels of 32 columns), the
-product writes the transpose's output directly and the transpose has no code: the
-attention's q, k, v split into heads (ViT), and each head's context into its columns of
-the merged heads (ViT and Swin). The requantized output then has no storage of its own
+is read only by a transpose (through reshapes), and that transpose's layout of it is that
+of :class:`OutputLayout` for each of the product's matrices (:func:`output_layouts`; a
+block of whole panels of 32 columns), the product writes the
+transpose's output directly and the transpose has no code: the attention's q, k, v split
+into heads (ViT, and Swin's windows), and each head's context into its columns of the
+merged heads. The requantized output then has no storage of its own
 (kind ``layout``); the debug build shows it by gathering it back from the transpose's
 output.
 """
@@ -99,15 +99,26 @@ CTYPE_SIZE = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "int32_t": 4}
 class OutputLayout:
     """Where a product writes its requantized output: into ``target`` (the output of
     transpose node ``transpose``), matrix ``l`` of the product from element ``bases[l]``,
-    value ``(i, j)`` of a matrix at ``i * ldy + (j / block) * block_stride + j % block``
-    (the kernel's ``intvit_y_at``)."""
+    value ``(i, j)`` of a matrix at ``(i / row_block) * row_block_stride + (i % row_block)
+    * ldy + (j / group) * group_stride + (j % group / block) * block_stride + j % block``
+    (the kernel's ``intvit_y_row`` and ``intvit_y_col``)."""
 
     target: str
     transpose: int
+    bases: tuple[int, ...]
     ldy: int
+    row_block: int
+    row_block_stride: int
     block: int
     block_stride: int
-    bases: tuple[int, ...]
+    group: int
+    group_stride: int
+
+    @property
+    def ints(self) -> list[int]:
+        """The kernel's ``layout`` array."""
+        return [self.ldy, self.row_block, self.row_block_stride, self.block,
+                self.block_stride, self.group, self.group_stride]
 
 
 @dataclass
@@ -322,27 +333,40 @@ def transposed_offsets(shape: tuple[int, ...], perm) -> np.ndarray:
     return offsets
 
 
-def _fit_layout(matrices: tuple[int, int, int], offsets: np.ndarray
-                ) -> tuple[int, int, int, tuple[int, ...]] | None:
-    """(ldy, block, block_stride, bases) of an OutputLayout that puts each value of the
-    matrices where ``offsets`` says, or None where none does (or its panels would not be
-    whole)."""
+def _blocks(steps: np.ndarray, unit: int) -> tuple[int, int, int]:
+    """(stride, block, block stride) of offsets ``steps`` (from the first) that go up by
+    the stride inside blocks of ``block`` and by the block stride from block to block (the
+    stride ``unit`` where there is one step): the first block ends where they leave
+    ``i * stride``; the caller checks the rest."""
+    n = len(steps)
+    stride = int(steps[1]) if n > 1 else unit
+    leave = np.nonzero(steps != np.arange(n) * stride)[0]
+    block = int(leave[0]) if leave.size else n
+    return stride, block, int(steps[block]) if block < n else 0
+
+
+def _fit_layout(matrices: tuple[int, int, int], offsets: np.ndarray) -> tuple | None:
+    """(bases, then the layout's ldy .. group_stride) of an OutputLayout that puts each
+    value of the matrices where ``offsets`` says, or None where none does (or its panels
+    would not be whole)."""
     calls, rows, cols = matrices
     at = offsets.reshape(calls, rows, cols)
     bases = at[:, 0, 0]
-    first = at[0, 0] - bases[0]
-    steps = np.nonzero(first != np.arange(cols))[0]
-    block = int(steps[0]) if steps.size else cols
-    block_stride = int(first[block]) if block < cols else 0
-    ldy = int(at[0, 1, 0] - bases[0]) if rows > 1 else cols
-    if block < cols and block % 32 != 0:
+    unit, block, block_stride = _blocks(at[0, 0] - bases[0], 1)
+    _, blocks, group_stride = _blocks(at[0, 0, ::block] - bases[0], block_stride)
+    group = blocks * block
+    ldy, row_block, row_block_stride = _blocks(at[0, :, 0] - bases[0], cols)
+    if unit != 1 or (block < cols and block % 32 != 0):
         return None
-    j = np.arange(cols)
-    want = (bases[:, None, None] + np.arange(rows)[None, :, None] * ldy
-            + ((j // block) * block_stride + j % block)[None, None, :])
+    i, j = np.arange(rows), np.arange(cols)
+    want = (bases[:, None, None]
+            + ((i // row_block) * row_block_stride + (i % row_block) * ldy)[None, :, None]
+            + ((j // group) * group_stride + (j % group // block) * block_stride
+               + j % block)[None, None, :])
     if not np.array_equal(want, at):
         return None
-    return ldy, block, block_stride, tuple(int(b) for b in bases)
+    return (tuple(int(b) for b in bases), ldy, row_block, row_block_stride, block,
+            block_stride, group, group_stride)
 
 
 def transposed_source(nodes, name: str) -> str | None:

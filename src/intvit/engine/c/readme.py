@@ -79,8 +79,9 @@ The network (`intvit_model.c`) calls only the kernel functions listed in
 `intvit_kernels.c`, one per line (`INTVIT_DEFINE_<KERNEL>(name, types)`): int8 matmul
 with int32 accumulation, the same with the requantization of its result (`MATMUL8_RQ`:
 one call for a product and the requantize node that alone reads it, writing its output
-in the layout of the transpose that reads it where there is one: `ldy`, `block`,
-`block_stride`, see `intvit_requant_into`), requantize (with or
+in the layout of the transpose that reads it where there is one: `layout`, see
+`intvit_requant_into`; every product takes its right operand by the strides `sn`, `sk`),
+requantize (with or
 without residual), table look-up, softmax row, LayerNorm row, and the index moves (box
 copy, where, sum). To run a kernel on your
 target's library (CMSIS-NN, an HLS block, vendor intrinsics), delete its line and link

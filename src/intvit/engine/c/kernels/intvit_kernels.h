@@ -374,24 +374,33 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
 
 /* The requantization fused into a product (INTVIT_DEFINE_MATMUL8_RQ): y[i][j] =
  * clamp(R(c[i][j]; m[j], e[j]), lo, hi), m[0], e[0] for every column unless per_channel;
- * size: the bytes of one value of y (1, 2 or 4; y's type holds [lo, hi]). y's layout:
+ * size: the bytes of one value of y (1, 2 or 4; y's type holds [lo, hi]). y's layout,
+ * layout = {ldy, row_block, row_block_stride, block, block_stride, group, group_stride}:
  * value (i, j) lies at element
- *   i * ldy + (j / block) * block_stride + j % block                  (intvit_y_at)
- * of y, so that a product writes its output straight into the layout that a transpose of
- * it would make: row-major is ldy = block = N; the attention's context of one head into
- * its columns of the merged heads is ldy = heads * N, block = N; the q, k, v linear layer
- * of a ViT into head-major q, k, v is ldy = block = head size, block_stride = rows * head
- * size. */
+ *   (i / row_block) * row_block_stride + (i % row_block) * ldy                (intvit_y_row)
+ *   + (j / group) * group_stride + (j % group / block) * block_stride + j % block
+ *                                                                             (intvit_y_col)
+ * of y (group a multiple of block), so that a product writes its output straight into the
+ * layout that a transpose of it would make: row-major is {N, M, 0, N, 0, N, 0}; the
+ * attention's context of one head into its columns of the merged heads {heads * N, M, 0,
+ * N, 0, N, 0}; the q, k, v linear layer of a ViT into head-major q, k, v {d, M, 0, d,
+ * M * d, N, 0} (d: the head size), of Swin's W windows of n tokens {d, n, heads * n * d,
+ * d, n * d, heads * d, W * heads * n * d}. */
 typedef struct {
     const int32_t *m;
     const int8_t *e;
     int32_t per_channel, lo, hi, size;
     void *y;
-    int32_t ldy, block, block_stride;
+    int32_t ldy, row_block, row_block_stride, block, block_stride, group, group_stride;
 } intvit_requant_into;
 
-static inline int64_t intvit_y_at(const intvit_requant_into *rq, int64_t i, int32_t j) {
-    return i * rq->ldy + (int64_t)(j / rq->block) * rq->block_stride + j % rq->block;
+static inline int64_t intvit_y_row(const intvit_requant_into *rq, int64_t i) {
+    return (i / rq->row_block) * rq->row_block_stride + (i % rq->row_block) * rq->ldy;
+}
+
+static inline int64_t intvit_y_col(const intvit_requant_into *rq, int32_t j) {
+    return (int64_t)(j / rq->group) * rq->group_stride
+           + (int64_t)(j % rq->group / rq->block) * rq->block_stride + j % rq->block;
 }
 
 /* intvit_requant_into's y from a whole c (M x N), row by row. */
@@ -403,7 +412,7 @@ static inline void intvit_requant_rows(int32_t M, int32_t N, const int32_t *c,
         for (j = 0; j < N; j++) {
             int32_t at = rq->per_channel ? j : 0;
             int64_t v = intvit_clamp(intvit_requant(c[i * N + j], rq->m[at], rq->e[at]),
-                                     rq->lo, rq->hi), to = intvit_y_at(rq, i, j);
+                                     rq->lo, rq->hi), to = intvit_y_row(rq, i) + intvit_y_col(rq, j);
             if (rq->size == 1) ((uint8_t *)rq->y)[to] = (uint8_t)v;
             else if (rq->size == 2) ((uint16_t *)rq->y)[to] = (uint16_t)v;
             else ((uint32_t *)rq->y)[to] = (uint32_t)v;
@@ -424,11 +433,14 @@ static inline void intvit_requant_rows(int32_t M, int32_t N, const int32_t *c,
 /* Where a product's last K block goes when its requantization is fused into it (the
  * network's y = clamp(R(c; m, e), lo, hi) of the product's c): the 32 columns' multipliers
  * and exponents of one panel as int32 lanes, the clamp bounds as int64 lanes, the output
- * (bytes per value: 1, 2 or 4) and its row stride. */
+ * (bytes per value: 1, 2 or 4), its layout, and the element offset of the panel's first
+ * column in a row. */
 typedef struct {
     __m512i m[2], e[2], lo, hi;
     void *y;
-    int32_t size, ldy;
+    int32_t size;
+    const intvit_requant_into *rq;
+    int64_t col;
 } intvit_vnni_out;
 
 /* The lanes of columns 16h .. 16h + 15 of a panel whose first cols columns are valid. */
@@ -471,15 +483,15 @@ static inline void intvit_vnni_store(const intvit_vnni_out *out, int32_t cols, i
  * bytes of a) meet the panel's zeros, so they add nothing; where the block holds the
  * matrix's last row (end_row not NULL), that row, whose bytes past kc may lie past a, is
  * read from end_row instead (its kc bytes, zero-padded). With out (the last K block of a
- * fused product) the sums are not stored in c but requantized into out->y from element
- * y_at on (values clamped into the output type's range, so the narrowing stores are
- * exact). */
+ * fused product) the sums are not stored in c but requantized into out->y, row r of the
+ * block (row i + r of the matrix) where the layout puts it (values clamped into the
+ * output type's range, so the narrowing stores are exact). */
 static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
                                      const uint8_t *a, int32_t lda, const uint8_t *end_row,
                                      const uint8_t *panel, int32_t swap,
                                      const int32_t *row_fix, int32_t first,
                                      const int32_t *bias, int32_t *c, int32_t ldc,
-                                     const intvit_vnni_out *out, int64_t y_at) {
+                                     const intvit_vnni_out *out, int32_t i) {
     __m512i acc[8][2];
     const uint8_t *ar[8];
     __mmask16 valid[2];
@@ -517,7 +529,8 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
             sum[h] = _mm512_add_epi32(start, _mm512_add_epi32(acc[r][h], fix));
             if (!out) _mm512_mask_storeu_epi32(cr + 16 * h, valid[h], sum[h]);
         }
-        if (out) intvit_vnni_store(out, cols, y_at + (int64_t)r * out->ldy, sum[0], sum[1]);
+        if (out)
+            intvit_vnni_store(out, cols, intvit_y_row(out->rq, i + r) + out->col, sum[0], sum[1]);
     }
 }
 
@@ -593,8 +606,7 @@ static inline void intvit_vnni_pack(const uint8_t *bt, int32_t sn, int32_t sk, i
     }
 }
 
-/* The fused requantization of the panel of columns j0 .. j0 + jb - 1 (the rest 0), whose
- * rows lie rq->ldy apart in y. */
+/* The fused requantization of the panel of columns j0 .. j0 + jb - 1 (the rest 0). */
 static inline void intvit_vnni_out_panel(const intvit_requant_into *rq, int32_t j0,
                                          int32_t jb, intvit_vnni_out *out) {
     int32_t m[32], e[32], j, h;
@@ -611,7 +623,8 @@ static inline void intvit_vnni_out_panel(const intvit_requant_into *rq, int32_t 
     out->hi = _mm512_set1_epi64(rq->hi);
     out->y = rq->y;
     out->size = rq->size;
-    out->ldy = rq->ldy;
+    out->rq = rq;
+    out->col = intvit_y_col(rq, j0);
 }
 
 /* Whether each panel of 32 columns of an N-column product lies in one block of y's layout
@@ -637,7 +650,7 @@ static inline void intvit_vnni_requant_rows(int32_t M, int32_t N, const int32_t 
         intvit_vnni_out_panel(rq, j0, jb, &out);
         for (i = 0; i < M; i++) {
             const int32_t *row = c + (int64_t)i * N + j0;
-            intvit_vnni_store(&out, jb, intvit_y_at(rq, i, j0),
+            intvit_vnni_store(&out, jb, intvit_y_row(rq, i) + out.col,
                               _mm512_maskz_loadu_epi32(intvit_half_mask(jb, 0), row),
                               _mm512_maskz_loadu_epi32(intvit_half_mask(jb, 1), row + 16));
         }
@@ -733,8 +746,7 @@ static inline void intvit_vnni_matmul(int32_t M, int32_t N, int32_t K, const uin
                                           panel, a_signed, row_fix + r, k0 == 0,
                                           bias ? bias + j0 : NULL,
                                           c + (int64_t)(i0 + r) * N + j0, N,
-                                          last ? &out : NULL,
-                                          last ? intvit_y_at(rq, i0 + r, j0) : 0);
+                                          last ? &out : NULL, i0 + r);
                     }
                 }
             }
@@ -925,7 +937,7 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
 /* --- 8-bit product with its requantization ---------------------------------------------
  * INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY): c = the 8-bit product of a and bt as
  * INTVIT_DEFINE_MATMUL8 (c: M x N int32, the caller's), and y = clamp(R(c; m, e), lo, hi)
- * as TY (y: M x N in the layout of ldy, block, block_stride, see intvit_requant_into;
+ * as TY (y: M x N in the layout of layout[7], see intvit_requant_into;
  * per_channel as for INTVIT_DEFINE_REQUANTIZE): the network's product and the requantize
  * node that alone reads it, in one call. The VNNI kernel requantizes
  * each block's sums straight from its accumulators in the last K block (see
@@ -935,11 +947,11 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
 #define INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY)                                      \
     void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt, int32_t sn,     \
               int32_t sk, const int32_t *bias, int32_t *c, const int32_t *m, const int8_t *e, \
-              int32_t per_channel, int32_t lo, int32_t hi, TY *y, int32_t ldy,            \
-              int32_t block, int32_t block_stride)
+              int32_t per_channel, int32_t lo, int32_t hi, TY *y, const int32_t *layout)
 
 #define INTVIT_REQUANT_INTO(TY)                                                           \
-    {m, e, per_channel, lo, hi, (int32_t)sizeof(TY), (void *)y, ldy, block, block_stride}
+    {m, e, per_channel, lo, hi, (int32_t)sizeof(TY), (void *)y,                            \
+     layout[0], layout[1], layout[2], layout[3], layout[4], layout[5], layout[6]}
 
 #if defined(INTVIT_HAVE_VNNI) && !defined(INTVIT_DEBUG)
 #define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
