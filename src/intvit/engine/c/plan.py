@@ -28,12 +28,11 @@ that requantize after it).
 **Products that write a transposed layout.** Where a fused product's requantized output
 is read only by a transpose (through reshapes), and that transpose's layout of it is that
 of :class:`OutputLayout` for each of the product's matrices (:func:`output_layouts`; a
-block of whole panels of 32 columns), the product writes the
-transpose's output directly and the transpose has no code: the attention's q, k, v split
-into heads (ViT, and Swin's windows), and each head's context into its columns of the
-merged heads. The requantized output then has no storage of its own
-(kind ``layout``); the debug build shows it by gathering it back from the transpose's
-output.
+block of whole panels of 32 columns), the product writes the transpose's output directly
+and the transpose has no code: the attention's q, k, v split into heads (ViT, and Swin's
+windows), and each head's context into its columns of the merged heads. The requantized
+output then has no storage of its own (kind ``layout``); the debug build shows it by
+gathering it back from the transpose's output.
 """
 
 from __future__ import annotations
