@@ -832,7 +832,8 @@ SOFTMAX_TYPES = {
             (-(1 << 30), (1 << 30) + 5)),
 }
 SOFTMAX_RANGES = {"s32 low": ("s32", (-(1 << 31), -(1 << 31) + 999))}
-SOFTMAX_LENGTHS = [1, 7, 15, 16, 17, 31, 49, 64, 65, 80, 197, 1024, 1025, 2100]
+SOFTMAX_LENGTHS = [1, 7, 15, 16, 17, 31, 49, 63, 64, 65, 80, 128, 197, 1024, 1025, 1030,
+                   2100]
 
 
 def softmax_rows(x_lo: int, x_hi: int, L: int, g: torch.Generator) -> torch.Tensor:

@@ -1213,7 +1213,8 @@ static inline const uint8_t *intvit_table256(const void *table, int32_t table_le
  *   intvit_softmax_sum_<T>   e_i: vpgatherdd of exp_table at x_i + (table_len - 1 - top)
  *                            (the lanes wrap mod 2^32 on the way, the index itself is in
  *                            range), stored to ex[]; S: each e_i widened to int64 and added
- *                            in int64 lanes, so S is exact for any L and any table;
+ *                            in int64 lanes, so S is exact for any L and any table
+ *                            (8-bit rows with VBMI take the byte planes below first);
  *   intvit_softmax_exp_<T>   e_i of one block by the same gather (rows of several blocks);
  *   intvit_softmax_last_<T>  the last step into y of type T, 16 values a vector: e_i in
  *                            int64 halves (even and odd lanes), one vpmullq by
@@ -1318,6 +1319,116 @@ INTVIT_DEFINE_SOFTMAX_ROW(uint8_t)
 INTVIT_DEFINE_SOFTMAX_ROW(int16_t)
 INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
 
+/* Exponentials of 8-bit rows by byte planes (AVX-512 F, DQ, BW and VBMI), no gathers.
+ * For x of int8_t or uint8_t, idx_i = x_i - top + 255 lies in [0, 255]: top - 255 <= x_i
+ * <= top because both lie in one 8-bit range ([-128, 127] or [0, 255]), which is 256 wide.
+ * The table index of e_i is x_i - top + table_len - 1 = table_len - 256 + idx_i, so the
+ * 256-entry window
+ *   W[t] = exp_table[table_len - 256 + t]   (0 where table_len - 256 + t < 0: the plan
+ *                                            proves those indices are never read)
+ * holds every e_i of every row: e_i = W[idx_i]. W splits into byte planes
+ *   P_b[t] = (W[t] >> 8b) & 255,   W[t] = P_0[t] | P_1[t] << 8 | P_2[t] << 16 | P_3[t] << 24,
+ * built once per kernel call (intvit_softmax_planes: all four, as three, which would hold
+ * I-ViT's table (e_max 753664 < 2^24), measured no faster; the gather path takes a table
+ * whose window has a negative entry). Per 64 values (intvit_softmax_sum_planes):
+ *   idx = x + (255 - top) mod 2^8, in bytes: exact, as idx_i lies in [0, 256), and the
+ *         same for int8_t and uint8_t (x's byte is x mod 2^8 in both);
+ *   P_b[idx] by two vpermi2b and a blend on idx's bit 7, as intvit_lookup8_chunk;
+ *   e = the planes' bytes interleaved by vpunpck{l,h}bw and vpunpck{l,h}wd into int32
+ *       lanes; these unpack within 128-bit lanes, so x's bytes are first put in the order
+ *       that makes the four dword vectors e_0..15, e_16..31, e_32..47, e_48..63
+ *       (intvit_softmax_plane_order);
+ *   S += sum_b (sum_i P_b[idx_i]) << 8b: each plane's byte sum by vpsadbw in int64 lanes,
+ *       which equals sum_i e_i exactly (e_i >= 0 is the sum of its planes' bytes << 8b).
+ * The rest of the row (n mod 64 values) takes the gather, then the scalar loop.
+ */
+#if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__) \
+    && defined(__AVX512VBMI__) && defined(__AVX512BW__)
+/* planes[256 b + t] = P_b[t] for b < 4; returns 1, or 0 where a window entry is
+ * negative. */
+static inline int32_t intvit_softmax_planes(const int32_t *table, int32_t table_len,
+                                            uint8_t *planes) {
+    int32_t t, b;
+    for (t = 0; t < 256; t++) {
+        int32_t k = table_len - 256 + t, w = k >= 0 ? table[k] : 0;
+        if (w < 0) return 0;
+        for (b = 0; b < 4; b++) planes[256 * b + t] = (uint8_t)(((uint32_t)w >> (8 * b)) & 255);
+    }
+    return 1;
+}
+
+/* The byte order o with o[16k + 4q + j] = 16q + 4k + j (k: 128-bit lane, q: dword
+ * vector, j < 4): after the in-lane unpacks, byte 16k + 4q + j lands in dword 4k + j of
+ * vector q, which is value 16q + 4k + j. */
+static inline __m512i intvit_softmax_plane_order(void) {
+    uint8_t o[64];
+    int32_t p;
+    for (p = 0; p < 64; p++) o[p] = (uint8_t)(16 * ((p >> 2) & 3) + 4 * (p >> 4) + (p & 3));
+    return _mm512_loadu_si512((const void *)o);
+}
+
+/* P[idx] for the 64 bytes of idx from the plane's four vectors p[0..3]. */
+static inline __m512i intvit_softmax_plane64(const __m512i *p, __m512i idx, __mmask64 high) {
+    return _mm512_mask_blend_epi8(high, _mm512_permutex2var_epi8(p[0], idx, p[1]),
+                                  _mm512_permutex2var_epi8(p[2], idx, p[3]));
+}
+
+/* ex[0..64) = P_0 | P_1 << 8 | P_2 << 16 | P_3 << 24 from planes in plane order. */
+static inline void intvit_softmax_store_planes(int32_t *ex, __m512i p0, __m512i p1,
+                                               __m512i p2, __m512i p3) {
+    __m512i w01lo = _mm512_unpacklo_epi8(p0, p1), w01hi = _mm512_unpackhi_epi8(p0, p1);
+    __m512i w23lo = _mm512_unpacklo_epi8(p2, p3), w23hi = _mm512_unpackhi_epi8(p2, p3);
+    _mm512_storeu_si512((void *)ex, _mm512_unpacklo_epi16(w01lo, w23lo));
+    _mm512_storeu_si512((void *)(ex + 16), _mm512_unpackhi_epi16(w01lo, w23lo));
+    _mm512_storeu_si512((void *)(ex + 32), _mm512_unpacklo_epi16(w01hi, w23hi));
+    _mm512_storeu_si512((void *)(ex + 48), _mm512_unpackhi_epi16(w01hi, w23hi));
+}
+
+/* ex[i] = e_i for the first n rounded down to 64 values of x (the returned count), and
+ * *sum += their sum; nothing where the planes are not built (built = 0). */
+static inline int32_t intvit_softmax_sum_planes(int32_t built, int32_t n, const uint8_t *x,
+                                                int32_t top, const uint8_t *planes,
+                                                int32_t *ex, int64_t *sum) {
+    __m512i t[16], s[4], zero = _mm512_setzero_si512(), order;
+    __m512i shift = _mm512_set1_epi8((char)(((255 - top + 128) & 255) - 128));
+    int32_t i, b;
+    if (!built) return 0;
+    order = intvit_softmax_plane_order();
+    for (b = 0; b < 16; b++) t[b] = _mm512_loadu_si512((const void *)(planes + 64 * b));
+    for (b = 0; b < 4; b++) s[b] = zero;
+    for (i = 0; i + 64 <= n; i += 64) {
+        __m512i idx = _mm512_add_epi8(
+            _mm512_permutexvar_epi8(order, _mm512_loadu_si512((const void *)(x + i))), shift);
+        __mmask64 high = _mm512_movepi8_mask(idx);
+        __m512i p0 = intvit_softmax_plane64(t, idx, high);
+        __m512i p1 = intvit_softmax_plane64(t + 4, idx, high);
+        __m512i p2 = intvit_softmax_plane64(t + 8, idx, high);
+        __m512i p3 = intvit_softmax_plane64(t + 12, idx, high);
+        intvit_softmax_store_planes(ex + i, p0, p1, p2, p3);
+        s[0] = _mm512_add_epi64(s[0], _mm512_sad_epu8(p0, zero));
+        s[1] = _mm512_add_epi64(s[1], _mm512_sad_epu8(p1, zero));
+        s[2] = _mm512_add_epi64(s[2], _mm512_sad_epu8(p2, zero));
+        s[3] = _mm512_add_epi64(s[3], _mm512_sad_epu8(p3, zero));
+    }
+    *sum += _mm512_reduce_add_epi64(_mm512_add_epi64(
+        _mm512_add_epi64(s[0], _mm512_slli_epi64(s[1], 8)),
+        _mm512_add_epi64(_mm512_slli_epi64(s[2], 16), _mm512_slli_epi64(s[3], 24))));
+    return i;
+}
+#else
+static inline int32_t intvit_softmax_planes(const int32_t *table, int32_t table_len,
+                                            uint8_t *planes) {
+    (void)table; (void)table_len; (void)planes;
+    return 0;
+}
+static inline int32_t intvit_softmax_sum_planes(int32_t built, int32_t n, const uint8_t *x,
+                                                int32_t top, const uint8_t *planes,
+                                                int32_t *ex, int64_t *sum) {
+    (void)built; (void)n; (void)x; (void)top; (void)planes; (void)ex; (void)sum;
+    return 0;
+}
+#endif
+
 #define INTVIT_DECLARE_SOFTMAX(NAME, TX, TY)                                              \
     void NAME(int32_t rows, int32_t L, const TX *x, const int32_t *exp_table,             \
               int32_t table_len, int64_t numerator, int32_t m, int32_t e, int32_t lo,     \
@@ -1325,7 +1436,9 @@ INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
 
 #define INTVIT_DEFINE_SOFTMAX(NAME, TX, TY)                                               \
     INTVIT_DECLARE_SOFTMAX(NAME, TX, TY) {                                                \
-        int32_t r, i;                                                                     \
+        uint8_t planes[4 * 256];                                                          \
+        int32_t r, i, built = sizeof(TX) == 1                                             \
+                                  ? intvit_softmax_planes(exp_table, table_len, planes) : 0; \
         INTVIT_OMP("omp parallel for schedule(static) private(i) if((int64_t)rows * L >= INTVIT_OMP_MIN_WORK)") \
         for (r = 0; r < rows; r++) {                                                      \
             const TX *xr = x + (int64_t)r * L;                                            \
@@ -1336,8 +1449,10 @@ INTVIT_DEFINE_SOFTMAX_ROW(int32_t)
                 top = xr[i] > top ? xr[i] : top;                                          \
             for (c0 = 0; c0 < L; c0 += INTVIT_SOFTMAX_BLOCK) {                            \
                 n = L - c0 < INTVIT_SOFTMAX_BLOCK ? L - c0 : INTVIT_SOFTMAX_BLOCK;        \
-                for (i = intvit_softmax_sum_##TX(n, xr + c0, top, exp_table, table_len, ex, \
-                                                 &sum); i < n; i++) {                     \
+                i = intvit_softmax_sum_planes(built, n, (const uint8_t *)(xr + c0), top,  \
+                                              planes, ex, &sum);                          \
+                for (i += intvit_softmax_sum_##TX(n - i, xr + c0 + i, top, exp_table,     \
+                                                  table_len, ex + i, &sum); i < n; i++) { \
                     ex[i] = exp_table[xr[c0 + i] - top + table_len - 1];                  \
                     sum += ex[i];                                                         \
                 }                                                                         \
