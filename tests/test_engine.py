@@ -306,6 +306,34 @@ def test_bench_times_every_row_in_its_own_process(tmp_path):
     assert "deit_tiny, batch 1" in verdicts(tiny, TARGETS)[0]
 
 
+def test_bench_rounds_interleave_the_rows_and_keep_each_fastest(tmp_path, monkeypatch):
+    """With rounds, all of a batch's rows are timed once, then all again; each row keeps
+    its round of the least median, is exact only if every round was, and reports the first
+    round's setup (the compile)."""
+    from intvit.engine import bench
+    from intvit.models.registry import float_twin
+    order, medians = [], iter([5.0, 4.0, 3.0, 2.0, 9.0, 1.0, 6.0, 7.0])
+
+    def worker(spec):
+        order.append(spec["kind"])
+        exact = None if spec["kind"] in bench.BASELINES else len(order) < 5
+        return dict(median_ms=next(medians), p10_ms=0.5, p90_ms=9.5, exact=exact,
+                    setup_s=float(len(order)))
+
+    monkeypatch.setattr(bench, "run_worker", worker)
+    model = calibrated(model_config("custom", **SMALL), FAMILIES["ivit"])
+    rows = bench.time_engines("small", float_twin(model), model, export_program(model), [2],
+                              ["int"], n_threads=1, warmup=0, repeats=1, workdir=tmp_path,
+                              rounds=2)
+    kinds = [*bench.BASELINES, "int"]
+    assert order == kinds + kinds
+    assert [r.median_ms for r in rows] == [5.0, 1.0, 3.0, 2.0]
+    assert [r.setup_s for r in rows] == [1.0, 2.0, 3.0, 4.0]
+    assert rows[-1].exact is False and rows[0].exact is None
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        bench.run_bench(["deit_tiny"], [1], ["int"], rounds=0)
+
+
 def test_bench_verdicts_hold_each_model_to_its_goal_at_every_batch():
     from intvit.engine.bench import Goal, Row, verdicts
 

@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every row this many times, the rounds interleaved across the "
+                        "engines, and keep each row's fastest round (a shared host slows "
+                        "down by phases; default 1)")
     p.add_argument("--profile", action="store_true",
                    help="also print the int engine's time by op class (int8 products, "
                         "requantization, GELU, Softmax, LayerNorm, quantization, data "
@@ -53,12 +57,14 @@ def run(args: argparse.Namespace) -> int:
     engines = [e for e in args.engines.split(",") if e]
     start = time.perf_counter()
     rows, profiles = run_bench(models, batches, engines, args.family, args.threads,
-                               args.warmup, args.repeats, args.profile)
+                               args.warmup, args.repeats, args.profile, args.rounds)
+    rounds = (f" --rounds {args.rounds}" if args.rounds > 1 else "")
+    fastest = (f", the fastest of {args.rounds} interleaved rounds" if args.rounds > 1 else "")
     header = (f"`intvit bench --models {','.join(models)} --batch-sizes "
-              f"{','.join(map(str, batches))} --engines {','.join(engines)}` "
+              f"{','.join(map(str, batches))} --engines {','.join(engines)}{rounds}` "
               f"({args.family} approximations, {args.threads} threads, median of "
-              f"{args.repeats} runs after {args.warmup}; {(time.perf_counter() - start) / 60:.1f}"
-              f" min in all, {torch.__version__} torch)")
+              f"{args.repeats} runs after {args.warmup}{fastest}; "
+              f"{(time.perf_counter() - start) / 60:.1f} min in all, {torch.__version__} torch)")
     table = markdown(rows, header, TARGETS)
     print(table)
     for profile in profiles:
