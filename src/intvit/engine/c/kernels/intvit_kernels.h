@@ -495,7 +495,7 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
     __m512i acc[8][2];
     const uint8_t *ar[8];
     __mmask16 valid[2];
-    int32_t q, r, h;
+    int32_t q, r, h, blk, in_blk;
     valid[0] = intvit_half_mask(cols, 0);
     valid[1] = intvit_half_mask(cols, 1);
     for (r = 0; r < 8; r++) {
@@ -519,6 +519,9 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
             }
         }
     }
+    /* row i + r of the layout: its row block and row in it, from one division a block */
+    blk = out ? i / out->rq->row_block : 0;
+    in_blk = out ? i % out->rq->row_block : 0;
     for (r = 0; r < rows; r++) {
         int32_t *cr = c + (int64_t)r * ldc;
         const int32_t *from = first ? bias : cr;
@@ -529,8 +532,14 @@ static inline void intvit_vnni_block(int32_t rows, int32_t cols, int32_t quads,
             sum[h] = _mm512_add_epi32(start, _mm512_add_epi32(acc[r][h], fix));
             if (!out) _mm512_mask_storeu_epi32(cr + 16 * h, valid[h], sum[h]);
         }
-        if (out)
-            intvit_vnni_store(out, cols, intvit_y_row(out->rq, i + r) + out->col, sum[0], sum[1]);
+        if (out) {
+            intvit_vnni_store(out, cols, (int64_t)blk * out->rq->row_block_stride
+                              + (int64_t)in_blk * out->rq->ldy + out->col, sum[0], sum[1]);
+            if (++in_blk == out->rq->row_block) {
+                in_blk = 0;
+                blk++;
+            }
+        }
     }
 }
 
