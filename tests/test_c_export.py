@@ -72,11 +72,12 @@ def kernel_build(kind: str) -> tuple[str, ...]:
     return flags
 
 
-# threads inside one image even for the test models' small products (the engine splits
-# only products of at least INTVIT_OMP_MIN_MACS multiply-adds)
-SPLIT_ALL = "-DINTVIT_OMP_MIN_MACS=0"
+# threads inside one image even for the test models' small nodes (the engine splits only
+# products of at least INTVIT_OMP_MIN_MACS multiply-adds, and row nodes, box copies and
+# masks of at least INTVIT_OMP_MIN_WORK values)
+SPLIT_ALL = ("-DINTVIT_OMP_MIN_MACS=0", "-DINTVIT_OMP_MIN_WORK=0")
 # the AVX2 kernels (madd_epi16 products) with OpenMP threads where the compiler has them
-AVX2_FLAGS = ("-O0", "-mavx2", "-fopenmp", SPLIT_ALL)
+AVX2_FLAGS = ("-O0", "-mavx2", "-fopenmp", *SPLIT_ALL)
 needs_avx2 = pytest.mark.skipif(not host_has_avx2(), reason="the host has no AVX2")
 SWIN = dict(arch="swin", img_size=24, patch_size=2, embed_dim=16, depths=(2, 2), heads=(1, 2),
             window_size=5, num_classes=10)
@@ -146,7 +147,7 @@ def test_8bit_kernel_builds_equal_the_int_engine_for_any_threads(models, kind, a
     x = images(n, size, seed=3)
     want = model.forward_int(x).value
     for threads in (1, 2):
-        engine = CEngine(program, threads=threads, flags=("-O1", *flags, SPLIT_ALL),
+        engine = CEngine(program, threads=threads, flags=("-O1", *flags, *SPLIT_ALL),
                          library=library)
         assert torch.equal(engine(x), want)  # 2 threads: a run of images each
         assert torch.equal(engine(x[:1]), want[:1])  # 2 threads: OpenMP inside the image
@@ -612,7 +613,7 @@ def test_head_major_layouts_are_exact_on_every_kernel_build(head32, arch, kind, 
     want = model.forward_int(x).value
     for threads in (1, 2):
         engine = CEngine(program, threads=threads, library=library,
-                         flags=("-O1", *kernel_build(kind), SPLIT_ALL))
+                         flags=("-O1", *kernel_build(kind), *SPLIT_ALL))
         assert torch.equal(engine(x), want)
         assert torch.equal(engine(x[:1]), want[:1])
     if kind == "portable":

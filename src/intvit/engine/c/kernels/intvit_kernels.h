@@ -1680,9 +1680,12 @@ INTVIT_DEFINE_LAYERNORM_ROW(int32_t)
 
 /* --- index moves ------------------------------------------------------------------------
  * Copy a box of up to 6 dimensions: dst[sum i_d * ds_d] = src[sum i_d * ss_d] for
- * 0 <= i_d < shape_d (transpose, take, slice, concat, roll, pad are boxes of this). Where
- * the last dimension is contiguous on both sides (ss_5 = ds_5 = 1, as when a transpose
- * keeps the last axis) its loop runs on unit strides, which the compiler vectorizes.
+ * 0 <= i_d < shape_d (transpose, take, slice, concat, roll, pad are boxes of this). Boxes
+ * of at least INTVIT_OMP_MIN_WORK values split their four outer dimensions (leading ones
+ * where the rank is lower) over OpenMP threads (each value is written once, so the
+ * threads change none). Where the last dimension is contiguous on both sides (ss_5 =
+ * ds_5 = 1, as when a transpose keeps the last axis) its loop runs on unit strides, which
+ * the compiler vectorizes.
  */
 #define INTVIT_DECLARE_COPY(NAME, TS, TD)                                                 \
     void NAME(const int32_t *shape, const TS *src, const int32_t *ss, TD *dst,            \
@@ -1691,6 +1694,9 @@ INTVIT_DEFINE_LAYERNORM_ROW(int32_t)
 #define INTVIT_DEFINE_COPY(NAME, TS, TD)                                                  \
     INTVIT_DECLARE_COPY(NAME, TS, TD) {                                                   \
         int32_t i0, i1, i2, i3, i4, i5;                                                   \
+        int64_t total = (int64_t)shape[0] * shape[1] * shape[2] * shape[3] * shape[4] * shape[5]; \
+        (void)total;                                                                      \
+        INTVIT_OMP("omp parallel for collapse(4) private(i4, i5) schedule(static) if(total >= INTVIT_OMP_MIN_WORK)") \
         for (i0 = 0; i0 < shape[0]; i0++)                                                 \
         for (i1 = 0; i1 < shape[1]; i1++)                                                 \
         for (i2 = 0; i2 < shape[2]; i2++)                                                 \
@@ -1708,7 +1714,9 @@ INTVIT_DEFINE_LAYERNORM_ROW(int32_t)
     }
 
 /* y[i] = cond[c(i)] ? fill : x[i] over a contiguous 6-d shape; cond is broadcast by its
- * strides cs (0 along broadcast dimensions). */
+ * strides cs (0 along broadcast dimensions). Shapes of at least INTVIT_OMP_MIN_WORK values
+ * split their four outer dimensions (leading ones where the rank is lower) over OpenMP
+ * threads (each value stands alone). */
 #define INTVIT_DECLARE_WHERE(NAME, TX, TY)                                                \
     void NAME(const int32_t *shape, const TX *x, const uint8_t *cond, const int32_t *cs,  \
               int32_t fill, TY *y)
@@ -1716,7 +1724,9 @@ INTVIT_DEFINE_LAYERNORM_ROW(int32_t)
 #define INTVIT_DEFINE_WHERE(NAME, TX, TY)                                                 \
     INTVIT_DECLARE_WHERE(NAME, TX, TY) {                                                  \
         int32_t i0, i1, i2, i3, i4, i5;                                                   \
-        int64_t i = 0;                                                                    \
+        int64_t total = (int64_t)shape[0] * shape[1] * shape[2] * shape[3] * shape[4] * shape[5]; \
+        (void)total;                                                                      \
+        INTVIT_OMP("omp parallel for collapse(4) private(i4, i5) schedule(static) if(total >= INTVIT_OMP_MIN_WORK)") \
         for (i0 = 0; i0 < shape[0]; i0++)                                                 \
         for (i1 = 0; i1 < shape[1]; i1++)                                                 \
         for (i2 = 0; i2 < shape[2]; i2++)                                                 \
@@ -1724,8 +1734,10 @@ INTVIT_DEFINE_LAYERNORM_ROW(int32_t)
         for (i4 = 0; i4 < shape[4]; i4++) {                                               \
             const uint8_t *c = cond + (int64_t)i0 * cs[0] + (int64_t)i1 * cs[1]           \
                 + (int64_t)i2 * cs[2] + (int64_t)i3 * cs[3] + (int64_t)i4 * cs[4];        \
-            for (i5 = 0; i5 < shape[5]; i5++, i++)                                        \
-                y[i] = c[(int64_t)i5 * cs[5]] ? (TY)fill : (TY)x[i];                      \
+            int64_t at = ((((((int64_t)i0 * shape[1] + i1) * shape[2] + i2) * shape[3] + i3) \
+                          * shape[4] + i4) * shape[5]);                                   \
+            for (i5 = 0; i5 < shape[5]; i5++)                                             \
+                y[at + i5] = c[(int64_t)i5 * cs[5]] ? (TY)fill : (TY)x[at + i5];          \
         }                                                                                 \
     }
 
