@@ -53,7 +53,9 @@ AMX = (*VNNI, "-mamx-tile", "-mamx-int8")
 KERNEL_BUILDS = {
     "portable": (("-DINTVIT_PORTABLE",), set(), "portable"),
     "avx2": (("-mavx2", "-fopenmp"), {"avx2"}, "avx2"),
-    "avx2 forced": ((*VNNI, "-fopenmp", "-DINTVIT_NO_VNNI"), {"avx2"}, "avx2"),
+    # compiled for AVX-512 (the compiler may use it anywhere), the AVX2 kernel forced
+    "avx2 forced": ((*VNNI, "-fopenmp", "-DINTVIT_NO_VNNI"), {"avx512_vnni", "avx512bw"},
+                    "avx2"),
     "vnni": ((*VNNI, "-fopenmp"), {"avx512_vnni", "avx512bw"}, "vnni"),
     "vnni forced": ((*AMX, "-fopenmp", "-DINTVIT_NO_AMX"), {"avx512_vnni", "avx512bw"},
                     "vnni"),

@@ -121,14 +121,8 @@ static inline int32_t intvit_dot16(const int16_t *x, const int16_t *y, int32_t n
  * over N (INTVIT_MATMUL_JB columns, widened to int16 once per block), 2 x 2 register
  * block inside.
  *
- * AVX2 kernel: per K block of INTVIT_MATMUL_KC and M block of INTVIT_MATMUL_MC rows, the
- * rows of a are widened to int16 (zero-padded to an even length), and each panel of 16
- * columns of bt is packed as pairs: panel[p][j][q] = bt[j][2p + q] (gathered by its
- * strides). A 4 x 16 block of
- * int32 accumulators is updated per pair p by _mm256_madd_epi16(a[i][2p..2p+1]
- * broadcast, panel[p][0..7 | 8..15]) = a[i][2p] b[j][2p] + a[i][2p+1] b[j][2p+1] exactly
- * (vpmaddwd sums two int16 products into int32; it is never the saturating
- * _mm256_maddubs_epi16).
+ * AVX2 kernel (every product where the compiler targets AVX2 and the 8-bit ones where
+ * it has no VNNI): see "AVX2 kernel" below.
  */
 #ifndef INTVIT_MATMUL_MC
 #define INTVIT_MATMUL_MC 256
@@ -204,99 +198,8 @@ static inline __m512i intvit_requant_v16(__m512i v, __m512i m, __m512i e, __m512
 
 #ifdef INTVIT_HAVE_AVX2
 #define INTVIT_MATMUL_KERNEL "avx2"
-
-/* c[r][j] += sum_p a16[r][2p..2p+1] . panel[p][j][0..1] for r < rows (<= 4), j < cols
- * (<= 16); lda: a16's row stride; pairs: kc / 2 rounded up. */
-static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
-                                     const int16_t *a16, int32_t lda, const int16_t *panel,
-                                     int32_t *c, int32_t ldc) {
-    const int16_t *r0 = a16, *r1 = a16 + (rows > 1 ? lda : 0);
-    const int16_t *r2 = a16 + (rows > 2 ? 2 * lda : 0), *r3 = a16 + (rows > 3 ? 3 * lda : 0);
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
-    __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-    int32_t p, r, j;
-    for (p = 0; p < pairs; p++) {
-        __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + 32 * p));
-        __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + 32 * p + 16));
-        __m256i x;
-        int32_t w;
-        memcpy(&w, r0 + 2 * p, 4); x = _mm256_set1_epi32(w);
-        c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x, b0));
-        c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x, b1));
-        memcpy(&w, r1 + 2 * p, 4); x = _mm256_set1_epi32(w);
-        c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x, b0));
-        c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x, b1));
-        memcpy(&w, r2 + 2 * p, 4); x = _mm256_set1_epi32(w);
-        c20 = _mm256_add_epi32(c20, _mm256_madd_epi16(x, b0));
-        c21 = _mm256_add_epi32(c21, _mm256_madd_epi16(x, b1));
-        memcpy(&w, r3 + 2 * p, 4); x = _mm256_set1_epi32(w);
-        c30 = _mm256_add_epi32(c30, _mm256_madd_epi16(x, b0));
-        c31 = _mm256_add_epi32(c31, _mm256_madd_epi16(x, b1));
-    }
-    if (rows == 4 && cols == 16) {
-        __m256i *o;
-        o = (__m256i *)c; _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c00));
-        o = (__m256i *)(c + 8); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c01));
-        o = (__m256i *)(c + ldc); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c10));
-        o = (__m256i *)(c + ldc + 8); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c11));
-        o = (__m256i *)(c + 2 * ldc); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c20));
-        o = (__m256i *)(c + 2 * ldc + 8); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c21));
-        o = (__m256i *)(c + 3 * ldc); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c30));
-        o = (__m256i *)(c + 3 * ldc + 8); _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), c31));
-    } else {
-        int32_t t[4][16];
-        _mm256_storeu_si256((__m256i *)t[0], c00); _mm256_storeu_si256((__m256i *)(t[0] + 8), c01);
-        _mm256_storeu_si256((__m256i *)t[1], c10); _mm256_storeu_si256((__m256i *)(t[1] + 8), c11);
-        _mm256_storeu_si256((__m256i *)t[2], c20); _mm256_storeu_si256((__m256i *)(t[2] + 8), c21);
-        _mm256_storeu_si256((__m256i *)t[3], c30); _mm256_storeu_si256((__m256i *)(t[3] + 8), c31);
-        for (r = 0; r < rows; r++)
-            for (j = 0; j < cols; j++) c[(int64_t)r * ldc + j] += t[r][j];
-    }
-}
-
-#define INTVIT_DEFINE_MATMUL(NAME, TA, TB)                                                \
-    INTVIT_DECLARE_MATMUL(NAME, TA, TB) {                                                 \
-        int16_t a16[INTVIT_MATMUL_MC * INTVIT_MATMUL_KC];                                 \
-        int32_t i, k0, i0, j0, kc, mc, pairs;                                             \
-        for (i = 0; i < M; i++) {                                                         \
-            int32_t j;                                                                    \
-            for (j = 0; j < N; j++) c[(int64_t)i * N + j] = bias ? bias[j] : 0;           \
-        }                                                                                 \
-        for (k0 = 0; k0 < K; k0 += INTVIT_MATMUL_KC) {                                    \
-            kc = K - k0 < INTVIT_MATMUL_KC ? K - k0 : INTVIT_MATMUL_KC;                   \
-            pairs = (kc + 1) / 2;                                                         \
-            for (i0 = 0; i0 < M; i0 += INTVIT_MATMUL_MC) {                                \
-                mc = M - i0 < INTVIT_MATMUL_MC ? M - i0 : INTVIT_MATMUL_MC;               \
-                for (i = 0; i < mc; i++) {                                                \
-                    const TA *ar = a + (int64_t)(i0 + i) * K + k0;                        \
-                    int16_t *wr = a16 + i * 2 * pairs;                                    \
-                    int32_t k;                                                            \
-                    for (k = 0; k < kc; k++) wr[k] = (int16_t)ar[k];                      \
-                    if (kc & 1) wr[kc] = 0;                                               \
-                }                                                                         \
-                INTVIT_OMP("omp parallel for schedule(static) if((int64_t)M * N * K >= INTVIT_OMP_MIN_MACS)") \
-                for (j0 = 0; j0 < N; j0 += 16) {                                          \
-                    int16_t panel[INTVIT_MATMUL_KC * 16];                                 \
-                    int32_t jb = N - j0 < 16 ? N - j0 : 16, j, k, r;                      \
-                    if (jb < 16 || (kc & 1)) memset(panel, 0, sizeof(panel));             \
-                    for (j = 0; j < jb; j++) {                                            \
-                        const TB *br = bt + (int64_t)(j0 + j) * sn + (int64_t)k0 * sk;    \
-                        int16_t *pj = panel + (j & 7) * 2 + (j >> 3) * 16;                \
-                        for (k = 0; k + 1 < kc; k += 2) {                                 \
-                            pj[k * 16] = (int16_t)br[(int64_t)k * sk];                    \
-                            pj[k * 16 + 1] = (int16_t)br[(int64_t)(k + 1) * sk];          \
-                        }                                                                 \
-                        if (kc & 1) pj[(kc - 1) * 16] = (int16_t)br[(int64_t)(kc - 1) * sk]; \
-                    }                                                                     \
-                    for (r = 0; r < mc; r += 4)                                           \
-                        intvit_avx2_block(mc - r < 4 ? mc - r : 4, jb, pairs,             \
-                                          a16 + r * 2 * pairs, 2 * pairs, panel,          \
-                                          c + (int64_t)(i0 + r) * N + j0, N);             \
-                }                                                                         \
-            }                                                                             \
-        }                                                                                 \
-    }
-
+/* the AVX2 kernel (INTVIT_DEFINE_MATMUL) follows the output layout of a fused product:
+ * see "AVX2 kernel" below */
 #else
 #define INTVIT_MATMUL_KERNEL "portable"
 #define INTVIT_DEFINE_MATMUL(NAME, TA, TB)                                                \
@@ -418,6 +321,333 @@ static inline void intvit_requant_rows(int32_t M, int32_t N, const int32_t *c,
             else ((uint32_t *)rq->y)[to] = (uint32_t)v;
         }
 }
+#ifdef INTVIT_HAVE_AVX2
+/* --- AVX2 kernel ----------------------------------------------------------------------
+ * c = bias + a bt^T exactly as every kernel (see "matmul" above), and with out (a fused
+ * product, INTVIT_DEFINE_MATMUL8_RQ without VNNI) y = clamp(R(c; m, e), lo, hi) in out's
+ * layout straight from the accumulators. vpmaddwd (_mm256_madd_epi16) adds two exact
+ * int16 products into each int32 lane (it is never the saturating _mm256_maddubs_epi16,
+ * whose u8 x s8 pairs would pass int16): it is the exact product with the most
+ * multiply-adds per instruction that AVX2 has (on a Zen 3 core two vpmaddwd a cycle,
+ * like two FMAs of float32).
+ *
+ * One parallel region a call. Per K block of INTVIT_MATMUL_KC values and M block of
+ * INTVIT_MATMUL_MC rows: the threads widen the rows of a to int16 (zero-padded to an even
+ * length) into a16, shared; then they split the panels of 16 columns of bt, each packed
+ * as pairs, panel[p][j][t] = bt[j][2p + t] (zero past the block and past N), and an
+ * INTVIT_AVX2_ROWS x 16 block of int32 accumulators takes, per pair p,
+ * a16[i][2p..2p+1] broadcast against panel[p][0..7 | 8..15]. The first K block starts
+ * from the bias (or 0), the others from c; the last one of a fused product writes y, not
+ * c (c then holds only the earlier blocks' partial sums).
+ *
+ * R on AVX2: the int64 products v * m by vpmuldq on the even and the odd lanes, + 2^(e-1),
+ * then floor(x / 2^e) as ~(~x >> e) on the negative lanes (x ^ s, a logical vpsrlvq,
+ * ^ s with s the lane's sign: AVX2 has no 64-bit arithmetic shift), clamped in int64 by
+ * compares and blends before the low halves are kept, and narrowed by packs that the
+ * clamp makes exact (lo >= 0: unsigned packs). */
+#ifndef INTVIT_AVX2_ROWS
+#define INTVIT_AVX2_ROWS 3
+#endif
+#if INTVIT_AVX2_ROWS < 1 || INTVIT_AVX2_ROWS > 6
+#error "INTVIT_AVX2_ROWS must be in [1, 6] (two accumulators a row in 16 registers)"
+#endif
+
+/* clamp(floor((x + 2^(e-1)) / 2^e), lo, hi) of the int64 lanes x (0 <= e <= 62). */
+static inline __m256i intvit_avx2_shift_clamp(__m256i x, __m256i e, __m256i lo, __m256i hi) {
+    __m256i half = _mm256_srli_epi64(_mm256_sllv_epi64(_mm256_set1_epi64x(1), e), 1), s, r;
+    x = _mm256_add_epi64(x, half);
+    s = _mm256_cmpgt_epi64(_mm256_setzero_si256(), x);
+    r = _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(x, s), e), s);
+    r = _mm256_blendv_epi8(r, lo, _mm256_cmpgt_epi64(lo, r));
+    return _mm256_blendv_epi8(r, hi, _mm256_cmpgt_epi64(r, hi));
+}
+
+/* clamp(R(v; m, e), lo, hi) on 8 int32 lanes (m, e: int32 lanes; lo, hi: int64 lanes). */
+static inline __m256i intvit_avx2_requant8(__m256i v, __m256i m, __m256i e, __m256i lo,
+                                           __m256i hi) {
+    __m256i even = intvit_avx2_shift_clamp(
+        _mm256_mul_epi32(v, m), _mm256_and_si256(e, _mm256_set1_epi64x(0xFFFFFFFF)), lo, hi);
+    __m256i odd = intvit_avx2_shift_clamp(
+        _mm256_mul_epi32(_mm256_srli_epi64(v, 32), _mm256_srli_epi64(m, 32)),
+        _mm256_srli_epi64(e, 32), lo, hi);
+    return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+/* The lanes of columns 8h .. 8h + 7 of a panel whose first cols columns are valid, as
+ * the masks of vpmaskmovd (all ones where valid). */
+static inline __m256i intvit_avx2_half_mask(int32_t cols, int32_t h) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(cols - 8 * h),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* A fused product's panel of 16 columns: their multipliers and exponents, the clamp
+ * bounds as int64 lanes, y, its bytes per value and whether its packs are unsigned, the
+ * layout, and the element offset of the panel's first column in a row. */
+typedef struct {
+    __m256i m[2], e[2], lo, hi;
+    void *y;
+    int32_t size, is_unsigned;
+    const intvit_requant_into *rq;
+    int64_t col;
+} intvit_avx2_out;
+
+static inline void intvit_avx2_out_panel(const intvit_requant_into *rq, int32_t j0,
+                                         int32_t jb, intvit_avx2_out *out) {
+    int32_t m[16], e[16], j, h;
+    for (j = 0; j < 16; j++) {
+        int32_t at = rq->per_channel ? j0 + j : 0;
+        m[j] = j < jb ? rq->m[at] : 0;
+        e[j] = j < jb ? rq->e[at] : 0;
+    }
+    for (h = 0; h < 2; h++) {
+        out->m[h] = _mm256_loadu_si256((const __m256i *)(m + 8 * h));
+        out->e[h] = _mm256_loadu_si256((const __m256i *)(e + 8 * h));
+    }
+    out->lo = _mm256_set1_epi64x(rq->lo);
+    out->hi = _mm256_set1_epi64x(rq->hi);
+    out->y = rq->y;
+    out->size = rq->size;
+    out->is_unsigned = rq->lo >= 0;
+    out->rq = rq;
+    out->col = intvit_y_col(rq, j0);
+}
+
+/* y[at .. at + cols - 1] = clamp(R(sum; m, e), lo, hi) of one row of a panel (columns
+ * 0-7 in sum0, 8-15 in sum1), narrowed in registers; a row of fewer than 16 columns goes
+ * through a buffer, so that nothing past it is written. */
+static inline void intvit_avx2_store(const intvit_avx2_out *out, int32_t cols, int64_t at,
+                                     __m256i sum0, __m256i sum1) {
+    __m256i y0 = intvit_avx2_requant8(sum0, out->m[0], out->e[0], out->lo, out->hi);
+    __m256i y1 = intvit_avx2_requant8(sum1, out->m[1], out->e[1], out->lo, out->hi);
+    uint8_t *to = (uint8_t *)out->y + at * out->size, buf[64];
+    uint8_t *dst = cols == 16 ? to : buf;
+    if (out->size == 4) {
+        _mm256_storeu_si256((__m256i *)dst, y0);
+        _mm256_storeu_si256((__m256i *)(dst + 32), y1);
+    } else {
+        /* packs work per 128-bit lane: [y0 0-3 | y1 0-3 | y0 4-7 | y1 4-7], reordered */
+        __m256i w = _mm256_permute4x64_epi64(
+            out->is_unsigned ? _mm256_packus_epi32(y0, y1) : _mm256_packs_epi32(y0, y1), 0xD8);
+        if (out->size == 2) {
+            _mm256_storeu_si256((__m256i *)dst, w);
+        } else {
+            __m256i b = out->is_unsigned ? _mm256_packus_epi16(w, w) : _mm256_packs_epi16(w, w);
+            _mm_storeu_si128((__m128i *)dst,
+                             _mm256_castsi256_si128(_mm256_permute4x64_epi64(b, 0x08)));
+        }
+    }
+    if (cols < 16) memcpy(to, buf, (size_t)cols * (size_t)out->size);
+}
+
+/* c[i + r][j] = start[r][j] + sum_{p < pairs} a16[r][2p..2p+1] . panel[p][j] for
+ * r < rows (<= INTVIT_AVX2_ROWS), j < cols (<= 16), start the bias (0 where NULL) when
+ * first, else c; with out, y (row i + r of the matrix where the layout puts it) instead
+ * of c. */
+static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
+                                     const int16_t *a16, int32_t lda, const int16_t *panel,
+                                     int32_t first, const int32_t *bias, int32_t *c,
+                                     int32_t ldc, const intvit_avx2_out *out, int32_t i) {
+    __m256i acc[INTVIT_AVX2_ROWS][2], valid[2];
+    const int16_t *ar[INTVIT_AVX2_ROWS];
+    int32_t p, r, h, blk, in_blk;
+    for (r = 0; r < INTVIT_AVX2_ROWS; r++) {
+        ar[r] = a16 + (int64_t)(r < rows ? r : 0) * lda;
+        acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    }
+    for (p = 0; p < pairs; p++) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + 32 * p));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + 32 * p + 16));
+        for (r = 0; r < INTVIT_AVX2_ROWS; r++) {
+            int32_t w;
+            __m256i x;
+            memcpy(&w, ar[r] + 2 * p, 4);
+            x = _mm256_set1_epi32(w);
+            acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(x, b0));
+            acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(x, b1));
+        }
+    }
+    valid[0] = intvit_avx2_half_mask(cols, 0);
+    valid[1] = intvit_avx2_half_mask(cols, 1);
+    blk = out ? i / out->rq->row_block : 0;
+    in_blk = out ? i % out->rq->row_block : 0;
+    for (r = 0; r < rows; r++) {
+        int32_t *cr = c + (int64_t)r * ldc;
+        const int32_t *from = first ? bias : cr;
+        __m256i sum[2];
+        for (h = 0; h < 2; h++) {
+            __m256i start = from ? _mm256_maskload_epi32(from + 8 * h, valid[h])
+                                 : _mm256_setzero_si256();
+            sum[h] = _mm256_add_epi32(start, acc[r][h]);
+            if (!out) _mm256_maskstore_epi32(cr + 8 * h, valid[h], sum[h]);
+        }
+        if (out) {
+            intvit_avx2_store(out, cols, (int64_t)blk * out->rq->row_block_stride
+                              + (int64_t)in_blk * out->rq->ldy + out->col, sum[0], sum[1]);
+            if (++in_blk == out->rq->row_block) {
+                in_blk = 0;
+                blk++;
+            }
+        }
+    }
+}
+
+/* Bytes widened to 16 int16 lanes (as int8_t where is_signed). */
+static inline __m256i intvit_avx2_widen16(__m128i v, int32_t is_signed) {
+    return is_signed ? _mm256_cvtepi8_epi16(v) : _mm256_cvtepu8_epi16(v);
+}
+
+/* The pairs 0 .. 8 * (kc / 16) - 1 of the panel's columns 8g .. 8g + 7 for each group g
+ * of 8 whole columns, from bt as bytes with sk = 1 (a weight, or the k that the scores
+ * read): 16 bytes of each column widened to 8 pairs (int32 lanes), and the 8 x 8 block of
+ * pairs transposed (unpacks of 32 and 64 bits, then 128-bit halves) into 8 rows of the
+ * panel. Returns the values of k it packed. */
+static inline int32_t intvit_avx2_pack_columns(const uint8_t *base, int32_t is_signed,
+                                               int32_t sn, int32_t jb, int32_t kc,
+                                               int16_t *panel) {
+    int32_t g, k, j;
+    for (g = 0; g < jb / 8; g++)
+        for (k = 0; k + 16 <= kc; k += 16) {
+            __m256i r[8], t[8], u[8];
+            for (j = 0; j < 8; j++)
+                r[j] = intvit_avx2_widen16(
+                    _mm_loadu_si128((const __m128i *)(base + (int64_t)(8 * g + j) * sn + k)),
+                    is_signed);
+            for (j = 0; j < 8; j += 2) {
+                t[j] = _mm256_unpacklo_epi32(r[j], r[j + 1]);
+                t[j + 1] = _mm256_unpackhi_epi32(r[j], r[j + 1]);
+            }
+            for (j = 0; j < 8; j += 4) {
+                u[j] = _mm256_unpacklo_epi64(t[j], t[j + 2]);
+                u[j + 1] = _mm256_unpackhi_epi64(t[j], t[j + 2]);
+                u[j + 2] = _mm256_unpacklo_epi64(t[j + 1], t[j + 3]);
+                u[j + 3] = _mm256_unpackhi_epi64(t[j + 1], t[j + 3]);
+            }
+            for (j = 0; j < 4; j++) {
+                _mm256_storeu_si256((__m256i *)(panel + (k / 2 + j) * 32 + 16 * g),
+                                    _mm256_permute2x128_si256(u[j], u[j + 4], 0x20));
+                _mm256_storeu_si256((__m256i *)(panel + (k / 2 + j + 4) * 32 + 16 * g),
+                                    _mm256_permute2x128_si256(u[j], u[j + 4], 0x31));
+            }
+        }
+    return jb >= 8 ? kc / 16 * 16 : 0;
+}
+
+/* The pairs 0 .. kc / 2 - 1 of a whole panel (16 columns) from B as rows of bytes (sn = 1,
+ * row stride sk: an attention head's v): rows 2p and 2p + 1 widened and interleaved into
+ * pairs by 16-bit unpacks (columns 0-3 and 8-11, 4-7 and 12-15), then halves reordered.
+ * Returns the values of k it packed. */
+static inline int32_t intvit_avx2_pack_rows(const uint8_t *base, int32_t is_signed,
+                                            int32_t sk, int32_t kc, int16_t *panel) {
+    int32_t p;
+    for (p = 0; p < kc / 2; p++) {
+        __m256i r0 = intvit_avx2_widen16(
+            _mm_loadu_si128((const __m128i *)(base + (int64_t)2 * p * sk)), is_signed);
+        __m256i r1 = intvit_avx2_widen16(
+            _mm_loadu_si128((const __m128i *)(base + (int64_t)(2 * p + 1) * sk)), is_signed);
+        __m256i lo = _mm256_unpacklo_epi16(r0, r1), hi = _mm256_unpackhi_epi16(r0, r1);
+        _mm256_storeu_si256((__m256i *)(panel + 32 * p), _mm256_permute2x128_si256(lo, hi, 0x20));
+        _mm256_storeu_si256((__m256i *)(panel + 32 * p + 16),
+                            _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+    return kc / 2 * 2;
+}
+
+/* An instance's typed copies (INTVIT_AVX2_COPIES): n values of a from element at as
+ * int16; the panel of jb (<= 16) columns of bt from element at (strides sn, sk) over kc
+ * values, as pairs, zero past kc and jb: bytes in vectors where a whole block of them
+ * allows (intvit_avx2_pack_columns, intvit_avx2_pack_rows), the rest value by value. */
+typedef void (*intvit_avx2_widen_fn)(const void *a, int64_t at, int32_t n, int16_t *to);
+typedef void (*intvit_avx2_pack_fn)(const void *bt, int64_t at, int32_t sn, int32_t sk,
+                                    int32_t jb, int32_t kc, int16_t *panel);
+
+#define INTVIT_AVX2_COPIES(NAME, TA, TB)                                                  \
+    static void NAME##_widen(const void *a, int64_t at, int32_t n, int16_t *to) {         \
+        const TA *from = (const TA *)a + at;                                              \
+        int32_t k;                                                                        \
+        for (k = 0; k < n; k++) to[k] = (int16_t)from[k];                                 \
+    }                                                                                     \
+    static void NAME##_pack(const void *bt, int64_t at, int32_t sn, int32_t sk,           \
+                            int32_t jb, int32_t kc, int16_t *panel) {                     \
+        const TB *base = (const TB *)bt + at;                                             \
+        int32_t j, k, done = 0, whole = 0;                                                \
+        if (jb < 16 || (kc & 1)) memset(panel, 0, (size_t)(kc + 1) / 2 * 64);             \
+        if (sizeof(TB) == 1 && sk == 1) {                                                 \
+            done = intvit_avx2_pack_columns((const uint8_t *)base, (TB)-1 < 0, sn, jb, kc, \
+                                            panel);                                       \
+            whole = jb / 8 * 8;                                                           \
+        } else if (sizeof(TB) == 1 && sn == 1 && jb == 16) {                              \
+            done = intvit_avx2_pack_rows((const uint8_t *)base, (TB)-1 < 0, sk, kc, panel); \
+            whole = 16;                                                                   \
+        }                                                                                 \
+        for (j = 0; j < jb; j++) {                                                        \
+            const TB *col = base + (int64_t)j * sn;                                       \
+            int16_t *pj = panel + (j & 7) * 2 + (j >> 3) * 16;                            \
+            for (k = j < whole ? done : 0; k < kc; k++)                                   \
+                pj[(k >> 1) * 32 + (k & 1)] = (int16_t)col[(int64_t)k * sk];              \
+        }                                                                                 \
+    }
+
+/* Whether each panel of 16 columns of an N-column product lies in one block of y's
+ * layout (a panel's row is one contiguous store), as the epilogue needs; else the product
+ * is computed into c and requantized by intvit_requant_rows. */
+static inline int32_t intvit_avx2_panels_whole(const intvit_requant_into *rq, int32_t N) {
+    return rq->block >= N || rq->block % 16 == 0;
+}
+
+static inline void intvit_avx2_matmul(int32_t M, int32_t N, int32_t K, const void *a,
+                                      intvit_avx2_widen_fn widen, const void *bt,
+                                      int32_t sn, int32_t sk, intvit_avx2_pack_fn pack,
+                                      const int32_t *bias, int32_t *c,
+                                      const intvit_requant_into *rq) {
+    int16_t a16[INTVIT_MATMUL_MC * (INTVIT_MATMUL_KC + 1)];
+    const intvit_requant_into *after = NULL;
+    if (rq != NULL && !intvit_avx2_panels_whole(rq, N)) {
+        after = rq;
+        rq = NULL;
+    }
+    INTVIT_OMP("omp parallel if((int64_t)M * N * K >= INTVIT_OMP_MIN_MACS)")
+    {
+        int16_t panel[(INTVIT_MATMUL_KC + 1) / 2 * 32];
+        int32_t i, k0, i0, j0, kc, mc, pairs, last;
+        for (k0 = 0; k0 == 0 || k0 < K; k0 += INTVIT_MATMUL_KC) {   /* K = 0: c = bias */
+            kc = K - k0 < INTVIT_MATMUL_KC ? K - k0 : INTVIT_MATMUL_KC;
+            pairs = (kc + 1) / 2;
+            last = rq != NULL && k0 + kc >= K;
+            for (i0 = 0; i0 < M; i0 += INTVIT_MATMUL_MC) {
+                mc = M - i0 < INTVIT_MATMUL_MC ? M - i0 : INTVIT_MATMUL_MC;
+                /* a16 is shared: the barriers of the two loops keep its rows whole */
+                INTVIT_OMP("omp for schedule(static)")
+                for (i = 0; i < mc; i++) {
+                    widen(a, (int64_t)(i0 + i) * K + k0, kc, a16 + (int64_t)i * 2 * pairs);
+                    if (kc & 1) a16[(int64_t)i * 2 * pairs + kc] = 0;
+                }
+                INTVIT_OMP("omp for schedule(static)")
+                for (j0 = 0; j0 < N; j0 += 16) {
+                    int32_t jb = N - j0 < 16 ? N - j0 : 16, r;
+                    intvit_avx2_out out;
+                    pack(bt, (int64_t)j0 * sn + (int64_t)k0 * sk, sn, sk, jb, kc, panel);
+                    if (last) intvit_avx2_out_panel(rq, j0, jb, &out);
+                    for (r = 0; r < mc; r += INTVIT_AVX2_ROWS)
+                        intvit_avx2_block(mc - r < INTVIT_AVX2_ROWS ? mc - r : INTVIT_AVX2_ROWS,
+                                          jb, pairs, a16 + (int64_t)r * 2 * pairs, 2 * pairs,
+                                          panel, k0 == 0, bias ? bias + j0 : NULL,
+                                          c + (int64_t)(i0 + r) * N + j0, N,
+                                          last ? &out : NULL, i0 + r);
+                }
+            }
+        }
+    }
+    if (after != NULL) intvit_requant_rows(M, N, c, after);
+}
+
+#define INTVIT_DEFINE_MATMUL(NAME, TA, TB)                                                \
+    INTVIT_AVX2_COPIES(NAME, TA, TB)                                                      \
+    INTVIT_DECLARE_MATMUL(NAME, TA, TB) {                                                 \
+        intvit_avx2_matmul(M, N, K, a, NAME##_widen, bt, sn, sk, NAME##_pack, bias, c,     \
+                           NULL);                                                         \
+    }
+#endif
+
 #define INTVIT_SIGNED(T) INTVIT_SIGNED_##T
 #define INTVIT_SIGNED_int8_t 1
 #define INTVIT_SIGNED_uint8_t 0
@@ -968,6 +1198,23 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
         intvit_requant_into rq = INTVIT_REQUANT_INTO(TY);                                 \
         INTVIT_MATMUL8_CALL(M, N, K, (const uint8_t *)a, INTVIT_SIGNED(TA),                \
                             (const uint8_t *)bt, sn, sk, INTVIT_SIGNED(TB), bias, c, &rq); \
+    }
+#elif defined(INTVIT_HAVE_AVX2) && !defined(INTVIT_HAVE_VNNI) && !defined(INTVIT_DEBUG)
+#define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
+    INTVIT_AVX2_COPIES(NAME, TA, TB)                                                      \
+    INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY) {                                         \
+        intvit_requant_into rq = INTVIT_REQUANT_INTO(TY);                                 \
+        intvit_avx2_matmul(M, N, K, a, NAME##_widen, bt, sn, sk, NAME##_pack, bias, c,     \
+                           &rq);                                                          \
+    }
+#elif defined(INTVIT_HAVE_AVX2) && !defined(INTVIT_HAVE_VNNI)
+#define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
+    INTVIT_AVX2_COPIES(NAME, TA, TB)                                                      \
+    INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY) {                                         \
+        intvit_requant_into rq = INTVIT_REQUANT_INTO(TY);                                 \
+        intvit_avx2_matmul(M, N, K, a, NAME##_widen, bt, sn, sk, NAME##_pack, bias, c,     \
+                           NULL);                                                         \
+        intvit_requant_rows(M, N, c, &rq);                                                \
     }
 #else
 #define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
