@@ -732,10 +732,10 @@ REQUANTIZES = [(x, y) for x in INT_TYPES for y in INT_TYPES]
 REQUANTIZE_ADDS = [(x, r, y) for x in INT_TYPES for r in INT_TYPES for y in INT_TYPES]
 
 
-@pytest.fixture(scope="module", params=["portable", "vnni"])
+@pytest.fixture(scope="module", params=["portable", "avx2", "vnni"])
 def requantize_kernels(request, tmp_path_factory):
-    """The requantize kernels alone for every x, residual and y type: portable, and the
-    AVX-512 vectors (the vnni build)."""
+    """The requantize kernels alone for every x, residual and y type: portable, the AVX2
+    vectors and the AVX-512 vectors (the vnni build)."""
     ctype = {short: spec[0] for short, spec in INT_TYPES.items()}
     source = "".join(f"INTVIT_DEFINE_REQUANTIZE(rq_{x}_{y}, {ctype[x]}, {ctype[y]})\n"
                      for x, y in REQUANTIZES)

@@ -352,25 +352,42 @@ static inline void intvit_requant_rows(int32_t M, int32_t N, const int32_t *c,
 #error "INTVIT_AVX2_ROWS must be in [1, 6] (two accumulators a row in 16 registers)"
 #endif
 
-/* clamp(floor((x + 2^(e-1)) / 2^e), lo, hi) of the int64 lanes x (0 <= e <= 62). */
-static inline __m256i intvit_avx2_shift_clamp(__m256i x, __m256i e, __m256i lo, __m256i hi) {
-    __m256i half = _mm256_srli_epi64(_mm256_sllv_epi64(_mm256_set1_epi64x(1), e), 1), s, r;
+/* floor((x + 2^(e-1)) / 2^e) of the int64 lanes x (0 <= e <= 62). */
+static inline __m256i intvit_avx2_round_shift(__m256i x, __m256i e) {
+    __m256i half = _mm256_srli_epi64(_mm256_sllv_epi64(_mm256_set1_epi64x(1), e), 1), s;
     x = _mm256_add_epi64(x, half);
     s = _mm256_cmpgt_epi64(_mm256_setzero_si256(), x);
-    r = _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(x, s), e), s);
-    r = _mm256_blendv_epi8(r, lo, _mm256_cmpgt_epi64(lo, r));
-    return _mm256_blendv_epi8(r, hi, _mm256_cmpgt_epi64(r, hi));
+    return _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(x, s), e), s);
+}
+
+/* R(v; m, e) of 8 int32 lanes (m, e: int32 lanes, 0 <= e <= 62) as two vectors of int64
+ * lanes, not clamped: *even holds lanes 0, 2, 4, 6, *odd lanes 1, 3, 5, 7. */
+static inline void intvit_avx2_requant_halves(__m256i v, __m256i m, __m256i e, __m256i *even,
+                                              __m256i *odd) {
+    *even = intvit_avx2_round_shift(_mm256_mul_epi32(v, m),
+                                    _mm256_and_si256(e, _mm256_set1_epi64x(0xFFFFFFFF)));
+    *odd = intvit_avx2_round_shift(
+        _mm256_mul_epi32(_mm256_srli_epi64(v, 32), _mm256_srli_epi64(m, 32)),
+        _mm256_srli_epi64(e, 32));
+}
+
+/* The 8 int32 lanes clamp(even, lo, hi), clamp(odd, lo, hi) interleaved (lo, hi: int64
+ * lanes), each clamped in int64 before it is truncated. */
+static inline __m256i intvit_avx2_clamp_interleave(__m256i even, __m256i odd, __m256i lo,
+                                                   __m256i hi) {
+    even = _mm256_blendv_epi8(even, lo, _mm256_cmpgt_epi64(lo, even));
+    even = _mm256_blendv_epi8(even, hi, _mm256_cmpgt_epi64(even, hi));
+    odd = _mm256_blendv_epi8(odd, lo, _mm256_cmpgt_epi64(lo, odd));
+    odd = _mm256_blendv_epi8(odd, hi, _mm256_cmpgt_epi64(odd, hi));
+    return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
 /* clamp(R(v; m, e), lo, hi) on 8 int32 lanes (m, e: int32 lanes; lo, hi: int64 lanes). */
 static inline __m256i intvit_avx2_requant8(__m256i v, __m256i m, __m256i e, __m256i lo,
                                            __m256i hi) {
-    __m256i even = intvit_avx2_shift_clamp(
-        _mm256_mul_epi32(v, m), _mm256_and_si256(e, _mm256_set1_epi64x(0xFFFFFFFF)), lo, hi);
-    __m256i odd = intvit_avx2_shift_clamp(
-        _mm256_mul_epi32(_mm256_srli_epi64(v, 32), _mm256_srli_epi64(m, 32)),
-        _mm256_srli_epi64(e, 32), lo, hi);
-    return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    __m256i even, odd;
+    intvit_avx2_requant_halves(v, m, e, &even, &odd);
+    return intvit_avx2_clamp_interleave(even, odd, lo, hi);
 }
 
 /* The lanes of columns 8h .. 8h + 7 of a panel whose first cols columns are valid, as
@@ -1233,13 +1250,15 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
  * Rows are split over OpenMP threads where a node has at least INTVIT_OMP_MIN_WORK values
  * (each value is computed alone, so the threads change no integer). With AVX-512 each row
  * takes NAME_row (INTVIT_DEFINE_REQUANTIZE_ROW), 16 values a step, and leaves the scalar
- * loop the last C mod 16 (all of them in the other builds): x read straight from the row
+ * loop the last C mod 16 (all of them in the portable build): x read straight from the row
  * and widened to int32 lanes (intvit_widen16_<TX>), m and e loaded as 16 int32 lanes (or
  * broadcast), R in int64 by intvit_requant_halves (vpmuldq: v * m exact, + 2^(e-1); the
  * plan bounds the sum below 2^63; vpsravq: the floor, as floor_shift), the residual's R
  * added in int64 as well, then clamped in int64 (intvit_clamp_interleave) and stored
  * narrowed to TY (intvit_store16_<TY>: vpmovdb / vpmovdw truncate lanes that the clamp
- * put in TY's range).
+ * put in TY's range). With AVX2 alone, NAME_row takes 8 values a step in the same way
+ * (intvit_widen8_<TX>, intvit_avx2_requant_halves, intvit_avx2_clamp_interleave,
+ * intvit_store8_<TY>: byte shuffles keep the lanes' low parts).
  */
 #ifndef INTVIT_OMP_MIN_WORK
 #define INTVIT_OMP_MIN_WORK 65536
@@ -1319,6 +1338,82 @@ static inline void intvit_requant_halves_at(__m512i v, const int32_t *m, const i
                 odd = _mm512_add_epi64(odd, res_odd);                                     \
             }                                                                             \
             intvit_store16_##TY(y + c, intvit_clamp_interleave(even, odd, vlo, vhi));     \
+        }                                                                                 \
+        return c;                                                                         \
+    }
+#elif defined(INTVIT_HAVE_AVX2)
+/* x[0..8) widened to int32 lanes, one loader per element type. */
+static inline __m256i intvit_widen8_int8_t(const int8_t *x) {
+    return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)x));
+}
+static inline __m256i intvit_widen8_uint8_t(const uint8_t *x) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)x));
+}
+static inline __m256i intvit_widen8_int16_t(const int16_t *x) {
+    return _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)x));
+}
+static inline __m256i intvit_widen8_int32_t(const int32_t *x) {
+    return _mm256_loadu_si256((const __m256i *)x);
+}
+
+/* The low bytes (or halves) of the 8 int32 lanes of v, gathered in each 128-bit lane by
+ * a byte shuffle and the two lanes' results joined. */
+static inline __m256i intvit_avx2_low_parts(__m256i v, int32_t bytes) {
+    const __m256i low8 = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, -1, -1, -1);
+    const __m256i low16 = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1,
+                                           -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1,
+                                           -1, -1, -1, -1, -1);
+    return bytes == 1
+               ? _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, low8),
+                                             _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1))
+               : _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, low16), 0x08);
+}
+
+/* y[0..8) = the 8 int32 lanes of v, each already in the range of y's type. */
+static inline void intvit_store8_int8_t(int8_t *y, __m256i v) {
+    _mm_storel_epi64((__m128i *)y, _mm256_castsi256_si128(intvit_avx2_low_parts(v, 1)));
+}
+static inline void intvit_store8_uint8_t(uint8_t *y, __m256i v) {
+    _mm_storel_epi64((__m128i *)y, _mm256_castsi256_si128(intvit_avx2_low_parts(v, 1)));
+}
+static inline void intvit_store8_int16_t(int16_t *y, __m256i v) {
+    _mm_storeu_si128((__m128i *)y, _mm256_castsi256_si128(intvit_avx2_low_parts(v, 2)));
+}
+static inline void intvit_store8_int32_t(int32_t *y, __m256i v) {
+    _mm256_storeu_si256((__m256i *)y, v);
+}
+
+/* R(v; m[c * s], e[c * s]) of the 8 int32 lanes v of the values from c, as the int64
+ * halves of intvit_avx2_requant_halves. */
+static inline void intvit_avx2_requant_halves_at(__m256i v, const int32_t *m, const int8_t *e,
+                                                 int32_t s, int32_t c, __m256i *even,
+                                                 __m256i *odd) {
+    __m256i mv = s ? _mm256_loadu_si256((const __m256i *)(m + c)) : _mm256_set1_epi32(m[0]);
+    __m256i ev = s ? intvit_widen8_int8_t(e + c) : _mm256_set1_epi32(e[0]);
+    intvit_avx2_requant_halves(v, mv, ev, even, odd);
+}
+
+/* ROW as with AVX-512, 8 values a step on AVX2 (C rounded down to 8). */
+#define INTVIT_DEFINE_REQUANTIZE_ROW(ROW, TX, TR, TY)                                     \
+    static inline int32_t ROW(int32_t C, const TX *x, const int32_t *m, const int8_t *e,  \
+                              int32_t s, const TR *res, const int32_t *rm,                \
+                              const int8_t *re, int32_t rs, int32_t lo, int32_t hi,       \
+                              TY *y) {                                                    \
+        __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi);               \
+        int32_t c;                                                                        \
+        for (c = 0; c + 8 <= C; c += 8) {                                                 \
+            __m256i even, odd, res_even, res_odd;                                         \
+            intvit_avx2_requant_halves_at(intvit_widen8_##TX(x + c), m, e, s, c, &even,   \
+                                          &odd);                                          \
+            if (res) {                                                                    \
+                intvit_avx2_requant_halves_at(intvit_widen8_##TR(res + c), rm, re, rs, c, \
+                                              &res_even, &res_odd);                       \
+                even = _mm256_add_epi64(even, res_even);                                  \
+                odd = _mm256_add_epi64(odd, res_odd);                                     \
+            }                                                                             \
+            intvit_store8_##TY(y + c, intvit_avx2_clamp_interleave(even, odd, vlo, vhi)); \
         }                                                                                 \
         return c;                                                                         \
     }
