@@ -331,8 +331,8 @@ static inline void intvit_requant_rows(int32_t M, int32_t N, const int32_t *c,
  * multiply-adds per instruction that AVX2 has (on a Zen 3 core two vpmaddwd a cycle,
  * like two FMAs of float32).
  *
- * One parallel region a call. Per K block of INTVIT_MATMUL_KC values and M block of
- * INTVIT_MATMUL_MC rows: the threads widen the rows of a to int16 (zero-padded to an even
+ * One parallel region a call. Per K block of INTVIT_AVX2_KC values and M block of
+ * INTVIT_AVX2_MC rows: the threads widen the rows of a to int16 (zero-padded to an even
  * length) into a16, shared; then they split the panels of 16 columns of bt, each packed
  * as pairs, panel[p][j][t] = bt[j][2p + t] (zero past the block and past N), and an
  * INTVIT_AVX2_ROWS x 16 block of int32 accumulators takes, per pair p,
@@ -347,6 +347,15 @@ static inline void intvit_requant_rows(int32_t M, int32_t N, const int32_t *c,
  * clamp makes exact (lo >= 0: unsigned packs). */
 #ifndef INTVIT_AVX2_ROWS
 #define INTVIT_AVX2_ROWS 3
+#endif
+/* K and M blocks: a K block of 512 holds the 384 of a DeiT-S linear layer whole, so that
+ * its c is never written and read back between blocks (deit_small on 2 threads: products
+ * 104 -> 91-95 ms against blocks of 256 x 256); stack: 2 (MC + 16) (KC + 1) bytes. */
+#ifndef INTVIT_AVX2_KC
+#define INTVIT_AVX2_KC 512
+#endif
+#ifndef INTVIT_AVX2_MC
+#define INTVIT_AVX2_MC 128
 #endif
 #if INTVIT_AVX2_ROWS < 1 || INTVIT_AVX2_ROWS > 6
 #error "INTVIT_AVX2_ROWS must be in [1, 6] (two accumulators a row in 16 registers)"
@@ -616,7 +625,7 @@ static inline void intvit_avx2_matmul(int32_t M, int32_t N, int32_t K, const voi
                                       int32_t sn, int32_t sk, intvit_avx2_pack_fn pack,
                                       const int32_t *bias, int32_t *c,
                                       const intvit_requant_into *rq) {
-    int16_t a16[INTVIT_MATMUL_MC * (INTVIT_MATMUL_KC + 1)];
+    int16_t a16[INTVIT_AVX2_MC * (INTVIT_AVX2_KC + 1)];
     const intvit_requant_into *after = NULL;
     if (rq != NULL && !intvit_avx2_panels_whole(rq, N)) {
         after = rq;
@@ -624,14 +633,14 @@ static inline void intvit_avx2_matmul(int32_t M, int32_t N, int32_t K, const voi
     }
     INTVIT_OMP("omp parallel if((int64_t)M * N * K >= INTVIT_OMP_MIN_MACS)")
     {
-        int16_t panel[(INTVIT_MATMUL_KC + 1) / 2 * 32];
+        int16_t panel[(INTVIT_AVX2_KC + 1) / 2 * 32];
         int32_t i, k0, i0, j0, kc, mc, pairs, last;
-        for (k0 = 0; k0 == 0 || k0 < K; k0 += INTVIT_MATMUL_KC) {   /* K = 0: c = bias */
-            kc = K - k0 < INTVIT_MATMUL_KC ? K - k0 : INTVIT_MATMUL_KC;
+        for (k0 = 0; k0 == 0 || k0 < K; k0 += INTVIT_AVX2_KC) {   /* K = 0: c = bias */
+            kc = K - k0 < INTVIT_AVX2_KC ? K - k0 : INTVIT_AVX2_KC;
             pairs = (kc + 1) / 2;
             last = rq != NULL && k0 + kc >= K;
-            for (i0 = 0; i0 < M; i0 += INTVIT_MATMUL_MC) {
-                mc = M - i0 < INTVIT_MATMUL_MC ? M - i0 : INTVIT_MATMUL_MC;
+            for (i0 = 0; i0 < M; i0 += INTVIT_AVX2_MC) {
+                mc = M - i0 < INTVIT_AVX2_MC ? M - i0 : INTVIT_AVX2_MC;
                 /* a16 is shared: the barriers of the two loops keep its rows whole */
                 INTVIT_OMP("omp for schedule(static)")
                 for (i = 0; i < mc; i++) {
