@@ -943,10 +943,11 @@ def test_lookup_kernels_equal_table_indexing(row_kernels, x_type, y_type, n, spa
     assert torch.equal(y, table[x - x_lo])
 
 
-@pytest.fixture(scope="module", params=["portable", "vnni", "avx512"])
+@pytest.fixture(scope="module", params=["portable", "avx2", "vnni", "avx512"])
 def layernorm_kernels(request, tmp_path_factory):
-    """The LayerNorm kernels alone, one per input type: portable, the AVX-512 affine (the
-    vnni build) and the vector row passes as well (the avx512 build: F and DQ)."""
+    """The LayerNorm kernels alone, one per input type: portable, the AVX2 affine and row
+    passes, the AVX-512 affine (the vnni build) and the vector row passes as well (the
+    avx512 build: F and DQ)."""
     return kernel_snippet(tmp_path_factory.mktemp("layernorm"),
                           "INTVIT_DEFINE_LAYERNORM(ln_s8, int8_t, int8_t)\n"
                           "INTVIT_DEFINE_LAYERNORM(ln_u8, uint8_t, int8_t)\n"

@@ -1860,6 +1860,8 @@ static inline int32_t intvit_softmax_sum_planes(int32_t built, int32_t n, const 
  *   Y < 2^31 for C >= 2, and C = 1 has ys = 0.
  *   z: ys * factor in int32 lanes (vpmulld; < 2^31 as above), or vpmuldq for int32 TX,
  *   then an arithmetic shift by 1.
+ * With AVX2 alone (no AVX-512 F) the chunk and the passes of 8- and 16-bit TX take 8
+ * int32 lanes the same way.
  * Every sum is exact, so the integers equal the scalar loop's in any order.
  */
 #if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__)
@@ -1874,6 +1876,26 @@ static inline int32_t intvit_layernorm_chunk(int32_t n, const int32_t *z, const 
         __m512i v = _mm512_add_epi64(intvit_requant_at(z, m, e, 1, c), intvit_load_v8(beta + c));
         v = _mm512_min_epi64(_mm512_max_epi64(v, vlo), vhi);
         _mm256_storeu_si256((__m256i *)(out + c), _mm512_cvtepi64_epi32(v));
+    }
+    return c;
+}
+#elif defined(INTVIT_HAVE_AVX2)
+/* As with AVX-512, 8 values a step in two vectors of int64 halves (beta sign-extended by
+ * vpmuldq with 1). */
+static inline int32_t intvit_layernorm_chunk(int32_t n, const int32_t *z, const int32_t *m,
+                                             const int8_t *e, const int32_t *beta,
+                                             int32_t lo, int32_t hi, int32_t *out) {
+    __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi);
+    __m256i one = _mm256_set1_epi64x(1);
+    int32_t c;
+    for (c = 0; c + 8 <= n; c += 8) {
+        __m256i even, odd, b = _mm256_loadu_si256((const __m256i *)(beta + c));
+        intvit_avx2_requant_halves_at(_mm256_loadu_si256((const __m256i *)(z + c)), m, e, 1,
+                                      c, &even, &odd);
+        even = _mm256_add_epi64(even, _mm256_mul_epi32(b, one));
+        odd = _mm256_add_epi64(odd, _mm256_mul_epi32(_mm256_srli_epi64(b, 32), one));
+        _mm256_storeu_si256((__m256i *)(out + c),
+                            intvit_avx2_clamp_interleave(even, odd, vlo, vhi));
     }
     return c;
 }
@@ -1971,6 +1993,82 @@ static inline int32_t intvit_layernorm_z_int32_t(int32_t n, const int32_t *x, in
         _mm256_storeu_si256((__m256i *)(z + i), _mm512_cvtepi64_epi32(_mm512_srai_epi64(
             _mm512_mul_epi32(intvit_layernorm_ys8(x + i, mv, k), f), 1)));
     return i;
+}
+#elif defined(INTVIT_HAVE_AVX2) && !defined(__AVX512F__)
+/* The sum of the 8 int32 (or 4 int64) lanes of v, in int64. */
+static inline int64_t intvit_avx2_sum32(__m256i v) {
+    int32_t lane[8], i;
+    int64_t sum = 0;
+    _mm256_storeu_si256((__m256i *)lane, v);
+    for (i = 0; i < 8; i++) sum += lane[i];
+    return sum;
+}
+static inline int64_t intvit_avx2_sum64(__m256i v) {
+    int64_t lane[4];
+    _mm256_storeu_si256((__m256i *)lane, v);
+    return lane[0] + lane[1] + lane[2] + lane[3];
+}
+
+/* The row passes of an 8- or 16-bit T on AVX2, 8 int32 lanes, as with AVX-512 (the same
+ * runs and bounds; ys^2 by vpmuldq on the even, then the odd int32s); int32 T stays
+ * scalar. */
+#define INTVIT_DEFINE_LAYERNORM_ROW(T)                                                    \
+    static inline __m256i intvit_layernorm_ys8_##T(const T *x, __m256i mean, __m128i k) { \
+        return _mm256_sra_epi32(_mm256_sub_epi32(intvit_widen8_##T(x), mean), k);         \
+    }                                                                                     \
+    static inline int32_t intvit_layernorm_sum_##T(int32_t n, const T *x, int64_t *total) { \
+        int32_t i = 0, end, full = n - n % 8;                                             \
+        while (i < full) {                                                                \
+            __m256i s = _mm256_setzero_si256();                                           \
+            end = full - i < INTVIT_LAYERNORM_RUN ? full : i + INTVIT_LAYERNORM_RUN;      \
+            for (; i < end; i += 8) s = _mm256_add_epi32(s, intvit_widen8_##T(x + i));    \
+            *total += intvit_avx2_sum32(s);                                               \
+        }                                                                                 \
+        return full;                                                                      \
+    }                                                                                     \
+    static inline int32_t intvit_layernorm_var_##T(int32_t n, const T *x, int64_t mean,   \
+                                                   int32_t var_shift, int64_t *var) {     \
+        __m256i mv = _mm256_set1_epi32((int32_t)mean), acc = _mm256_setzero_si256();      \
+        __m128i k = _mm_cvtsi32_si128(var_shift);                                         \
+        int32_t i;                                                                        \
+        for (i = 0; i + 8 <= n; i += 8) {                                                 \
+            __m256i ys = intvit_layernorm_ys8_##T(x + i, mv, k);                          \
+            __m256i odd = _mm256_srli_epi64(ys, 32);                                      \
+            acc = _mm256_add_epi64(_mm256_add_epi64(acc, _mm256_mul_epi32(ys, ys)),       \
+                                   _mm256_mul_epi32(odd, odd));                           \
+        }                                                                                 \
+        *var += intvit_avx2_sum64(acc);                                                   \
+        return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_layernorm_z_##T(int32_t n, const T *x, int64_t mean,     \
+                                                 int32_t var_shift, int32_t factor,       \
+                                                 int32_t *z) {                            \
+        __m256i mv = _mm256_set1_epi32((int32_t)mean), f = _mm256_set1_epi32(factor);     \
+        __m128i k = _mm_cvtsi32_si128(var_shift);                                         \
+        int32_t i;                                                                        \
+        for (i = 0; i + 8 <= n; i += 8)                                                   \
+            _mm256_storeu_si256((__m256i *)(z + i), _mm256_srai_epi32(_mm256_mullo_epi32( \
+                intvit_layernorm_ys8_##T(x + i, mv, k), f), 1));                          \
+        return i;                                                                         \
+    }
+INTVIT_DEFINE_LAYERNORM_ROW(int8_t)
+INTVIT_DEFINE_LAYERNORM_ROW(uint8_t)
+INTVIT_DEFINE_LAYERNORM_ROW(int16_t)
+static inline int32_t intvit_layernorm_sum_int32_t(int32_t n, const int32_t *x,
+                                                   int64_t *total) {
+    (void)n; (void)x; (void)total;
+    return 0;
+}
+static inline int32_t intvit_layernorm_var_int32_t(int32_t n, const int32_t *x, int64_t mean,
+                                                   int32_t var_shift, int64_t *var) {
+    (void)n; (void)x; (void)mean; (void)var_shift; (void)var;
+    return 0;
+}
+static inline int32_t intvit_layernorm_z_int32_t(int32_t n, const int32_t *x, int64_t mean,
+                                                 int32_t var_shift, int32_t factor,
+                                                 int32_t *z) {
+    (void)n; (void)x; (void)mean; (void)var_shift; (void)factor; (void)z;
+    return 0;
 }
 #else
 #define INTVIT_DEFINE_LAYERNORM_ROW(T)                                                    \
