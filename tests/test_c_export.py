@@ -650,6 +650,18 @@ def test_accumulator_past_int32_is_refused(models):
         generate(program)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_softmax_with_a_negative_exponential_is_refused(models, family):
+    _, program, _ = models["vit", family]
+    node = next(n for n in program.nodes if n.op == "softmax")
+    table = program.tensors[node.params["exp_table"]].clone()
+    table[0] = -1
+    program = type(program)(program.nodes, {**program.tensors, node.params["exp_table"]: table},
+                            program.meta, program.input, program.output)
+    with pytest.raises(ProgramError, match="negative entry"):
+        generate(program)
+
+
 def test_cli_export_c_inspect_and_max_ram(models, tmp_path, capsys):
     model, program, _ = models["vit", "ibert"]
     ck = save_checkpoint(tmp_path / "ck.safetensors", model)
@@ -812,10 +824,11 @@ def test_requantize_kernels_equal_intvit_arith(requantize_kernels, rows, C, res_
         assert torch.equal(out.to(torch.int64), (rx[x] + rres[r]).clamp(lo, hi)), (x, r, y)
 
 
-@pytest.fixture(scope="module", params=["portable", "avx512"])
+@pytest.fixture(scope="module", params=["portable", "avx2", "avx512"])
 def row_kernels(request, tmp_path_factory):
-    """The softmax and table look-up kernels alone: portable, and the AVX-512 vectors (max,
-    exponential gather, row sum, 8-bit look-up: the avx512 build with DQ and VBMI)."""
+    """The softmax and table look-up kernels alone: portable, the AVX2 vectors (max,
+    exponential gather, row sum, last step) and the AVX-512 vectors (the same, and the
+    8-bit look-up: the avx512 build with DQ and VBMI)."""
     return kernel_snippet(tmp_path_factory.mktemp("rows"),
                           "".join(f"INTVIT_DEFINE_SOFTMAX(sm_{x}, {SOFTMAX_TYPES[x][0]}, "
                                   f"{SOFTMAX_TYPES[x][1]})\n" for x in SOFTMAX_TYPES)

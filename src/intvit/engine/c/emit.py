@@ -252,6 +252,9 @@ def _softmax(e: Emitter, i: int, node: Node) -> None:
     if a["e_max"] * length >= a["numerator"]:
         raise ProgramError(f"node {i}: rows of {length} can sum past the softmax numerator")
     table = node.params["exp_table"]
+    if int(e.plan.program.tensors[table].min()) < 0:
+        raise ProgramError(f"node {i}: the softmax exponential table has a negative entry; "
+                           "the C kernels take exponentials as non-negative")
     fn = e.kernel("softmax", x.ctype, y.ctype)
     e.emit(f"{fn}({x.numel // length}, {length}, {e.ptr(x.name)}, {e.const(table, 'int32_t')}, "
            f"{t[table].numel()}, {literal(a['numerator'])}, {literal(int(t[node.params['m']]))}, "

@@ -402,6 +402,20 @@ static inline __m256i intvit_avx2_requant8(__m256i v, __m256i m, __m256i e, __m2
     return intvit_avx2_clamp_interleave(even, odd, lo, hi);
 }
 
+/* The sum of the 8 int32 (or 4 int64) lanes of v, in int64. */
+static inline int64_t intvit_avx2_sum32(__m256i v) {
+    int32_t lane[8], i;
+    int64_t sum = 0;
+    _mm256_storeu_si256((__m256i *)lane, v);
+    for (i = 0; i < 8; i++) sum += lane[i];
+    return sum;
+}
+static inline int64_t intvit_avx2_sum64(__m256i v) {
+    int64_t lane[4];
+    _mm256_storeu_si256((__m256i *)lane, v);
+    return lane[0] + lane[1] + lane[2] + lane[3];
+}
+
 /* The lanes of columns 8h .. 8h + 7 of a panel whose first cols columns are valid, as
  * the masks of vpmaskmovd (all ones where valid). */
 static inline __m256i intvit_avx2_half_mask(int32_t cols, int32_t h) {
@@ -1588,6 +1602,7 @@ static inline const uint8_t *intvit_table256(const void *table, int32_t table_le
  * leaves int64: 0 <= e_i <= S gives 0 <= p_i = e_i * factor <= numerator, so
  * |e_i * factor * m| <= numerator * |m| < 2^63 (the plan checks the last bound), and
  * factor <= numerator gives |fm| <= numerator * |m| < 2^63 too.
+ * With AVX2 alone (no AVX-512 F) the passes take 8 values a vector the same way.
  * Max, sum and products are exact, so the integers equal the scalar loop's in any order.
  */
 #ifndef INTVIT_SOFTMAX_BLOCK
@@ -1650,6 +1665,71 @@ static inline const uint8_t *intvit_table256(const void *table, int32_t table_le
             even = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(even, f), half), ev); \
             odd = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(odd, f), half), ev); \
             intvit_store16_##T(y + i, intvit_clamp_interleave(even, odd, vlo, vhi));      \
+        }                                                                                 \
+        return i;                                                                         \
+    }
+#elif defined(INTVIT_HAVE_AVX2) && !defined(__AVX512F__)
+/* As with AVX-512, 8 values a vector (vpgatherdd of 8 lanes); the last step has no
+ * vpmullq on AVX2, so e_i * fm (fm = fh 2^32 + fl, 0 <= fl < 2^32) is formed mod 2^64 as
+ * e_i fl + e_i fh 2^32 (vpmuludq and vpmuldq: 0 <= e_i < 2^31, as the exporter refuses a
+ * table with a negative entry); the true product fits int64 (see above), so the wrapped
+ * sum is it. */
+#define INTVIT_SOFTMAX_GATHER8(T, x, top, table, table_len)                               \
+    _mm256_i32gather_epi32(                                                               \
+        (const int *)(table), _mm256_add_epi32(intvit_widen8_##T(x), _mm256_sub_epi32(    \
+            _mm256_set1_epi32((table_len) - 1), _mm256_set1_epi32(top))), 4)
+
+/* e * fm on the int64 lanes whose low halves hold e (0 <= e < 2^31; high halves
+ * ignored). */
+static inline __m256i intvit_avx2_mul_e_fm(__m256i e, __m256i fl, __m256i fh) {
+    return _mm256_add_epi64(_mm256_mul_epu32(e, fl),
+                            _mm256_slli_epi64(_mm256_mul_epi32(e, fh), 32));
+}
+
+#define INTVIT_DEFINE_SOFTMAX_ROW(T)                                                      \
+    static inline int32_t intvit_softmax_top_##T(int32_t n, const T *x, int32_t *top) {   \
+        __m256i v = _mm256_set1_epi32(*top);                                              \
+        int32_t i, lane[8], t;                                                            \
+        for (i = 0; i + 8 <= n; i += 8) v = _mm256_max_epi32(v, intvit_widen8_##T(x + i)); \
+        _mm256_storeu_si256((__m256i *)lane, v);                                          \
+        for (t = 0; t < 8; t++) *top = lane[t] > *top ? lane[t] : *top;                   \
+        return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_sum_##T(int32_t n, const T *x, int32_t top,      \
+                                                 const int32_t *table, int32_t table_len, \
+                                                 int32_t *ex, int64_t *sum) {             \
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();                 \
+        int32_t i;                                                                        \
+        for (i = 0; i + 8 <= n; i += 8) {                                                 \
+            __m256i ev = INTVIT_SOFTMAX_GATHER8(T, x + i, top, table, table_len);         \
+            _mm256_storeu_si256((__m256i *)(ex + i), ev);                                 \
+            s0 = _mm256_add_epi64(s0, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ev)));  \
+            s1 = _mm256_add_epi64(s1, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ev, 1))); \
+        }                                                                                 \
+        *sum += intvit_avx2_sum64(_mm256_add_epi64(s0, s1));                              \
+        return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_exp_##T(int32_t n, const T *x, int32_t top,      \
+                                                 const int32_t *table, int32_t table_len, \
+                                                 int32_t *ex) {                           \
+        int32_t i;                                                                        \
+        for (i = 0; i + 8 <= n; i += 8)                                                   \
+            _mm256_storeu_si256((__m256i *)(ex + i),                                      \
+                                INTVIT_SOFTMAX_GATHER8(T, x + i, top, table, table_len)); \
+        return i;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_softmax_last_##T(int32_t n, const int32_t *ex, int64_t fm, \
+                                                  int32_t e, int32_t lo, int32_t hi, T *y) { \
+        __m256i fl = _mm256_set1_epi64x((int64_t)((uint64_t)fm & 0xFFFFFFFFu));           \
+        __m256i fh = _mm256_set1_epi64x(fm >> 32), ev = _mm256_set1_epi64x(e);            \
+        __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi);               \
+        int32_t i;                                                                        \
+        for (i = 0; i + 8 <= n; i += 8) {                                                 \
+            __m256i v = _mm256_loadu_si256((const __m256i *)(ex + i));                    \
+            __m256i even = intvit_avx2_round_shift(intvit_avx2_mul_e_fm(v, fl, fh), ev);  \
+            __m256i odd = intvit_avx2_round_shift(                                        \
+                intvit_avx2_mul_e_fm(_mm256_srli_epi64(v, 32), fl, fh), ev);              \
+            intvit_store8_##T(y + i, intvit_avx2_clamp_interleave(even, odd, vlo, vhi));  \
         }                                                                                 \
         return i;                                                                         \
     }
@@ -1995,20 +2075,6 @@ static inline int32_t intvit_layernorm_z_int32_t(int32_t n, const int32_t *x, in
     return i;
 }
 #elif defined(INTVIT_HAVE_AVX2) && !defined(__AVX512F__)
-/* The sum of the 8 int32 (or 4 int64) lanes of v, in int64. */
-static inline int64_t intvit_avx2_sum32(__m256i v) {
-    int32_t lane[8], i;
-    int64_t sum = 0;
-    _mm256_storeu_si256((__m256i *)lane, v);
-    for (i = 0; i < 8; i++) sum += lane[i];
-    return sum;
-}
-static inline int64_t intvit_avx2_sum64(__m256i v) {
-    int64_t lane[4];
-    _mm256_storeu_si256((__m256i *)lane, v);
-    return lane[0] + lane[1] + lane[2] + lane[3];
-}
-
 /* The row passes of an 8- or 16-bit T on AVX2, 8 int32 lanes, as with AVX-512 (the same
  * runs and bounds; ys^2 by vpmuldq on the even, then the odd int32s); int32 T stays
  * scalar. */
