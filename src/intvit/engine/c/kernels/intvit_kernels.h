@@ -1508,7 +1508,8 @@ static inline void intvit_avx2_requant_halves_at(__m256i v, const int32_t *m, co
  * vectors t0..t3, and
  *   y = idx < 128 ? t[idx] from (t0, t1) : t[idx - 128] from (t2, t3)
  * is two vpermi2b (each reads the index's low 7 bits) and a blend on the index's bit 7
- * (vpmovb2m). Other types, other builds and the last n mod 64 values take the scalar loop.
+ * (vpmovb2m). With AVX2 alone, 32 values a vector by 16 byte shuffles (see below). Other
+ * types, the portable build and the last values take the scalar loop.
  */
 #ifndef INTVIT_LOOKUP_BLOCK
 #define INTVIT_LOOKUP_BLOCK 4096
@@ -1532,6 +1533,29 @@ static inline int32_t intvit_lookup8_chunk(int32_t n, const uint8_t *x, const ui
         __m512i high = _mm512_permutex2var_epi8(t2, idx, t3);
         _mm512_storeu_si512((void *)(y + i),
                             _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), low, high));
+    }
+    return i;
+}
+#elif defined(INTVIT_HAVE_AVX2)
+#define INTVIT_HAVE_LOOKUP8 1
+/* As above on AVX2, 32 values a vector: the table is 16 rows of 16 bytes, and y takes
+ * row h's vpshufb by the index's low 4 bits where the index's high 4 bits are h (a
+ * compare and a blend a row). */
+static inline int32_t intvit_lookup8_chunk(int32_t n, const uint8_t *x, const uint8_t *t,
+                                           int32_t lo, uint8_t *y) {
+    __m256i rows[16], vlo = _mm256_set1_epi8((char)(((lo + 128) & 255) - 128));
+    __m256i nibble = _mm256_set1_epi8(15);
+    int32_t i, h;
+    for (h = 0; h < 16; h++)
+        rows[h] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(t + 16 * h)));
+    for (i = 0; i + 32 <= n; i += 32) {
+        __m256i idx = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)(x + i)), vlo);
+        __m256i low = _mm256_and_si256(idx, nibble);
+        __m256i high = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nibble), out = low;
+        for (h = 0; h < 16; h++)
+            out = _mm256_blendv_epi8(out, _mm256_shuffle_epi8(rows[h], low),
+                                     _mm256_cmpeq_epi8(high, _mm256_set1_epi8((char)h)));
+        _mm256_storeu_si256((__m256i *)(y + i), out);
     }
     return i;
 }
