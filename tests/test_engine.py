@@ -2,6 +2,7 @@
 program file's guards, the ONNX graph's integer-only body, golden vectors, the CLI."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -355,6 +356,23 @@ def test_bench_verdicts_hold_each_model_to_its_goal_at_every_batch():
     assert "`tvm` 10.50 ms = 1.05x" in lines[2] and lines[2].endswith("**missed**")
     slow = verdicts(measured[:4], {"deit_small": Goal(0.67, 6.0)})  # fast, not 6x FP32
     assert slow[0].endswith("**missed**")
+
+
+def test_bench_readme_sections_are_named_markers_the_readme_has(tmp_path, capsys):
+    from intvit.engine.bench import readme_markers
+
+    assert readme_markers() == ("<!-- latency:start -->", "<!-- latency:end -->")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for section in ("latency", "latency-avx2"):  # one table per kind of host CPU
+        assert all(marker in readme for marker in readme_markers(section))
+    with pytest.raises(ValueError, match="letters, digits"):
+        readme_markers("latency:x -->")
+    missing = tmp_path / "README.md"
+    missing.write_text("no markers here\n")
+    with pytest.raises(SystemExit, match="latency-avx2:start"):  # before any row is timed
+        main(["bench", "--models", "deit_tiny", "--update-readme", str(missing),
+              "--readme-section", "latency-avx2"])
+    assert missing.read_text() == "no markers here\n"
 
 
 def test_auto_takes_the_fastest_engine_this_machine_can_build(monkeypatch):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict
+from pathlib import Path
 
-from ..engine.bench import Goal
+from ..engine.bench import README_SECTION, Goal
 from .common import write_json
 
 # The engine issue's goals for the fastest integer-only engine, at every batch measured:
@@ -43,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--update-readme", metavar="README", nargs="?", const="README.md",
                    help="write the table between the README's latency markers")
+    p.add_argument("--readme-section", default=README_SECTION, metavar="NAME",
+                   help="the markers <!-- NAME:start --> and <!-- NAME:end --> that "
+                        "--update-readme writes between (default latency: the AVX-512 "
+                        "host's table; latency-avx2: an AVX2-only host's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +55,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..tables import replace_between
-    from ..engine.bench import README_END, README_START, markdown, run_bench
+    from ..engine.bench import markdown, readme_markers, run_bench
 
+    markers = readme_markers(args.readme_section)
+    if args.update_readme:  # before the run, not after it
+        text = Path(args.update_readme).read_text() if Path(args.update_readme).is_file() else ""
+        if not all(marker in text for marker in markers):
+            raise SystemExit(f"error: {args.update_readme} has no {markers[0]} ... "
+                             f"{markers[1]} lines for --update-readme to write between; add "
+                             "them, or choose another --readme-section")
     models = [m for m in args.models.split(",") if m]
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
     engines = [e for e in args.engines.split(",") if e]
@@ -71,5 +83,5 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + profile)
     write_json(args.json, "bench", {"header": header, "rows": [asdict(r) for r in rows]})
     if args.update_readme:
-        replace_between(args.update_readme, README_START, README_END, table)
+        replace_between(args.update_readme, *markers, table)
     return 0 if all(r.exact is not False for r in rows) else 1

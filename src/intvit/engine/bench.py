@@ -38,7 +38,17 @@ from .timing import measure, threads
 
 MODELS = ("deit_tiny", "deit_small", "deit_base", "swin_tiny")
 BASELINES = ("torch_fp32", "ort_fp32", "ort_int8_dynamic")
-README_START, README_END = "<!-- latency:start -->", "<!-- latency:end -->"
+README_SECTION = "latency"
+
+
+def readme_markers(section: str = README_SECTION) -> tuple[str, str]:
+    """The marker lines between which ``intvit bench --update-readme`` writes its table:
+    one section per kind of host CPU in the README (the table of an AVX-512 host and that
+    of an AVX2-only host do not compare)."""
+    if not section or not all(c.isalnum() or c in "-_" for c in section):
+        raise ValueError(f"a README section is a name of letters, digits, - and _; got "
+                         f"{section!r}")
+    return f"<!-- {section}:start -->", f"<!-- {section}:end -->"
 
 
 @dataclass
