@@ -51,6 +51,11 @@ def test_kernel_ops_split_fused_names():
     ("fused_shape_to_tensor1_take2_add17_where4_take3_transpose2_reshape4", TOKENS,
      ["int32"], "data movement"),
     ("fused_reshape11_add39", TOKENS, ["int32"], "data movement"),
+    # the GELU table alone, its requantization fused into the product (TVM without VNNI)
+    ("fused_take5_cast44_cast45", [(256,), (32, 17, 128), (32, 17, 128)], ["int32"] * 3,
+     "GELU"),
+    ("fused_take5_cast44_cast45", [(32, 17, 128), (32, 128)], ["int32"] * 2,
+     "data movement"),
 ])
 def test_kernel_class(name, shapes, dtypes, cls):
     assert kernel_class(name, shapes, dtypes) == cls
