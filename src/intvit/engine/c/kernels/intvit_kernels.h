@@ -1221,11 +1221,11 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
  * INTVIT_DEFINE_MATMUL8 (c: M x N int32, the caller's), and y = clamp(R(c; m, e), lo, hi)
  * as TY (y: M x N in the layout of layout[7], see intvit_requant_into;
  * per_channel as for INTVIT_DEFINE_REQUANTIZE): the network's product and the requantize
- * node that alone reads it, in one call. The VNNI kernel requantizes
- * each block's sums straight from its accumulators in the last K block (see
- * intvit_vnni_block), so that c is written only between K blocks and y is never read
- * back; every other build, and the debug build (whose dump shows c), computes c and then
- * requantizes it row by row (intvit_requant_rows). */
+ * node that alone reads it, in one call. The VNNI and AVX2 kernels requantize each
+ * block's sums straight from their accumulators in the last K block (see
+ * intvit_vnni_block, intvit_avx2_block), so that c is written only between K blocks and
+ * y is never read back; the portable build, and the debug build (whose dump shows c),
+ * compute c and then requantize it row by row (intvit_requant_rows). */
 #define INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY)                                      \
     void NAME(int32_t M, int32_t N, int32_t K, const TA *a, const TB *bt, int32_t sn,     \
               int32_t sk, const int32_t *bias, int32_t *c, const int32_t *m, const int8_t *e, \
@@ -1242,22 +1242,19 @@ static inline const char *intvit_matmul8_kernel(void) { return INTVIT_MATMUL_KER
         INTVIT_MATMUL8_CALL(M, N, K, (const uint8_t *)a, INTVIT_SIGNED(TA),                \
                             (const uint8_t *)bt, sn, sk, INTVIT_SIGNED(TB), bias, c, &rq); \
     }
-#elif defined(INTVIT_HAVE_AVX2) && !defined(INTVIT_HAVE_VNNI) && !defined(INTVIT_DEBUG)
-#define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
-    INTVIT_AVX2_COPIES(NAME, TA, TB)                                                      \
-    INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY) {                                         \
-        intvit_requant_into rq = INTVIT_REQUANT_INTO(TY);                                 \
-        intvit_avx2_matmul(M, N, K, a, NAME##_widen, bt, sn, sk, NAME##_pack, bias, c,     \
-                           &rq);                                                          \
-    }
 #elif defined(INTVIT_HAVE_AVX2) && !defined(INTVIT_HAVE_VNNI)
+#ifdef INTVIT_DEBUG
+#define INTVIT_AVX2_FUSED 0
+#else
+#define INTVIT_AVX2_FUSED 1
+#endif
 #define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
     INTVIT_AVX2_COPIES(NAME, TA, TB)                                                      \
     INTVIT_DECLARE_MATMUL8_RQ(NAME, TA, TB, TY) {                                         \
         intvit_requant_into rq = INTVIT_REQUANT_INTO(TY);                                 \
         intvit_avx2_matmul(M, N, K, a, NAME##_widen, bt, sn, sk, NAME##_pack, bias, c,     \
-                           NULL);                                                         \
-        intvit_requant_rows(M, N, c, &rq);                                                \
+                           INTVIT_AVX2_FUSED ? &rq : NULL);                               \
+        if (!INTVIT_AVX2_FUSED) intvit_requant_rows(M, N, c, &rq);                        \
     }
 #else
 #define INTVIT_DEFINE_MATMUL8_RQ(NAME, TA, TB, TY)                                       \
