@@ -533,10 +533,10 @@ def test_products_take_their_requantization_in_one_call(models, arch):
         assert plan.values[nodes[j].output].first == i
 
 
-@pytest.mark.parametrize("kind", ["portable", "avx512"])
+@pytest.mark.parametrize("kind", ["portable", "avx2", "avx512"])
 def test_c_quantize_equals_intvit_arith_on_edge_values(models, kind):
-    """The library's float-to-integer input quantization (vectors with AVX-512, a scalar
-    tail) equals intvit.arith.quantize in float32 at every rounding edge (each x / scale
+    """The library's float-to-integer input quantization (vectors with AVX2 or AVX-512, a
+    scalar tail) equals intvit.arith.quantize in float32 at every rounding edge (each x / scale
     at k + 1/2 and its float neighbours), past the clamp on both sides and at infinities;
     NaN goes to lo."""
     _, program, library = models["vit", "ivit"]
