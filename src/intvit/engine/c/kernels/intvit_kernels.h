@@ -343,8 +343,8 @@ static inline void intvit_requant_rows(int32_t M, int32_t N, const int32_t *c,
  * R on AVX2: the int64 products v * m by vpmuldq on the even and the odd lanes, + 2^(e-1),
  * then floor(x / 2^e) as ~(~x >> e) on the negative lanes (x ^ s, a logical vpsrlvq,
  * ^ s with s the lane's sign: AVX2 has no 64-bit arithmetic shift), clamped in int64 by
- * compares and blends before the low halves are kept, and narrowed by packs that the
- * clamp makes exact (lo >= 0: unsigned packs). */
+ * compares and blends before the low halves are kept, and stored narrowed to their low
+ * bytes or halves (intvit_store8_<T>). */
 /* Rows of a register block (two accumulators a row): 4 against 3 on deit_small batch 1,
  * 2 threads, 2 x 4 alternated profiles, least: products 90.4 against 105.1 ms (2 rows
  * 98.4, 6 rows 104.5 in one round). */
@@ -416,6 +416,49 @@ static inline int64_t intvit_avx2_sum64(__m256i v) {
     return lane[0] + lane[1] + lane[2] + lane[3];
 }
 
+/* x[0..8) widened to int32 lanes, one loader per element type. */
+static inline __m256i intvit_widen8_int8_t(const int8_t *x) {
+    return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)x));
+}
+static inline __m256i intvit_widen8_uint8_t(const uint8_t *x) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)x));
+}
+static inline __m256i intvit_widen8_int16_t(const int16_t *x) {
+    return _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)x));
+}
+static inline __m256i intvit_widen8_int32_t(const int32_t *x) {
+    return _mm256_loadu_si256((const __m256i *)x);
+}
+
+/* The low bytes (or halves) of the 8 int32 lanes of v, gathered in each 128-bit lane by
+ * a byte shuffle and the two lanes' results joined. */
+static inline __m256i intvit_avx2_low_parts(__m256i v, int32_t bytes) {
+    const __m256i low8 = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, -1, -1, -1);
+    const __m256i low16 = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1,
+                                           -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1,
+                                           -1, -1, -1, -1, -1);
+    return bytes == 1
+               ? _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, low8),
+                                             _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1))
+               : _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, low16), 0x08);
+}
+
+/* y[0..8) = the 8 int32 lanes of v, each already in the range of y's type. */
+static inline void intvit_store8_int8_t(int8_t *y, __m256i v) {
+    _mm_storel_epi64((__m128i *)y, _mm256_castsi256_si128(intvit_avx2_low_parts(v, 1)));
+}
+static inline void intvit_store8_uint8_t(uint8_t *y, __m256i v) {
+    _mm_storel_epi64((__m128i *)y, _mm256_castsi256_si128(intvit_avx2_low_parts(v, 1)));
+}
+static inline void intvit_store8_int16_t(int16_t *y, __m256i v) {
+    _mm_storeu_si128((__m128i *)y, _mm256_castsi256_si128(intvit_avx2_low_parts(v, 2)));
+}
+static inline void intvit_store8_int32_t(int32_t *y, __m256i v) {
+    _mm256_storeu_si256((__m256i *)y, v);
+}
+
 /* The lanes of columns 8h .. 8h + 7 of a panel whose first cols columns are valid, as
  * the masks of vpmaskmovd (all ones where valid). */
 static inline __m256i intvit_avx2_half_mask(int32_t cols, int32_t h) {
@@ -424,12 +467,12 @@ static inline __m256i intvit_avx2_half_mask(int32_t cols, int32_t h) {
 }
 
 /* A fused product's panel of 16 columns: their multipliers and exponents, the clamp
- * bounds as int64 lanes, y, its bytes per value and whether its packs are unsigned, the
- * layout, and the element offset of the panel's first column in a row. */
+ * bounds as int64 lanes, y, its bytes per value, the layout, and the element offset of
+ * the panel's first column in a row. */
 typedef struct {
     __m256i m[2], e[2], lo, hi;
     void *y;
-    int32_t size, is_unsigned;
+    int32_t size;
     const intvit_requant_into *rq;
     int64_t col;
 } intvit_avx2_out;
@@ -450,14 +493,14 @@ static inline void intvit_avx2_out_panel(const intvit_requant_into *rq, int32_t 
     out->hi = _mm256_set1_epi64x(rq->hi);
     out->y = rq->y;
     out->size = rq->size;
-    out->is_unsigned = rq->lo >= 0;
     out->rq = rq;
     out->col = intvit_y_col(rq, j0);
 }
 
 /* y[at .. at + cols - 1] = clamp(R(sum; m, e), lo, hi) of one row of a panel (columns
- * 0-7 in sum0, 8-15 in sum1), narrowed in registers; a row of fewer than 16 columns goes
- * through a buffer, so that nothing past it is written. */
+ * 0-7 in sum0, 8-15 in sum1), the lanes' low parts stored (the clamp put them in y's
+ * range); a row of fewer than 16 columns goes through a buffer, so that nothing past it
+ * is written. */
 static inline void intvit_avx2_store(const intvit_avx2_out *out, int32_t cols, int64_t at,
                                      __m256i sum0, __m256i sum1) {
     __m256i y0 = intvit_avx2_requant8(sum0, out->m[0], out->e[0], out->lo, out->hi);
@@ -465,19 +508,14 @@ static inline void intvit_avx2_store(const intvit_avx2_out *out, int32_t cols, i
     uint8_t *to = (uint8_t *)out->y + at * out->size, buf[64];
     uint8_t *dst = cols == 16 ? to : buf;
     if (out->size == 4) {
-        _mm256_storeu_si256((__m256i *)dst, y0);
-        _mm256_storeu_si256((__m256i *)(dst + 32), y1);
+        intvit_store8_int32_t((int32_t *)dst, y0);
+        intvit_store8_int32_t((int32_t *)dst + 8, y1);
+    } else if (out->size == 2) {
+        intvit_store8_int16_t((int16_t *)dst, y0);
+        intvit_store8_int16_t((int16_t *)dst + 8, y1);
     } else {
-        /* packs work per 128-bit lane: [y0 0-3 | y1 0-3 | y0 4-7 | y1 4-7], reordered */
-        __m256i w = _mm256_permute4x64_epi64(
-            out->is_unsigned ? _mm256_packus_epi32(y0, y1) : _mm256_packs_epi32(y0, y1), 0xD8);
-        if (out->size == 2) {
-            _mm256_storeu_si256((__m256i *)dst, w);
-        } else {
-            __m256i b = out->is_unsigned ? _mm256_packus_epi16(w, w) : _mm256_packs_epi16(w, w);
-            _mm_storeu_si128((__m128i *)dst,
-                             _mm256_castsi256_si128(_mm256_permute4x64_epi64(b, 0x08)));
-        }
+        intvit_store8_uint8_t(dst, y0);
+        intvit_store8_uint8_t(dst + 8, y1);
     }
     if (cols < 16) memcpy(to, buf, (size_t)cols * (size_t)out->size);
 }
@@ -1365,49 +1403,6 @@ static inline void intvit_requant_halves_at(__m512i v, const int32_t *m, const i
         return c;                                                                         \
     }
 #elif defined(INTVIT_HAVE_AVX2)
-/* x[0..8) widened to int32 lanes, one loader per element type. */
-static inline __m256i intvit_widen8_int8_t(const int8_t *x) {
-    return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)x));
-}
-static inline __m256i intvit_widen8_uint8_t(const uint8_t *x) {
-    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)x));
-}
-static inline __m256i intvit_widen8_int16_t(const int16_t *x) {
-    return _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)x));
-}
-static inline __m256i intvit_widen8_int32_t(const int32_t *x) {
-    return _mm256_loadu_si256((const __m256i *)x);
-}
-
-/* The low bytes (or halves) of the 8 int32 lanes of v, gathered in each 128-bit lane by
- * a byte shuffle and the two lanes' results joined. */
-static inline __m256i intvit_avx2_low_parts(__m256i v, int32_t bytes) {
-    const __m256i low8 = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                          -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1,
-                                          -1, -1, -1, -1, -1, -1);
-    const __m256i low16 = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1,
-                                           -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1,
-                                           -1, -1, -1, -1, -1);
-    return bytes == 1
-               ? _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, low8),
-                                             _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1))
-               : _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, low16), 0x08);
-}
-
-/* y[0..8) = the 8 int32 lanes of v, each already in the range of y's type. */
-static inline void intvit_store8_int8_t(int8_t *y, __m256i v) {
-    _mm_storel_epi64((__m128i *)y, _mm256_castsi256_si128(intvit_avx2_low_parts(v, 1)));
-}
-static inline void intvit_store8_uint8_t(uint8_t *y, __m256i v) {
-    _mm_storel_epi64((__m128i *)y, _mm256_castsi256_si128(intvit_avx2_low_parts(v, 1)));
-}
-static inline void intvit_store8_int16_t(int16_t *y, __m256i v) {
-    _mm_storeu_si128((__m128i *)y, _mm256_castsi256_si128(intvit_avx2_low_parts(v, 2)));
-}
-static inline void intvit_store8_int32_t(int32_t *y, __m256i v) {
-    _mm256_storeu_si256((__m256i *)y, v);
-}
-
 /* R(v; m[c * s], e[c * s]) of the 8 int32 lanes v of the values from c, as the int64
  * halves of intvit_avx2_requant_halves. */
 static inline void intvit_avx2_requant_halves_at(__m256i v, const int32_t *m, const int8_t *e,
