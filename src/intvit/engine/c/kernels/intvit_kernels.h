@@ -2006,6 +2006,25 @@ static inline int32_t intvit_layernorm_chunk(int32_t n, const int32_t *z, const 
 
 #define INTVIT_LAYERNORM_RUN 32768
 
+/* The row passes of a T that takes no vectors: none of the row is done (the scalar loop
+ * does it all). */
+#define INTVIT_LAYERNORM_ROW_SCALAR(T)                                                    \
+    static inline int32_t intvit_layernorm_sum_##T(int32_t n, const T *x, int64_t *total) { \
+        (void)n; (void)x; (void)total;                                                    \
+        return 0;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_layernorm_var_##T(int32_t n, const T *x, int64_t mean,   \
+                                                   int32_t var_shift, int64_t *var) {     \
+        (void)n; (void)x; (void)mean; (void)var_shift; (void)var;                         \
+        return 0;                                                                         \
+    }                                                                                     \
+    static inline int32_t intvit_layernorm_z_##T(int32_t n, const T *x, int64_t mean,     \
+                                                 int32_t var_shift, int32_t factor,       \
+                                                 int32_t *z) {                            \
+        (void)n; (void)x; (void)mean; (void)var_shift; (void)factor; (void)z;             \
+        return 0;                                                                         \
+    }
+
 #if defined(INTVIT_HAVE_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
 /* acc + ys_2i^2 + ys_2i+1^2 per int64 lane (vpmuldq on the even, then the odd int32s). */
 static inline __m512i intvit_square_sum_v16(__m512i acc, __m512i ys) {
@@ -2136,43 +2155,12 @@ static inline int32_t intvit_layernorm_z_int32_t(int32_t n, const int32_t *x, in
 INTVIT_DEFINE_LAYERNORM_ROW(int8_t)
 INTVIT_DEFINE_LAYERNORM_ROW(uint8_t)
 INTVIT_DEFINE_LAYERNORM_ROW(int16_t)
-static inline int32_t intvit_layernorm_sum_int32_t(int32_t n, const int32_t *x,
-                                                   int64_t *total) {
-    (void)n; (void)x; (void)total;
-    return 0;
-}
-static inline int32_t intvit_layernorm_var_int32_t(int32_t n, const int32_t *x, int64_t mean,
-                                                   int32_t var_shift, int64_t *var) {
-    (void)n; (void)x; (void)mean; (void)var_shift; (void)var;
-    return 0;
-}
-static inline int32_t intvit_layernorm_z_int32_t(int32_t n, const int32_t *x, int64_t mean,
-                                                 int32_t var_shift, int32_t factor,
-                                                 int32_t *z) {
-    (void)n; (void)x; (void)mean; (void)var_shift; (void)factor; (void)z;
-    return 0;
-}
+INTVIT_LAYERNORM_ROW_SCALAR(int32_t)
 #else
-#define INTVIT_DEFINE_LAYERNORM_ROW(T)                                                    \
-    static inline int32_t intvit_layernorm_sum_##T(int32_t n, const T *x, int64_t *total) { \
-        (void)n; (void)x; (void)total;                                                    \
-        return 0;                                                                         \
-    }                                                                                     \
-    static inline int32_t intvit_layernorm_var_##T(int32_t n, const T *x, int64_t mean,   \
-                                                   int32_t var_shift, int64_t *var) {     \
-        (void)n; (void)x; (void)mean; (void)var_shift; (void)var;                         \
-        return 0;                                                                         \
-    }                                                                                     \
-    static inline int32_t intvit_layernorm_z_##T(int32_t n, const T *x, int64_t mean,     \
-                                                 int32_t var_shift, int32_t factor,       \
-                                                 int32_t *z) {                            \
-        (void)n; (void)x; (void)mean; (void)var_shift; (void)factor; (void)z;             \
-        return 0;                                                                         \
-    }
-INTVIT_DEFINE_LAYERNORM_ROW(int8_t)
-INTVIT_DEFINE_LAYERNORM_ROW(uint8_t)
-INTVIT_DEFINE_LAYERNORM_ROW(int16_t)
-INTVIT_DEFINE_LAYERNORM_ROW(int32_t)
+INTVIT_LAYERNORM_ROW_SCALAR(int8_t)
+INTVIT_LAYERNORM_ROW_SCALAR(uint8_t)
+INTVIT_LAYERNORM_ROW_SCALAR(int16_t)
+INTVIT_LAYERNORM_ROW_SCALAR(int32_t)
 #endif
 
 #define INTVIT_DECLARE_LAYERNORM(NAME, TX, TY)                                            \
