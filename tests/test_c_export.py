@@ -131,8 +131,9 @@ def test_avx2_build_equals_the_int_engine_for_any_threads(models, arch, family):
     want = model.forward_int(x).value
     before = torch.get_num_threads()
     for threads in (1, 2):
-        got = CEngine(program, threads=threads, flags=AVX2_FLAGS, library=library)(x)
-        assert torch.equal(got, want)
+        engine = CEngine(program, threads=threads, flags=AVX2_FLAGS, library=library)
+        assert torch.equal(engine(x), want)  # 2 threads: a run of images each
+        assert torch.equal(engine(x[:1]), want[:1])  # 2 threads: OpenMP inside the image
         assert torch.get_num_threads() == before  # PyTorch's own threads are left alone
 
 

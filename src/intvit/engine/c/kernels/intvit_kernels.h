@@ -38,8 +38,12 @@
 #ifdef _OPENMP
 #include <omp.h>
 #define INTVIT_OMP(text) _Pragma(text)
+#define INTVIT_THREAD_INDEX() omp_get_thread_num()
+#define INTVIT_THREAD_COUNT() omp_get_num_threads()
 #else
 #define INTVIT_OMP(text)
+#define INTVIT_THREAD_INDEX() 0
+#define INTVIT_THREAD_COUNT() 1
 #endif
 
 /* Blocking of the matmul kernel: KC values of the reduction per pass, JB columns of B
@@ -57,6 +61,20 @@
 #ifndef INTVIT_OMP_MIN_MACS
 #define INTVIT_OMP_MIN_MACS 1048576
 #endif
+
+/* Whether a product of macs multiply-adds starts a team of threads: at least
+ * INTVIT_OMP_MIN_MACS, and not inside an active team already (a head of a batched product,
+ * whose heads the threads share). A product that does not split runs without a parallel
+ * region at all: entering one, even one that its if clause keeps to one thread, costs
+ * microseconds, as much as the product of a Swin window's head. */
+static inline int32_t intvit_split_product(int64_t macs) {
+#ifdef _OPENMP
+    return macs >= INTVIT_OMP_MIN_MACS && !omp_in_parallel();
+#else
+    (void)macs;
+    return 0;
+#endif
+}
 
 static inline int64_t intvit_floor_shift(int64_t v, int32_t k) {
     return v >= 0 ? v >> k : ~((~v) >> k);
@@ -466,6 +484,22 @@ static inline __m256i intvit_avx2_half_mask(int32_t cols, int32_t h) {
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+/* The 8 int32 values at p of which the first n (as in intvit_avx2_half_mask) are valid:
+ * a plain load or store where all 8 are, masked loads and lane-by-lane stores otherwise
+ * (vpmaskmovd stores are microcoded and slow on AMD cores). */
+static inline __m256i intvit_avx2_load_part(const int32_t *p, int32_t n, __m256i valid) {
+    return n >= 8 ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskload_epi32(p, valid);
+}
+static inline void intvit_avx2_store_part(int32_t *p, int32_t n, __m256i v) {
+    int32_t lanes[8], j;
+    if (n >= 8) {
+        _mm256_storeu_si256((__m256i *)p, v);
+        return;
+    }
+    _mm256_storeu_si256((__m256i *)lanes, v);
+    for (j = 0; j < n && j < 8; j++) p[j] = lanes[j];
+}
+
 /* A fused product's panel of 16 columns: their multipliers and exponents, the clamp
  * bounds as int64 lanes, y, its bytes per value, the layout, and the element offset of
  * the panel's first column in a row. */
@@ -556,10 +590,10 @@ static inline void intvit_avx2_block(int32_t rows, int32_t cols, int32_t pairs,
         const int32_t *from = first ? bias : cr;
         __m256i sum[2];
         for (h = 0; h < 2; h++) {
-            __m256i start = from ? _mm256_maskload_epi32(from + 8 * h, valid[h])
+            __m256i start = from ? intvit_avx2_load_part(from + 8 * h, cols - 8 * h, valid[h])
                                  : _mm256_setzero_si256();
             sum[h] = _mm256_add_epi32(start, acc[r][h]);
-            if (!out) _mm256_maskstore_epi32(cr + 8 * h, valid[h], sum[h]);
+            if (!out) intvit_avx2_store_part(cr + 8 * h, cols - 8 * h, sum[h]);
         }
         if (out) {
             intvit_avx2_store(out, cols, (int64_t)blk * out->rq->row_block_stride
@@ -675,6 +709,51 @@ static inline int32_t intvit_avx2_panels_whole(const intvit_requant_into *rq, in
     return rq->block >= N || rq->block % 16 == 0;
 }
 
+/* The blocks of intvit_avx2_matmul, by thread t of a team of nt (t = 0, nt = 1: outside
+ * a parallel region): its share of a16's rows and of the panels, static contiguous
+ * shares, with barriers (only where nt > 1) that keep a16's rows whole. No worksharing
+ * construct here: called by a thread that shares a batched product's heads, one would bind
+ * to that thread's team and split the head's loop with threads busy with other heads. */
+static inline void intvit_avx2_matmul_blocks(int32_t M, int32_t N, int32_t K, const void *a,
+                                             intvit_avx2_widen_fn widen, const void *bt,
+                                             int32_t sn, int32_t sk, intvit_avx2_pack_fn pack,
+                                             const int32_t *bias, int32_t *c,
+                                             const intvit_requant_into *rq, int16_t *a16,
+                                             int32_t t, int32_t nt) {
+    int16_t panel[(INTVIT_AVX2_KC + 1) / 2 * 32];
+    int32_t i, k0, i0, p, kc, mc, pairs, last, panels = (N + 15) / 16;
+    for (k0 = 0; k0 == 0 || k0 < K; k0 += INTVIT_AVX2_KC) {   /* K = 0: c = bias */
+        kc = K - k0 < INTVIT_AVX2_KC ? K - k0 : INTVIT_AVX2_KC;
+        pairs = (kc + 1) / 2;
+        last = rq != NULL && k0 + kc >= K;
+        for (i0 = 0; i0 < M; i0 += INTVIT_AVX2_MC) {
+            mc = M - i0 < INTVIT_AVX2_MC ? M - i0 : INTVIT_AVX2_MC;
+            for (i = t * mc / nt; i < (t + 1) * mc / nt; i++) {
+                widen(a, (int64_t)(i0 + i) * K + k0, kc, a16 + (int64_t)i * 2 * pairs);
+                if (kc & 1) a16[(int64_t)i * 2 * pairs + kc] = 0;
+            }
+            if (nt > 1) {
+                INTVIT_OMP("omp barrier")
+            }
+            for (p = t * panels / nt; p < (t + 1) * panels / nt; p++) {
+                int32_t j0 = 16 * p, jb = N - j0 < 16 ? N - j0 : 16, r;
+                intvit_avx2_out out;
+                pack(bt, (int64_t)j0 * sn + (int64_t)k0 * sk, sn, sk, jb, kc, panel);
+                if (last) intvit_avx2_out_panel(rq, j0, jb, &out);
+                for (r = 0; r < mc; r += INTVIT_AVX2_ROWS)
+                    intvit_avx2_block(mc - r < INTVIT_AVX2_ROWS ? mc - r : INTVIT_AVX2_ROWS,
+                                      jb, pairs, a16 + (int64_t)r * 2 * pairs, 2 * pairs,
+                                      panel, k0 == 0, bias ? bias + j0 : NULL,
+                                      c + (int64_t)(i0 + r) * N + j0, N,
+                                      last ? &out : NULL, i0 + r);
+            }
+            if (nt > 1) {
+                INTVIT_OMP("omp barrier")
+            }
+        }
+    }
+}
+
 static inline void intvit_avx2_matmul(int32_t M, int32_t N, int32_t K, const void *a,
                                       intvit_avx2_widen_fn widen, const void *bt,
                                       int32_t sn, int32_t sk, intvit_avx2_pack_fn pack,
@@ -686,37 +765,12 @@ static inline void intvit_avx2_matmul(int32_t M, int32_t N, int32_t K, const voi
         after = rq;
         rq = NULL;
     }
-    INTVIT_OMP("omp parallel if((int64_t)M * N * K >= INTVIT_OMP_MIN_MACS)")
-    {
-        int16_t panel[(INTVIT_AVX2_KC + 1) / 2 * 32];
-        int32_t i, k0, i0, j0, kc, mc, pairs, last;
-        for (k0 = 0; k0 == 0 || k0 < K; k0 += INTVIT_AVX2_KC) {   /* K = 0: c = bias */
-            kc = K - k0 < INTVIT_AVX2_KC ? K - k0 : INTVIT_AVX2_KC;
-            pairs = (kc + 1) / 2;
-            last = rq != NULL && k0 + kc >= K;
-            for (i0 = 0; i0 < M; i0 += INTVIT_AVX2_MC) {
-                mc = M - i0 < INTVIT_AVX2_MC ? M - i0 : INTVIT_AVX2_MC;
-                /* a16 is shared: the barriers of the two loops keep its rows whole */
-                INTVIT_OMP("omp for schedule(static)")
-                for (i = 0; i < mc; i++) {
-                    widen(a, (int64_t)(i0 + i) * K + k0, kc, a16 + (int64_t)i * 2 * pairs);
-                    if (kc & 1) a16[(int64_t)i * 2 * pairs + kc] = 0;
-                }
-                INTVIT_OMP("omp for schedule(static)")
-                for (j0 = 0; j0 < N; j0 += 16) {
-                    int32_t jb = N - j0 < 16 ? N - j0 : 16, r;
-                    intvit_avx2_out out;
-                    pack(bt, (int64_t)j0 * sn + (int64_t)k0 * sk, sn, sk, jb, kc, panel);
-                    if (last) intvit_avx2_out_panel(rq, j0, jb, &out);
-                    for (r = 0; r < mc; r += INTVIT_AVX2_ROWS)
-                        intvit_avx2_block(mc - r < INTVIT_AVX2_ROWS ? mc - r : INTVIT_AVX2_ROWS,
-                                          jb, pairs, a16 + (int64_t)r * 2 * pairs, 2 * pairs,
-                                          panel, k0 == 0, bias ? bias + j0 : NULL,
-                                          c + (int64_t)(i0 + r) * N + j0, N,
-                                          last ? &out : NULL, i0 + r);
-                }
-            }
-        }
+    if (intvit_split_product((int64_t)M * N * K)) {
+        INTVIT_OMP("omp parallel")
+        intvit_avx2_matmul_blocks(M, N, K, a, widen, bt, sn, sk, pack, bias, c, rq, a16,
+                                  INTVIT_THREAD_INDEX(), INTVIT_THREAD_COUNT());
+    } else {
+        intvit_avx2_matmul_blocks(M, N, K, a, widen, bt, sn, sk, pack, bias, c, rq, a16, 0, 1);
     }
     if (after != NULL) intvit_requant_rows(M, N, c, after);
 }
