@@ -13,7 +13,8 @@ at batch 8 and 32, and prints a table of images/s, the batch-32/batch-8 rate per
 (below 1: slower per image at the larger batch) and the rate against FP32 at batch 32.
 ``auto`` marks the engine ``intvit eval --engine auto`` chooses here. Every engine's
 logits are checked equal to the model's on the first batch. ``--update-readme`` puts the
-table into the README between its markers; ``--json FILE`` writes the rows.
+table into the README between the markers of ``--readme-section`` (checked before the
+run); ``--json FILE`` writes the rows.
 
     python benchmarks/eval_speed.py                       # about 10 minutes on 2 cores
     python benchmarks/eval_speed.py --model deit_tiny --images 64
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from intvit.tables import markdown_table, replace_between
 from intvit.arith.matmul import cpu_has_int8_dot
 from intvit.engine import export_program
+from intvit.engine.bench import require_readme_markers
 from intvit.engine.engines import ENGINES, fastest_engine, make_engine, unavailable
 from intvit.evaluation import evaluate
 from intvit.models import build_quant_model, model_config
@@ -46,7 +48,7 @@ from intvit.models.registry import float_twin
 from intvit.quant import Mode, QuantConfig
 from intvit.result_files import write_result
 
-README_START, README_END = "<!-- eval-speed:start -->", "<!-- eval-speed:end -->"
+README_SECTION = "eval-speed"  # the AVX-512 host's table; eval-speed-avx2: an AVX2 host's
 BATCHES = (8, 32)
 
 
@@ -87,8 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES),
                         help="comma-separated engines to measure (default: all buildable)")
     parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--readme-section", default=README_SECTION, metavar="NAME",
+                        help="the README markers <!-- NAME:start --> and <!-- NAME:end --> "
+                             "that --update-readme writes between (default eval-speed: the "
+                             "AVX-512 host's table; eval-speed-avx2: an AVX2-only host's)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if args.update_readme:
+        markers = require_readme_markers(readme, args.readme_section)
     torch.set_num_threads(args.threads)
     model = calibrated_model(args.model)
     size = model.cfg.img_size
@@ -119,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_result(args.json, "eval-speed-benchmark", results(args, rows, export_s))
     if args.update_readme:
-        replace_between(Path(__file__).resolve().parents[1] / "README.md", README_START,
-                        README_END, table)
+        replace_between(readme, *markers, table)
     return 0
 
 

@@ -1,6 +1,7 @@
 """The integer engine: export, bit-exact engines for every family and model, the
 program file's guards, the ONNX graph's integer-only body, golden vectors, the CLI."""
 
+import runpy
 from dataclasses import replace
 from pathlib import Path
 
@@ -363,8 +364,8 @@ def test_bench_readme_sections_are_named_markers_the_readme_has(tmp_path, capsys
 
     assert readme_markers() == ("<!-- latency:start -->", "<!-- latency:end -->")
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    for section in ("latency", "latency-avx2"):  # one table per kind of host CPU
-        assert all(marker in readme for marker in readme_markers(section))
+    for section in ("latency", "latency-avx2", "eval-speed", "eval-speed-avx2"):
+        assert all(marker in readme for marker in readme_markers(section))  # per CPU kind
     with pytest.raises(ValueError, match="letters, digits"):
         readme_markers("latency:x -->")
     missing = tmp_path / "README.md"
@@ -373,6 +374,9 @@ def test_bench_readme_sections_are_named_markers_the_readme_has(tmp_path, capsys
         main(["bench", "--models", "deit_tiny", "--update-readme", str(missing),
               "--readme-section", "latency-avx2"])
     assert missing.read_text() == "no markers here\n"
+    eval_speed = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks/eval_speed.py"))
+    with pytest.raises(SystemExit, match="eval-speed-x:start"):  # before any model is built
+        eval_speed["main"](["--update-readme", "--readme-section", "eval-speed-x"])
 
 
 def test_auto_takes_the_fastest_engine_this_machine_can_build(monkeypatch):

@@ -55,15 +55,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..tables import replace_between
-    from ..engine.bench import markdown, readme_markers, run_bench
+    from ..engine.bench import markdown, readme_markers, require_readme_markers, run_bench
 
     markers = readme_markers(args.readme_section)
-    if args.update_readme:  # before the run, not after it
-        text = Path(args.update_readme).read_text() if Path(args.update_readme).is_file() else ""
-        if not all(marker in text for marker in markers):
-            raise SystemExit(f"error: {args.update_readme} has no {markers[0]} ... "
-                             f"{markers[1]} lines for --update-readme to write between; add "
-                             "them, or choose another --readme-section")
+    if args.update_readme:
+        require_readme_markers(Path(args.update_readme), args.readme_section)
     models = [m for m in args.models.split(",") if m]
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
     engines = [e for e in args.engines.split(",") if e]

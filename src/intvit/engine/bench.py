@@ -42,13 +42,25 @@ README_SECTION = "latency"
 
 
 def readme_markers(section: str = README_SECTION) -> tuple[str, str]:
-    """The marker lines between which ``intvit bench --update-readme`` writes its table:
-    one section per kind of host CPU in the README (the table of an AVX-512 host and that
-    of an AVX2-only host do not compare)."""
+    """The marker lines between which a benchmark's ``--update-readme`` writes its table:
+    one section per table and kind of host CPU in the README (the table of an AVX-512 host
+    and that of an AVX2-only host do not compare)."""
     if not section or not all(c.isalnum() or c in "-_" for c in section):
         raise ValueError(f"a README section is a name of letters, digits, - and _; got "
                          f"{section!r}")
     return f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+
+
+def require_readme_markers(readme: Path, section: str) -> tuple[str, str]:
+    """``section``'s markers, checked to be in ``readme`` before a benchmark runs (not
+    after it): SystemExit, saying what to add, where they are missing."""
+    markers = readme_markers(section)
+    text = readme.read_text() if readme.is_file() else ""
+    if not all(marker in text for marker in markers):
+        raise SystemExit(f"error: {readme} has no {markers[0]} ... {markers[1]} lines for "
+                         "--update-readme to write between; add them, or choose another "
+                         "--readme-section")
+    return markers
 
 
 @dataclass
