@@ -29,8 +29,9 @@ def offload_matmul_integer(mod, target=None, tensorize: bool = True):
     support (see this module's docstring) into calls of those kernels; returns the new module
     and the number of matmuls rewritten. ``target`` (default: the current target) must be
     an LLVM target of a CPU with AVX-512 VNNI; with ``tensorize=False`` (any LLVM target)
-    the kernels keep their tiles as plain int32 loops, which checks the rewrite's
-    arithmetic (operand shifts, packing, column sums) on a CPU without VNNI."""
+    the kernels keep their tiles as plain int32 loops: what :class:`.module.TvmModule`
+    runs on a CPU without VNNI, still blocked and threaded, and there the check of the
+    rewrite's arithmetic (operand shifts, packing, column sums)."""
     import tvm
     import tvm.ir as tvm_ir
     import tvm_ffi

@@ -17,7 +17,7 @@ signatures are those of the exporter's spellings, :mod:`intvit.engine.onnx_expor
 | int8 products  | ``matmul``, or is one of intvit's VNNI kernels (``intvit.vnni_matmul.*``, ``intvit_pack_b_*``, ``intvit_colsum_*``: the products, the packing of their right operand, the column sums of the zero point) |
 | Softmax        | ``max`` (the row maximum), or ``take``, ``sum`` or ``divide`` on a tensor of 3 or more dims whose last two are equal (attention scores, ``T x T``): the exponential table, the row sum, the normalization |
 | LayerNorm      | the integer square root (``greater_equal``: the bit length; ``take`` with ``divide``: the start and the Newton steps), ``floor_mod`` (the mean's rounding division), or ``sum`` (the mean, the variance) |
-| GELU           | ``take`` with ``right_shift`` (the GELU table after its requantization), or a look-up alone (``take`` and ``cast`` only) in a one-dimensional table (where TVM fuses the requantization into the product before it: a CPU without AVX-512 VNNI) |
+| GELU           | ``take`` with ``right_shift`` (the GELU table after its requantization), or a look-up alone (``take`` and ``cast`` only) in a one-dimensional table (where TVM fused the requantization into a product it lowered itself: one that the offload does not rewrite) |
 | requantization | ``right_shift`` (the floor shift of a dyadic requantization)    |
 | data movement  | every other kernel (layout ops, ``take`` of a slice, the residual adds), and the VM's own work |
 

@@ -1,6 +1,6 @@
 """Importing Apache TVM and describing this CPU to it: whether TVM (with its Relax ONNX
 frontend) is installed, the LLVM target of the host, and whether a target has AVX-512
-VNNI (which decides whether :mod:`.offload` rewrites ``MatMulInteger``)."""
+VNNI (which decides whether :mod:`.offload`'s kernels are tensorized to ``vpdpbusd``)."""
 
 from __future__ import annotations
 
