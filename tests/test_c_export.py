@@ -81,6 +81,8 @@ SPLIT_ALL = ("-DINTVIT_OMP_MIN_MACS=0", "-DINTVIT_OMP_MIN_WORK=0")
 # the AVX2 kernels (madd_epi16 products) with OpenMP threads where the compiler has them
 AVX2_FLAGS = ("-O0", "-mavx2", "-fopenmp", *SPLIT_ALL)
 needs_avx2 = pytest.mark.skipif(not host_has_avx2(), reason="the host has no AVX2")
+# threads of one image and of a run of images: 3 are more than a 2-head product's heads
+THREADS = (1, 2, 3)
 SWIN = dict(arch="swin", img_size=24, patch_size=2, embed_dim=16, depths=(2, 2), heads=(1, 2),
             window_size=5, num_classes=10)
 ARCHS = {"vit": (SMALL, 32, 12), "swin": (SWIN, 24, 6)}
@@ -130,7 +132,7 @@ def test_avx2_build_equals_the_int_engine_for_any_threads(models, arch, family):
     x = images(n, size, seed=3)
     want = model.forward_int(x).value
     before = torch.get_num_threads()
-    for threads in (1, 2):
+    for threads in THREADS:
         engine = CEngine(program, threads=threads, flags=AVX2_FLAGS, library=library)
         assert torch.equal(engine(x), want)  # 2 threads: a run of images each
         assert torch.equal(engine(x[:1]), want[:1])  # 2 threads: OpenMP inside the image
@@ -149,7 +151,7 @@ def test_8bit_kernel_builds_equal_the_int_engine_for_any_threads(models, kind, a
     _, size, n = ARCHS[arch]
     x = images(n, size, seed=3)
     want = model.forward_int(x).value
-    for threads in (1, 2):
+    for threads in THREADS:
         engine = CEngine(program, threads=threads, flags=("-O1", *flags, *SPLIT_ALL),
                          library=library)
         assert torch.equal(engine(x), want)  # 2 threads: a run of images each
@@ -608,13 +610,13 @@ def test_products_write_the_layout_of_the_transpose_that_reads_them(models, head
 @pytest.mark.parametrize("arch", HEAD32)
 def test_head_major_layouts_are_exact_on_every_kernel_build(head32, arch, kind, tmp_path):
     """The 32-wide heads' models (q, k, v written head-major by their linear layers, Swin's
-    by window and head) on every kernel build, one and two threads, equal the eval-mode
+    by window and head) on every kernel build, on 1, 2 and 3 threads, equal the eval-mode
     model; their debug builds replay the golden vectors (the layout values gathered
     back)."""
     model, program, library = head32[arch]
     x = images(3, HEAD32[arch][1], seed=3)
     want = model.forward_int(x).value
-    for threads in (1, 2):
+    for threads in THREADS:
         engine = CEngine(program, threads=threads, library=library,
                          flags=("-O1", *kernel_build(kind), *SPLIT_ALL))
         assert torch.equal(engine(x), want)
