@@ -157,8 +157,10 @@ def markdown(args: argparse.Namespace, rows, export_s: float) -> str:
     fp32 = rows[0][1][BATCHES[-1]]
     cpu = cpu_name() + (", int8 dot products" if cpu_has_int8_dot() else
                         ", no int8 dot products (no VNNI/AMX)")
+    section = ("" if args.readme_section == README_SECTION
+               else f" --readme-section {args.readme_section}")
     lines = [f"`python benchmarks/eval_speed.py --model {args.model} --images {args.images} "
-             f"--engines {args.engines}`: "
+             f"--engines {args.engines}{section}`: "
              f"`evaluate()` images/s, {args.threads} threads, {torch.__version__}, {cpu}; "
              f"every engine's logits equal the model's; export {export_s:.0f} s.", ""]
     cells = [[label, f"{r[BATCHES[0]]:.2f}", f"{r[BATCHES[-1]]:.2f}",
