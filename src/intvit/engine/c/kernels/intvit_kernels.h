@@ -63,10 +63,10 @@
 #endif
 
 /* Whether a product of macs multiply-adds starts a team of threads: at least
- * INTVIT_OMP_MIN_MACS, more than one thread set, and not inside an active team already (a head of a batched product,
- * whose heads the threads share). A product that does not split runs without a parallel
- * region at all: entering one, even one that its if clause keeps to one thread, costs
- * microseconds, as much as the product of a Swin window's head. */
+ * INTVIT_OMP_MIN_MACS, more than one thread set, and not inside an active team already (a
+ * head of a batched product, whose heads the threads share). A product that does not split
+ * runs without a parallel region at all: entering one, even one that its if clause keeps
+ * to one thread, costs microseconds, as much as the product of a Swin window's head. */
 static inline int32_t intvit_split_product(int64_t macs) {
 #ifdef _OPENMP
     return macs >= INTVIT_OMP_MIN_MACS && !omp_in_parallel() && omp_get_max_threads() > 1;
