@@ -8,6 +8,7 @@ import mmap
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 
 import pytest
 import torch
@@ -537,23 +538,38 @@ def test_products_take_their_requantization_in_one_call(models, arch):
 
 
 @pytest.mark.parametrize("kind", ["portable", "avx2", "avx512"])
-def test_c_quantize_equals_intvit_arith_on_edge_values(models, kind):
+@pytest.mark.parametrize("in_range", [None, (0, 255), (-32768, 32767)],
+                         ids=["int8", "uint8", "int16"])
+def test_c_quantize_equals_intvit_arith_on_edge_values(models, kind, in_range):
     """The library's float-to-integer input quantization (vectors with AVX2 or AVX-512, a
     scalar tail) equals intvit.arith.quantize in float32 at every rounding edge (each x / scale
-    at k + 1/2 and its float neighbours), past the clamp on both sides and at infinities;
-    NaN goes to lo."""
+    at k + 1/2 and its float neighbours, for k near lo, near 0 and near hi), past the clamp on
+    both sides and at infinities; NaN goes to lo. For each input type the stores write:
+    int8 (the test model's own range), uint8 and int16 (its quantize node given those
+    ranges)."""
     _, program, library = models["vit", "ivit"]
+    if in_range is not None:
+        nodes = [replace(program.nodes[0], attrs={**program.nodes[0].attrs, "lo": in_range[0],
+                                                  "hi": in_range[1]}), *program.nodes[1:]]
+        program = replace(program, nodes=nodes)
+        library = generate(program)
     engine = CEngine(program, flags=("-O2", *kernel_build(kind)), library=library)
     scale = program.tensors["input.scale"].to(torch.float32)
     lo, hi = program.nodes[0].attrs["lo"], program.nodes[0].attrs["hi"]
-    edges = (torch.arange(lo - 3, hi + 4, dtype=torch.float32) + 0.5) * scale
+    ks = torch.cat([torch.arange(lo - 3, lo + 200), torch.arange(-200, 200),
+                    torch.arange(hi - 200, hi + 4)]).unique()
+    edges = (ks.to(torch.float32) + 0.5) * scale
     x = torch.cat([edges, torch.nextafter(edges, torch.tensor(-float("inf"))),
                    torch.nextafter(edges, torch.tensor(float("inf"))),
                    torch.tensor([0.0, -0.0, 1e30, -1e30, float("inf"), -float("inf")])])
     n = library.plan.input.numel
+    assert x.numel() < n - 2
     x = torch.cat([x, torch.randn(n) * scale * 100])[:n].contiguous()
     x[n - 2] = float("nan")
-    q = torch.zeros(n, dtype=torch.int8 if library.plan.input.ctype == "int8_t" else torch.uint8)
+    dtype = {"int8_t": torch.int8, "uint8_t": torch.uint8, "int16_t": torch.int16}
+    q = torch.zeros(n, dtype=dtype[library.plan.input.ctype])
+    assert library.plan.input.ctype == {None: "int8_t", (0, 255): "uint8_t",
+                                        (-32768, 32767): "int16_t"}[in_range]
     engine.lib.intvit_model_quantize(ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(q.data_ptr()))
     want = quantize(x, scale, lo, hi)
     want[n - 2] = lo
